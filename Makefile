@@ -1,0 +1,39 @@
+# Two commands: `make demo` (the sandbox running the reference scenario) and `make test`.
+# Each prepares everything it needs (Debian packages, dockerd, images, venv) and is quick the
+# second time.
+
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+
+.PHONY: demo test lint host images venv down clean
+
+demo: host venv images
+	$(VPY) -m ovnk_secondary.sandbox.demo
+
+test: host venv images lint
+	TESTCONTAINERS_RYUK_DISABLED=true $(VENV)/bin/pytest -q
+
+lint: venv
+	$(VENV)/bin/ruff check ovnk_secondary tests benchmarks
+	$(VENV)/bin/mypy
+
+host:
+	@ovn-sandbox/host-setup.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@[ -x $(VPY) ] || $(PYTHON) -m venv $(VENV) || { echo "make: cannot create a venv with $(PYTHON): apt-get install python3-venv" >&2; exit 1; }
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -e '.[test]'
+	@touch $@
+
+images: host venv
+	@ovn-sandbox/build-images.sh $(VPY) >/dev/null
+
+down: venv
+	$(VPY) -m ovnk_secondary sandbox down
+
+clean: down
+	rm -rf $(VENV) ovn-sandbox/.build

@@ -1,0 +1,5 @@
+import sys
+
+from ovnk_secondary.cli import main
+
+sys.exit(main())

@@ -1,0 +1,55 @@
+"""The `ovnk-secondary` command: one subcommand per long-running component or tool.
+
+Each subcommand lives in its own module and is imported only when it runs, so that the CNI
+path and the sandbox tooling do not pay for each other's imports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from ovnk_secondary import errors
+
+# subcommand -> module exposing `add_arguments(parser)` and `run(args) -> int`
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "controller": (
+        "ovnk_secondary.controller.main",
+        "run the controller (NADs and pods into OVN NB)",
+    ),
+    "node-agent": (
+        "ovnk_secondary.agent.main",
+        "run the node agent (CNI requests, bridge mappings)",
+    ),
+    "sandbox": ("ovnk_secondary.sandbox.cli", "multi-node OVN sandbox in containers"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    top = argparse.ArgumentParser(prog="ovnk-secondary", description=__doc__)
+    top.add_argument(
+        "command",
+        choices=SUBCOMMANDS,
+        help="; ".join(f"{name}: {text}" for name, (_, text) in SUBCOMMANDS.items()),
+    )
+    top.add_argument("arguments", nargs=argparse.REMAINDER, help="arguments of the subcommand")
+    parsed = top.parse_args(argv)
+    module_name, help_text = SUBCOMMANDS[parsed.command]
+    module = importlib.import_module(module_name)
+    sub = argparse.ArgumentParser(prog=f"ovnk-secondary {parsed.command}", description=help_text)
+    module.add_arguments(sub)
+    args = sub.parse_args(parsed.arguments)
+    try:
+        result: int = module.run(args)
+    except errors.OvnkSecondaryError as exc:
+        print(f"ovnk-secondary {parsed.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,464 @@
+"""The OVN sandbox: a real multi-node OVN in containers, for tests, the demo and users.
+
+Topology (every docker network is `--internal`; no sandbox packet leaves the machine):
+
+    mgmt       control plane: central's NB/SB on TCP 6641/6642, later the Kubernetes API.
+               A plain kernel NIC in every container (TCP must not cross a userspace bridge).
+    underlay   Geneve between chassis: each chassis' NIC there sits in br-phy, with the encap IP.
+    physnet    the physical network behind br-ex: each chassis' `enp1s0` is br-ex's uplink.
+    physnet2   the physical network of a dedicated bridge: each chassis' `enp2s0`, free for
+               `ovs-br1` (created by the node agent from its bridge mappings).
+
+    central    ovn-central image: NB, SB, ovn-northd.
+    node-N     ovn-chassis image: ovsdb-server, ovs-vswitchd (userspace datapath), ovn-controller.
+    external   the "outside": an OVS top-of-rack switch trunking VLANs 33 and 34 from physnet and
+               physnet2 to one host per VLAN (172.17.33.1, 172.17.34.1, in namespaces vlan33/34).
+
+Docker cannot attach a container twice to one network, hence two physnet networks joined by the
+external switch, as two NICs of a node would be cabled to one top-of-rack switch.
+
+Everything a sandbox makes carries the label `io.ovnk-secondary.sandbox=<name>`: another process
+finds it again (`Sandbox.attach`) and `down` removes all of it, also after a failed `up`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import dataclasses
+import json
+import os
+import pathlib
+import shlex
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from ovnk_secondary import errors
+from ovnk_secondary.sandbox import images
+
+os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # the reaper image cannot be pulled
+
+from testcontainers.core.container import DockerContainer
+from testcontainers.core.network import Network
+
+SANDBOX_LABEL = "io.ovnk-secondary.sandbox"
+ROLE_LABEL = "io.ovnk-secondary.role"
+NODE_LABEL = "io.ovnk-secondary.node"
+NETWORKS = ("mgmt", "underlay", "physnet", "physnet2")
+EXTERNAL = "external"
+CENTRAL = "central"
+SOURCE_IN_CONTAINER = "/opt/ovnk-secondary"
+REPO_DIR = pathlib.Path(__file__).resolve().parents[2]
+STATE_DIR = pathlib.Path(os.environ.get("XDG_STATE_HOME", pathlib.Path.home() / ".local/state"))
+CHASSIS_CAPS = {
+    "cap_add": ["NET_ADMIN", "SYS_ADMIN", "NET_RAW"],
+    "devices": ["/dev/net/tun:/dev/net/tun"],
+    "security_opt": ["apparmor=unconfined"],
+}
+# The reference scenario's external hosts: VLAN -> (namespace in the external container, address).
+EXTERNAL_HOSTS = {33: ("vlan33", "172.17.33.1"), 34: ("vlan34", "172.17.34.1")}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExecResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@dataclasses.dataclass
+class Capture:
+    """Lines printed by a tcpdump running on one link of the sandbox."""
+
+    lines: list[str] = dataclasses.field(default_factory=list)
+    _seen: threading.Condition = dataclasses.field(default_factory=threading.Condition)
+
+    def add(self, line: str) -> None:
+        with self._seen:
+            self.lines.append(line)
+            self._seen.notify_all()
+
+    def wait_for(self, predicate: Callable[[str], bool], *, timeout: float = 10.0) -> str | None:
+        """The first captured line matching `predicate`, waiting up to `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._seen:
+            while True:
+                for line in self.lines:
+                    if predicate(line):
+                        return line
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._seen.wait(left)
+
+
+def state_file(name: str) -> pathlib.Path:
+    return STATE_DIR / "ovnk-secondary" / f"sandbox-{name}.json"
+
+
+def _docker(
+    *args: str, check: bool = True, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    try:
+        done = subprocess.run(
+            ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except FileNotFoundError as exc:
+        raise errors.SandboxError(
+            "the docker command is missing: apt-get install docker.io"
+        ) from exc
+    if check and done.returncode != 0:
+        raise errors.SandboxError(f"docker {' '.join(args[:3])} failed: {done.stderr.strip()}")
+    return done
+
+
+class Sandbox:
+    """A running sandbox; get one with `Sandbox.up(...)` or `Sandbox.attach(name)`."""
+
+    def __init__(self, *, name: str, containers: Mapping[str, Mapping[str, Any]]) -> None:
+        self.name = name
+        self._containers = dict(containers)  # role or node name -> docker inspect data
+        self.node_names = sorted(
+            (
+                n
+                for n, c in self._containers.items()
+                if c["Config"]["Labels"][ROLE_LABEL] == "chassis"
+            ),
+            key=lambda n: (len(n), n),
+        )
+        self.external = EXTERNAL
+        central_ip = self.address(CENTRAL, "mgmt")
+        self.nb_connection = f"tcp:{central_ip}:6641"
+        self.sb_connection = f"tcp:{central_ip}:6642"
+        networks = self._containers[CENTRAL]["NetworkSettings"]["Networks"]
+        self.host_address: str = networks[self.network_name("mgmt")]["Gateway"]
+        self.source_dir_in_container = SOURCE_IN_CONTAINER
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    @classmethod
+    def up(cls, *, name: str = "ovnk", nodes: int = 2, python: str | None = None) -> Sandbox:
+        """Start central, `nodes` chassis and the external host (leftovers of `name` go first)."""
+        if nodes < 1:
+            raise errors.SandboxError(f"--nodes must be at least 1, got {nodes}")
+        central_image, chassis_image = images.ensure(python=python)
+        down(name)
+        try:
+            networks = {
+                role: Network(docker_network_kw={"internal": True, "labels": {SANDBOX_LABEL: name}})
+                for role in NETWORKS
+            }
+            for role, network in networks.items():
+                network.name = f"{name}-{role}"
+                network.create()
+            cidrs = {role: _subnet(f"{name}-{role}") for role in NETWORKS}
+
+            central = _container(
+                central_image, name=name, role="central", hostname=CENTRAL, network=networks["mgmt"]
+            )
+            central.start()
+            central_ip = _inspect(f"{name}-{CENTRAL}")["NetworkSettings"]["Networks"][
+                f"{name}-mgmt"
+            ]["IPAddress"]
+            env = {f"{role.upper()}_CIDR": cidrs[role] for role in NETWORKS[1:]}
+            started = []
+            for index in range(1, nodes + 1):
+                node = f"node-{index}"
+                chassis = _container(
+                    chassis_image,
+                    name=name,
+                    role="chassis",
+                    hostname=node,
+                    network=networks["mgmt"],
+                    **CHASSIS_CAPS,
+                )
+                chassis.with_envs(CENTRAL=central_ip, NODE_NAME=node, **env)
+                chassis.with_volume_mapping(str(REPO_DIR), SOURCE_IN_CONTAINER, "ro")
+                chassis.start()
+                for role in ("underlay", "physnet", "physnet2"):
+                    networks[role].connect(chassis.get_container_id())
+                started.append(f"{name}-{node}")
+            external = _container(
+                chassis_image,
+                name=name,
+                role="external",
+                hostname=EXTERNAL,
+                network=networks["mgmt"],
+                entrypoint="/usr/local/bin/ovn-external-entrypoint",
+                **CHASSIS_CAPS,
+            )
+            external.with_envs(**env)
+            external.start()
+            for role in ("physnet", "physnet2"):
+                networks[role].connect(external.get_container_id())
+            started.append(f"{name}-{EXTERNAL}")
+
+            with concurrent.futures.ThreadPoolExecutor() as pool:
+                list(pool.map(_wait_ready, [f"{name}-{CENTRAL}", *started]))
+            sandbox = cls.attach(name)
+            sandbox._wait_chassis_registered()
+        except BaseException:
+            down(name)
+            raise
+        sandbox._write_state()
+        return sandbox
+
+    @classmethod
+    def attach(cls, name: str = "ovnk") -> Sandbox:
+        """The running sandbox `name`, found by its docker labels."""
+        ids = _docker("ps", "-q", "--filter", f"label={SANDBOX_LABEL}={name}").stdout.split()
+        if not ids:
+            raise errors.SandboxError(
+                f"no sandbox named {name!r} is running: start it with `ovnk-secondary sandbox up`"
+            )
+        containers = {}
+        for data in json.loads(_docker("inspect", *ids).stdout):
+            labels = data["Config"]["Labels"]
+            containers[labels.get(NODE_LABEL) or labels[ROLE_LABEL]] = data
+        if CENTRAL not in containers:
+            raise errors.SandboxError(
+                f"sandbox {name!r} has no central container: run `sandbox down`"
+            )
+        return cls(name=name, containers=containers)
+
+    def down(self) -> None:
+        down(self.name)
+
+    def _write_state(self) -> None:
+        path = state_file(self.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.status(), indent=2) + "\n")
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "nb_connection": self.nb_connection,
+            "sb_connection": self.sb_connection,
+            "host_address": self.host_address,
+            "nodes": {
+                node: {
+                    "container": self.container(node),
+                    "mgmt_address": self.address(node, "mgmt"),
+                    "state": self._containers[node]["State"]["Status"],
+                }
+                for node in self.node_names
+            },
+            "external_hosts": {str(vlan): ip for vlan, (_, ip) in EXTERNAL_HOSTS.items()},
+        }
+
+    # -- addressing ---------------------------------------------------------------------------
+
+    def network_name(self, role: str) -> str:
+        return f"{self.name}-{role}"
+
+    def container(self, node: str) -> str:
+        """Docker name of a node (`node-1`), of `central` or of `external`."""
+        if node not in self._containers:
+            known = ", ".join(sorted(self._containers))
+            raise errors.SandboxError(
+                f"sandbox {self.name!r} has no node {node!r} (it has {known})"
+            )
+        name: str = self._containers[node]["Name"].lstrip("/")
+        return name
+
+    def address(self, node: str, network: str) -> str:
+        """IPv4 address docker gave `node` on `network` (mgmt, underlay, ...)."""
+        self.container(node)
+        nets = self._containers[node]["NetworkSettings"]["Networks"]
+        address: str = nets[self.network_name(network)]["IPAddress"]
+        return address
+
+    # -- commands -----------------------------------------------------------------------------
+
+    def exec(
+        self,
+        node: str,
+        command: str | Sequence[str],
+        *,
+        check: bool = True,
+        input: str | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 60,
+        detach: bool = False,
+    ) -> ExecResult:
+        """Run `command` (argv, or a string for bash -c) in a container of the sandbox."""
+        argv = ["bash", "-c", command] if isinstance(command, str) else list(command)
+        options = ["-i"] if input is not None else []
+        if detach:
+            options.append("-d")
+        for key, value in (env or {}).items():
+            options += ["-e", f"{key}={value}"]
+        try:
+            done = subprocess.run(
+                ["docker", "exec", *options, self.container(node), *argv],
+                input=input,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise errors.SandboxError(
+                f"{shlex.join(argv)} on {node} did not finish within {timeout} s"
+            ) from exc
+        result = ExecResult(done.returncode, done.stdout, done.stderr)
+        if check and result.exit_code != 0:
+            raise errors.SandboxError(
+                f"{shlex.join(argv)} on {node} exited {result.exit_code}: "
+                f"{(result.stderr or result.stdout).strip()[-2000:]}"
+            )
+        return result
+
+    def add_pod_netns(self, node: str, name: str) -> str:
+        """A fresh network namespace on `node` standing for a pod sandbox; returns its path."""
+        self.exec(
+            node,
+            f"ip netns del {shlex.quote(name)} 2>/dev/null; ip netns add {shlex.quote(name)}"
+            f" && ip -n {shlex.quote(name)} link set lo up",
+        )
+        return f"/var/run/netns/{name}"
+
+    def delete_pod_netns(self, node: str, name: str) -> None:
+        self.exec(node, ["ip", "netns", "del", name], check=False)
+
+    @contextlib.contextmanager
+    def capture(
+        self,
+        node: str,
+        interface: str,
+        bpf_filter: str = "",
+        *,
+        count: int | None = None,
+        extra_args: Sequence[str] = ("-e",),
+        netns: str | None = None,
+    ) -> Iterator[Capture]:
+        """tcpdump on `interface` of `node` (in `netns` if given) while the block runs."""
+        tag = f"ovnk-capture-{uuid.uuid4().hex[:8]}"
+        dump = ["tcpdump", "-n", "-l", "-i", interface, *extra_args]
+        if count is not None:
+            dump += ["-c", str(count)]
+        dump += shlex.split(bpf_filter)
+        inner = f"exec -a {tag} {shlex.join(dump)}"
+        if netns is not None:
+            inner = f"exec ip netns exec {shlex.quote(netns)} bash -c {shlex.quote(inner)}"
+        process = subprocess.Popen(
+            ["docker", "exec", self.container(node), "bash", "-c", inner],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        captured = Capture()
+        listening = threading.Event()
+
+        def read_stderr() -> None:
+            assert process.stderr is not None
+            for line in process.stderr:
+                if "listening on" in line:
+                    listening.set()
+            listening.set()
+
+        def read_stdout() -> None:
+            assert process.stdout is not None
+            for line in process.stdout:
+                captured.add(line.rstrip("\n"))
+
+        readers = [threading.Thread(target=f, daemon=True) for f in (read_stderr, read_stdout)]
+        for reader in readers:
+            reader.start()
+        try:
+            if not listening.wait(15) or process.poll() not in (None, 0):
+                raise errors.SandboxError(f"tcpdump on {node}:{interface} did not start")
+            yield captured
+        finally:
+            if count is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=5)
+            self.exec(node, ["pkill", "-INT", "-f", tag], check=False)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+            for reader in readers:
+                reader.join(timeout=5)
+
+    def ovn_nbctl(self, *args: str) -> str:
+        """`ovn-nbctl` on central, as an operator would run it."""
+        return self.exec(CENTRAL, ["ovn-nbctl", "--db=unix:/run/ovn/nb.sock", *args]).stdout
+
+    def ovn_sbctl(self, *args: str) -> str:
+        return self.exec(CENTRAL, ["ovn-sbctl", "--db=unix:/run/ovn/sb.sock", *args]).stdout
+
+    def _wait_chassis_registered(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        expected = set(self.node_names)
+        while True:
+            registered = set(self.ovn_sbctl("--bare", "--columns=name", "list", "Chassis").split())
+            if expected <= registered:
+                return
+            if time.monotonic() > deadline:
+                raise errors.SandboxError(
+                    f"chassis {sorted(expected - registered)} did not register in the SB within "
+                    f"{timeout} s; see `ovnk-secondary sandbox exec NODE -- cat "
+                    "/var/log/ovn/ovn-controller.log`"
+                )
+            time.sleep(0.2)
+
+
+def down(name: str) -> None:
+    """Remove every container and network of sandbox `name`; fine when there is nothing."""
+    label = f"label={SANDBOX_LABEL}={name}"
+    ids = _docker("ps", "-aq", "--filter", label).stdout.split()
+    if ids:
+        _docker("rm", "-f", "-v", *ids, timeout=120)
+    nets = _docker("network", "ls", "-q", "--filter", label).stdout.split()
+    if nets:
+        _docker("network", "rm", *nets)
+    state_file(name).unlink(missing_ok=True)
+
+
+def _container(
+    image: str, *, name: str, role: str, hostname: str, network: Network, **kwargs: Any
+) -> DockerContainer:
+    labels = {SANDBOX_LABEL: name, ROLE_LABEL: role}
+    if role == "chassis":
+        labels[NODE_LABEL] = hostname
+    # DockerContainer.with_kwargs replaces earlier kwargs: everything goes in here at once.
+    return DockerContainer(
+        image,
+        name=f"{name}-{hostname}",
+        network=network,
+        hostname=hostname,
+        labels=labels,
+        **kwargs,
+    )
+
+
+def _inspect(container: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(_docker("inspect", container).stdout)[0]
+    return data
+
+
+def _subnet(network: str) -> str:
+    data = json.loads(_docker("network", "inspect", network).stdout)[0]
+    subnet: str = data["IPAM"]["Config"][0]["Subnet"]
+    return subnet
+
+
+def _wait_ready(container: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = _inspect(container)["State"]
+        logs = _docker("logs", container).stdout
+        if "READY" in logs.split():
+            return
+        if not state["Running"]:
+            break
+        time.sleep(0.2)
+    tail = _docker("logs", "--tail", "20", container, check=False)
+    raise errors.SandboxError(
+        f"{container} did not become ready: {(tail.stdout + tail.stderr).strip()[-1500:]}"
+    )

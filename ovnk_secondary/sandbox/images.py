@@ -1,0 +1,32 @@
+"""The sandbox images, built by `ovn-sandbox/build-images.sh` and tagged by a hash of its inputs.
+
+The script is the one source of truth (people using compose run it too); this module only runs it
+and reads the two image references it prints.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+from ovnk_secondary import errors
+
+BUILD_SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "ovn-sandbox" / "build-images.sh"
+
+
+def ensure(*, python: str | None = None) -> tuple[str, str]:
+    """(central image, chassis image), building them when their inputs changed."""
+    if not BUILD_SCRIPT.exists():
+        raise errors.SandboxError(
+            f"{BUILD_SCRIPT} is missing: run from a checkout of ovnk-secondary"
+        )
+    done = subprocess.run(
+        [str(BUILD_SCRIPT), python or sys.executable], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise errors.SandboxError(done.stderr.strip() or f"{BUILD_SCRIPT} exited {done.returncode}")
+    lines = done.stdout.split()
+    if len(lines) < 2:
+        raise errors.SandboxError(f"{BUILD_SCRIPT} printed no image names: {done.stdout!r}")
+    return lines[-2], lines[-1]
