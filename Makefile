@@ -15,7 +15,7 @@ test: host venv images lint
 	TESTCONTAINERS_RYUK_DISABLED=true $(VENV)/bin/pytest -q
 
 lint: venv
-	$(VENV)/bin/ruff check ovnk_secondary tests benchmarks
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
 host:

@@ -15,3 +15,11 @@ class InvalidConfig(OvnkSecondaryError):
 
 class SandboxError(OvnkSecondaryError):
     """The OVN sandbox cannot be built, started, reached or torn down."""
+
+
+class IpamError(OvnkSecondaryError):
+    """No address can be allocated (pool exhausted) or a requested address is not available."""
+
+
+class NorthboundError(OvnkSecondaryError):
+    """The OVN northbound database cannot be reached or refused a transaction."""
