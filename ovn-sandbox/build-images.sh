@@ -16,11 +16,12 @@ die() { echo "ovn-sandbox: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap and docker need it); rerun with sudo"
 docker info >/dev/null 2>&1 || die "no Docker daemon answers; start one (make does: see Makefile 'dockerd')"
 
-# The runtime dependencies of the project, installed in the chassis image as wheels built here
+# The runtime dependencies of the project and of the sandbox's components, installed in the chassis image as wheels built here
 # (pip inside the image cannot verify TLS on these machines).
 "$python" - "$repo/pyproject.toml" > "$build/requirements.txt" <<'PY'
 import sys, tomllib
-print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print("\n".join(project["dependencies"] + project["optional-dependencies"]["sandbox"]))
 PY
 
 inputs_hash=$(cd "$here" && cat build-images.sh central/* chassis/* .build/requirements.txt | sha256sum | cut -c1-12)

@@ -23,3 +23,7 @@ class IpamError(OvnkSecondaryError):
 
 class NorthboundError(OvnkSecondaryError):
     """The OVN northbound database cannot be reached or refused a transaction."""
+
+
+class Unavailable(OvnkSecondaryError):
+    """A service the node agent depends on (Kubernetes API, local OVSDB) cannot be reached now."""

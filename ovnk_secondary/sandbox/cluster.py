@@ -30,15 +30,18 @@ import json
 import os
 import pathlib
 import shlex
+import shutil
 import subprocess
 import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ovnk_secondary import errors
-from ovnk_secondary.sandbox import images
+from ovnk_secondary.sandbox import apiserver, images
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # the reaper image cannot be pulled
 
@@ -51,7 +54,15 @@ NODE_LABEL = "io.ovnk-secondary.node"
 NETWORKS = ("mgmt", "underlay", "physnet", "physnet2")
 EXTERNAL = "external"
 CENTRAL = "central"
+API = "api"
+API_PORT = 6443
+CONTROLLER = "controller"
 SOURCE_IN_CONTAINER = "/opt/ovnk-secondary"
+CONFIG_IN_CONTAINER = "/etc/ovnk-secondary"
+# The sandbox nodes' bridge mappings: the reference scenario's nmstate policies as agent input.
+BRIDGE_MAPPINGS = f"{SOURCE_IN_CONTAINER}/ovn-sandbox/bridge-mappings.yaml"
+# Long-running processes inside a chassis: name -> argv (after `ovnk-secondary` or python -m).
+NODE_SERVICES = ("node-agent", "kubelet")
 REPO_DIR = pathlib.Path(__file__).resolve().parents[2]
 STATE_DIR = pathlib.Path(os.environ.get("XDG_STATE_HOME", pathlib.Path.home() / ".local/state"))
 CHASSIS_CAPS = {
@@ -96,8 +107,13 @@ class Capture:
                 self._seen.wait(left)
 
 
+def state_dir(name: str) -> pathlib.Path:
+    """Files of sandbox `name` on the host: its status and kubeconfig, mounted into containers."""
+    return STATE_DIR / "ovnk-secondary" / f"sandbox-{name}"
+
+
 def state_file(name: str) -> pathlib.Path:
-    return STATE_DIR / "ovnk-secondary" / f"sandbox-{name}.json"
+    return state_dir(name) / "status.json"
 
 
 def _docker(
@@ -137,12 +153,26 @@ class Sandbox:
         networks = self._containers[CENTRAL]["NetworkSettings"]["Networks"]
         self.host_address: str = networks[self.network_name("mgmt")]["Gateway"]
         self.source_dir_in_container = SOURCE_IN_CONTAINER
+        kubeconfig = state_dir(name) / "kubeconfig"
+        self.kubeconfig: pathlib.Path | None = kubeconfig if API in self._containers else None
 
     # -- life cycle ---------------------------------------------------------------------------
 
     @classmethod
-    def up(cls, *, name: str = "ovnk", nodes: int = 2, python: str | None = None) -> Sandbox:
-        """Start central, `nodes` chassis and the external host (leftovers of `name` go first)."""
+    def up(
+        cls,
+        *,
+        name: str = "ovnk",
+        nodes: int = 2,
+        kubernetes: bool = False,
+        python: str | None = None,
+    ) -> Sandbox:
+        """Start central, `nodes` chassis and the external host (leftovers of `name` go first).
+
+        With `kubernetes`, the sandbox is a small cluster: a Kubernetes API (the kmock emulator,
+        `api` container), our controller (`controller` container), and in every chassis our node
+        agent and the kubelet/Multus stand-in; a kubeconfig for the host is written.
+        """
         if nodes < 1:
             raise errors.SandboxError(f"--nodes must be at least 1, got {nodes}")
         central_image, chassis_image = images.ensure(python=python)
@@ -166,6 +196,35 @@ class Sandbox:
             ]["IPAddress"]
             env = {f"{role.upper()}_CIDR": cidrs[role] for role in NETWORKS[1:]}
             started = []
+            config_dir = state_dir(name)
+            config_dir.mkdir(parents=True, exist_ok=True)
+            if kubernetes:
+                api = _container(
+                    chassis_image,
+                    name=name,
+                    role="api",
+                    hostname=API,
+                    network=networks["mgmt"],
+                    entrypoint=[
+                        "/opt/venv/bin/python",
+                        "-m",
+                        "ovnk_secondary.sandbox.apiserver",
+                        "--host",
+                        "0.0.0.0",
+                        "--port",
+                        str(API_PORT),
+                    ],
+                )
+                api.with_env("PYTHONPATH", SOURCE_IN_CONTAINER)
+                api.with_volume_mapping(str(REPO_DIR), SOURCE_IN_CONTAINER, "ro")
+                api.start()
+                api_ip = _inspect(f"{name}-{API}")["NetworkSettings"]["Networks"][f"{name}-mgmt"][
+                    "IPAddress"
+                ]
+                apiserver.write_kubeconfig(
+                    config_dir / "kubeconfig", server=f"http://{api_ip}:{API_PORT}"
+                )
+                _wait_api(f"http://{api_ip}:{API_PORT}", container=f"{name}-{API}")
             for index in range(1, nodes + 1):
                 node = f"node-{index}"
                 chassis = _container(
@@ -178,6 +237,7 @@ class Sandbox:
                 )
                 chassis.with_envs(CENTRAL=central_ip, NODE_NAME=node, **env)
                 chassis.with_volume_mapping(str(REPO_DIR), SOURCE_IN_CONTAINER, "ro")
+                chassis.with_volume_mapping(str(config_dir), CONFIG_IN_CONTAINER, "ro")
                 chassis.start()
                 for role in ("underlay", "physnet", "physnet2"):
                     networks[role].connect(chassis.get_container_id())
@@ -197,10 +257,34 @@ class Sandbox:
                 networks[role].connect(external.get_container_id())
             started.append(f"{name}-{EXTERNAL}")
 
+            if kubernetes:
+                controller = _container(
+                    chassis_image,
+                    name=name,
+                    role="controller",
+                    hostname=CONTROLLER,
+                    network=networks["mgmt"],
+                    entrypoint=[
+                        "/usr/local/bin/ovnk-secondary",
+                        "controller",
+                        "--ovn-nb",
+                        f"tcp:{central_ip}:6641",
+                        "--kubeconfig",
+                        f"{CONFIG_IN_CONTAINER}/kubeconfig",
+                        "--health-port",
+                        "8080",
+                    ],
+                )
+                controller.with_volume_mapping(str(REPO_DIR), SOURCE_IN_CONTAINER, "ro")
+                controller.with_volume_mapping(str(config_dir), CONFIG_IN_CONTAINER, "ro")
+                controller.start()
+
             with concurrent.futures.ThreadPoolExecutor() as pool:
                 list(pool.map(_wait_ready, [f"{name}-{CENTRAL}", *started]))
             sandbox = cls.attach(name)
             sandbox._wait_chassis_registered()
+            if kubernetes:
+                sandbox._start_node_components()
         except BaseException:
             down(name)
             raise
@@ -248,6 +332,7 @@ class Sandbox:
                 for node in self.node_names
             },
             "external_hosts": {str(vlan): ip for vlan, (_, ip) in EXTERNAL_HOSTS.items()},
+            "kubeconfig": str(self.kubeconfig) if self.kubeconfig else None,
         }
 
     # -- addressing ---------------------------------------------------------------------------
@@ -385,6 +470,96 @@ class Sandbox:
             for reader in readers:
                 reader.join(timeout=5)
 
+    # -- services inside chassis containers --------------------------------------------------
+
+    def _service_argv(self, node: str, service: str) -> list[str]:
+        kubeconfig = f"{CONFIG_IN_CONTAINER}/kubeconfig"
+        if service == "node-agent":
+            return [
+                "ovnk-secondary",
+                "node-agent",
+                "--node-name",
+                node,
+                "--kubeconfig",
+                kubeconfig,
+                "--bridge-mappings",
+                BRIDGE_MAPPINGS,
+            ]
+        if service == "kubelet":
+            return [
+                "/opt/venv/bin/python",
+                "-m",
+                "ovnk_secondary.sandbox.kubelet",
+                "--node-name",
+                node,
+                "--kubeconfig",
+                kubeconfig,
+            ]
+        raise errors.SandboxError(f"unknown service {service!r}; known: {', '.join(NODE_SERVICES)}")
+
+    def start_service(self, node: str, service: str) -> None:
+        """Start `service` (node-agent, kubelet) on `node`; logs in /var/log/ovnk-secondary/."""
+        argv = shlex.join(self._service_argv(node, service))
+        self.exec(
+            node,
+            "mkdir -p /run/ovnk-secondary-services /var/log/ovnk-secondary; "
+            f"export PYTHONPATH={SOURCE_IN_CONTAINER}; "
+            f"nohup {argv} >>/var/log/ovnk-secondary/{service}.log 2>&1 & "
+            f"echo $! > /run/ovnk-secondary-services/{service}.pid",
+        )
+
+    def stop_service(self, node: str, service: str, *, signal: str = "TERM") -> None:
+        """Stop `service` on `node` and wait until it is gone."""
+        pidfile = f"/run/ovnk-secondary-services/{service}.pid"
+        self.exec(
+            node,
+            f"[ -f {pidfile} ] || exit 0; pid=$(cat {pidfile}); kill -{signal} $pid 2>/dev/null; "
+            "for i in $(seq 100); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done; "
+            f"kill -KILL $pid 2>/dev/null; rm -f {pidfile}",
+            timeout=30,
+        )
+
+    def restart_service(self, node: str, service: str) -> None:
+        self.stop_service(node, service)
+        self.start_service(node, service)
+
+    def _start_node_components(self) -> None:
+        for node in self.node_names:
+            for service in NODE_SERVICES:
+                self.start_service(node, service)
+        for node in self.node_names:  # the agent opens its CNI socket once it is ready
+            self.exec(
+                node,
+                "for i in $(seq 300); do [ -S /var/run/ovnk-secondary/cni.sock ] && exit 0; "
+                "sleep 0.1; done; tail -20 /var/log/ovnk-secondary/node-agent.log; exit 1",
+                timeout=40,
+            )
+
+    def kube(self) -> Any:
+        """An official `kubernetes` API client for the sandbox's API."""
+        if self.kubeconfig is None:
+            raise errors.SandboxError(
+                f"sandbox {self.name!r} runs no Kubernetes API (started with --bare)"
+            )
+        import kubernetes  # only sandboxes with an API need it
+
+        return kubernetes.config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
+
+    def pod_netns(self, namespace: str, name: str) -> tuple[str, str]:
+        """(node, network namespace) of a pod, as the kubelet stand-in made it."""
+        import kubernetes
+
+        from ovnk_secondary.sandbox import kubelet
+
+        core: Any = kubernetes.client.CoreV1Api(self.kube())
+        try:
+            pod = core.read_namespaced_pod(name, namespace)
+        except kubernetes.client.ApiException as exc:
+            raise errors.SandboxError(f"pod {namespace}/{name}: {exc.reason}") from exc
+        if not pod.spec.node_name:
+            raise errors.SandboxError(f"pod {namespace}/{name} has no spec.nodeName")
+        return pod.spec.node_name, kubelet.netns_name(pod.metadata.uid)
+
     def ovn_nbctl(self, *args: str) -> str:
         """`ovn-nbctl` on central, as an operator would run it."""
         return self.exec(CENTRAL, ["ovn-nbctl", "--db=unix:/run/ovn/nb.sock", *args]).stdout
@@ -417,7 +592,7 @@ def down(name: str) -> None:
     nets = _docker("network", "ls", "-q", "--filter", label).stdout.split()
     if nets:
         _docker("network", "rm", *nets)
-    state_file(name).unlink(missing_ok=True)
+    shutil.rmtree(state_dir(name), ignore_errors=True)
 
 
 def _container(
@@ -446,6 +621,20 @@ def _subnet(network: str) -> str:
     data = json.loads(_docker("network", "inspect", network).stdout)[0]
     subnet: str = data["IPAM"]["Config"][0]["Subnet"]
     return subnet
+
+
+def _wait_api(url: str, *, container: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/version", timeout=2):
+                return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.2)
+    tail = _docker("logs", "--tail", "20", container, check=False)
+    raise errors.SandboxError(
+        f"the sandbox API at {url} did not answer: {(tail.stdout + tail.stderr).strip()[-1500:]}"
+    )
 
 
 def _wait_ready(container: str, timeout: float = 60) -> None:

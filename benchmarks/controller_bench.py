@@ -1,0 +1,180 @@
+"""Controller benchmark (not a test): N pods on one layer2 network, from creation to NB port.
+
+    .venv/bin/python benchmarks/controller_bench.py --pods 1000 [--pods 10000]
+
+Per run, on the host: a fresh NB ovsdb-server, the API emulator as its own process, and the
+controller as its own process (`ovnk-secondary controller`). Reports pods/s from pod creation
+to port committed in NB (p50/p99 latency), the duration of a full resync with nothing to
+change (from the controller's log), the controller's peak RSS, and a baseline measured in the
+same run: the same ports inserted with raw ovsdbapp, one transaction per port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import aiohttp
+from ovsdbapp.backend.ovs_idl import connection
+from ovsdbapp.schema.ovn_northbound import impl_idl
+
+from ovnk_secondary.northbound import client, servers
+
+NAD = {"cniVersion": "0.3.1", "name": "bench", "type": "ovn-k8s-cni-overlay",
+       "topology": "layer2", "subnets": "10.128.0.0/14", "netAttachDefName": "bench/bench"}
+
+
+def baseline(remote: str, count: int) -> float:
+    """Ports per second with raw ovsdbapp, one transaction per port (OVN-K's pattern)."""
+    idl = connection.OvsdbIdl.from_server(remote, "OVN_Northbound")
+    api = type("Api", (impl_idl.OvnNbApiIdlImpl,), {"_ovsdb_connection": None})(
+        connection.Connection(idl=idl, timeout=30))
+    api.ls_add("baseline").execute(check_error=True)
+    started = time.perf_counter()
+    for i in range(count):
+        address = f"0a:58:0a:00:00:01 10.0.{i // 250}.{i % 250}"
+        with api.transaction(check_error=True) as txn:
+            txn.add(api.lsp_add(
+                "baseline", f"baseline_{i}", addresses=[address], port_security=[address],
+                external_ids={"namespace": "bench", "pod": "true"},
+                options={"requested-chassis": "node1", "iface-id-ver": str(i)}))
+    elapsed = time.perf_counter() - started
+    api.ovsdb_connection.stop(timeout=5)
+    return count / elapsed
+
+
+async def create_pods(server: str, count: int, created: dict[str, float]) -> None:
+    async with aiohttp.ClientSession(base_url=server) as session:
+        await session.post("/apis/k8s.cni.cncf.io/v1/namespaces/bench/"
+                           "network-attachment-definitions",
+                           json={"apiVersion": "k8s.cni.cncf.io/v1",
+                                 "kind": "NetworkAttachmentDefinition",
+                                 "metadata": {"name": "bench", "namespace": "bench"},
+                                 "spec": {"config": json.dumps(NAD)}})
+        await asyncio.sleep(1.0)
+        limit = asyncio.Semaphore(16)
+
+        async def one(i: int) -> None:
+            async with limit:
+                name = f"pod{i}"
+                created[f"bench.bench_bench_{name}"] = time.monotonic()
+                async with session.post("/api/v1/namespaces/bench/pods", json={
+                    "apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": name, "namespace": "bench",
+                                 "annotations": {"k8s.v1.cni.cncf.io/networks": "bench"}},
+                    "spec": {"nodeName": "node1", "containers": [{"name": "c", "image": "i"}]},
+                }) as response:
+                    assert response.status == 201, await response.text()
+
+        await asyncio.gather(*(one(i) for i in range(count)))
+
+
+def peak_rss_mb(pid: int) -> float:
+    status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    found = re.search(r"VmHWM:\s+(\d+) kB", status)
+    return int(found[1]) / 1024 if found else float("nan")
+
+
+def run(count: int, workdir: pathlib.Path) -> dict[str, float]:
+    nb = servers.NbServer(directory=workdir / "nb")
+    nb.start()
+    kubeconfig = workdir / "kubeconfig"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    api = subprocess.Popen([sys.executable, "-m", "ovnk_secondary.sandbox.apiserver",
+                            "--port", "0", "--kubeconfig", str(kubeconfig)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    log = workdir / "controller.log"
+    controller = None
+    try:
+        while not kubeconfig.exists():
+            time.sleep(0.05)
+        server = json.loads(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+        with log.open("w") as output:
+            controller = subprocess.Popen(
+                [sys.executable, "-m", "ovnk_secondary", "controller", "--ovn-nb", nb.remote,
+                 "--kubeconfig", str(kubeconfig), "--health-port", "0",
+                 "--resync-period", "15"],
+                stdout=output, stderr=subprocess.STDOUT, env=env)
+        watcher = client.Northbound(remote=nb.remote, timeout=30)
+        watcher.connect()
+        created: dict[str, float] = {}
+        committed: dict[str, float] = {}
+        loop = asyncio.new_event_loop()
+        time.sleep(2)  # the controller's start-up sync
+        task = loop.create_task(create_pods(server, count, created))
+        deadline = time.monotonic() + max(120, count / 20)
+        while len(committed) < count and time.monotonic() < deadline:
+            loop.run_until_complete(asyncio.sleep(0.02))
+            now = time.monotonic()
+            with watcher._api.ovsdb_connection.lock:
+                names = [r.name for r in watcher._api.tables["Logical_Switch_Port"].rows.values()]
+            for name in names:
+                committed.setdefault(name, now)
+        loop.run_until_complete(task)
+        loop.close()
+        latencies = sorted(committed[n] - created[n] for n in created if n in committed)
+        span = max(committed.values()) - min(created.values())
+        syncs_before = log.read_text().count("full sync")
+        sync_deadline = time.monotonic() + 60
+        resync = float("nan")
+        while time.monotonic() < sync_deadline:
+            lines = re.findall(r"full sync \d+ done in ([0-9.]+)s", log.read_text())
+            if log.read_text().count("full sync") > syncs_before and lines:
+                resync = float(lines[-1])
+                break
+            time.sleep(0.2)
+        rss = peak_rss_mb(controller.pid)
+        watcher.close()
+        base = baseline(nb.remote, count)
+        return {
+            "pods": count,
+            "committed": len(latencies),
+            "pods_per_s": len(latencies) / span,
+            "p50_ms": statistics.median(latencies) * 1000,
+            "p99_ms": latencies[int(len(latencies) * 0.99) - 1] * 1000,
+            "resync_s": resync,
+            "peak_rss_mb": rss,
+            "baseline_ports_per_s": base,
+        }
+    finally:
+        for process in (controller, api):
+            if process is not None:
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        nb.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pods", type=int, action="append",
+                        help="number of pods (repeatable; default 1000 and 10000)")
+    args = parser.parse_args()
+    results = []
+    for count in args.pods or [1000, 10000]:
+        with tempfile.TemporaryDirectory(prefix="ovnk-bench-") as workdir:
+            result = run(count, pathlib.Path(workdir))
+        result["ratio_to_baseline"] = result["pods_per_s"] / result["baseline_ports_per_s"]
+        results.append(result)
+        print(json.dumps({k: round(v, 3) for k, v in result.items()}), flush=True)
+    if len(results) > 1:
+        cost = [1 / r["pods_per_s"] for r in results]
+        print(f"per-pod cost at {results[-1]['pods']:.0f} / at {results[0]['pods']:.0f}: "
+              f"{cost[-1] / cost[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The controller's own calls to the Kubernetes API: list, patch a pod annotation, post Events.
+
+kopf watches; these are the few writes and the start-up listing the reconciler needs, as
+plain async HTTP (aiohttp, which kopf already uses) so they stay off any thread pool. The
+connection comes from a kubeconfig (or the in-cluster service account), read once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import ssl
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import kubernetes
+
+from ovnk_secondary import errors
+
+NAD_PATH = "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions"
+PODS_PATH = "/api/v1/pods"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Credentials:
+    server: str
+    token: str | None = None
+    ca_path: str | None = None
+    certificate_path: str | None = None
+    private_key_path: str | None = None
+    insecure: bool = False
+
+
+def load_credentials(kubeconfig: str | None) -> Credentials:
+    """From `kubeconfig`, else $KUBECONFIG/~/.kube/config, else the in-cluster account."""
+    configuration = kubernetes.client.Configuration()
+    try:
+        if kubeconfig:
+            kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig, client_configuration=configuration)
+        else:
+            try:
+                kubernetes.config.load_incluster_config(  # type: ignore[no-untyped-call]
+                    client_configuration=configuration)
+            except kubernetes.config.ConfigException:
+                kubernetes.config.load_kube_config(  # type: ignore[no-untyped-call]
+                    client_configuration=configuration)
+    except (kubernetes.config.ConfigException, OSError, ValueError) as exc:
+        where = kubeconfig or "$KUBECONFIG, ~/.kube/config or the in-cluster service account"
+        raise errors.InvalidConfig(f"cannot load Kubernetes credentials from {where}: {exc}; "
+                                   "pass --kubeconfig PATH") from exc
+    header = configuration.get_api_key_with_prefix("BearerToken") or \
+        configuration.get_api_key_with_prefix("authorization") or ""
+    token = header.split(" ", 1)[1] if header.startswith("Bearer ") else (header or None)
+    return Credentials(
+        server=configuration.host.rstrip("/"),
+        token=token,
+        ca_path=configuration.ssl_ca_cert,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+        insecure=not configuration.verify_ssl,
+    )
+
+
+class ApiClient:
+    """An aiohttp session bound to one API server."""
+
+    def __init__(self, credentials: Credentials) -> None:
+        self.credentials = credentials
+        self._session: aiohttp.ClientSession | None = None
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        if not self.credentials.server.startswith("https"):
+            return False
+        context = ssl.create_default_context(cafile=self.credentials.ca_path)
+        if self.credentials.insecure:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if self.credentials.certificate_path:
+            context.load_cert_chain(self.credentials.certificate_path,
+                                    self.credentials.private_key_path)
+        return context
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        if self._session is None:
+            headers = {"Authorization": f"Bearer {self.credentials.token}"} \
+                if self.credentials.token else {}
+            self._session = aiohttp.ClientSession(
+                base_url=self.credentials.server, headers=headers,
+                connector=aiohttp.TCPConnector(ssl=self._ssl(), limit=32),
+                timeout=aiohttp.ClientTimeout(total=30),
+            )
+        async with self._session.request(method, path, **kwargs) as response:
+            body = await response.json(content_type=None)
+            if response.status >= 400:
+                message = body.get("message") if isinstance(body, dict) else body
+                raise ApiError(response.status, f"{method} {path}: {response.status} {message}")
+            return body
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def list(self, path: str) -> list[dict[str, Any]]:
+        body = await self._request("GET", path)
+        return list(body.get("items") or [])
+
+    async def annotate_pod(self, *, namespace: str, name: str, key: str, value: str) -> None:
+        await self._request(
+            "PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}",
+            json={"metadata": {"annotations": {key: value}}},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+
+    async def post_event(
+        self, *, involved: Mapping[str, Any], event_type: str, reason: str, message: str
+    ) -> None:
+        metadata = involved.get("metadata", {})
+        namespace = metadata.get("namespace") or "default"
+        now = datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        await self._request("POST", f"/api/v1/namespaces/{namespace}/events", json={
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{metadata.get('name')}.{uuid.uuid4().hex[:12]}",
+                         "namespace": namespace},
+            "involvedObject": {
+                "apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
+                "name": metadata.get("name"), "namespace": metadata.get("namespace"),
+                "uid": metadata.get("uid"), "resourceVersion": metadata.get("resourceVersion"),
+            },
+            "type": event_type,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "ovnk-secondary-controller"},
+            "reportingComponent": "ovnk-secondary-controller",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        })
+
+
+class ApiError(errors.OvnkSecondaryError):
+    """The Kubernetes API refused a request."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status

@@ -1,0 +1,30 @@
+"""Liveness and readiness over HTTP: `/healthz` (the loop answers) and `/readyz`.
+
+Ready means: connected to OVN northbound with a complete copy, and the first full sync done.
+"""
+
+from __future__ import annotations
+
+import aiohttp.web
+
+from ovnk_secondary.controller import reconciler
+
+
+async def start(*, host: str, port: int, policy: reconciler.Reconciler) -> aiohttp.web.AppRunner:
+    async def healthz(_: aiohttp.web.Request) -> aiohttp.web.Response:
+        return aiohttp.web.Response(text="ok\n")
+
+    async def readyz(_: aiohttp.web.Request) -> aiohttp.web.Response:
+        if not policy.northbound.ready():
+            return aiohttp.web.Response(status=503, text="OVN northbound not connected\n")
+        if not policy.synced.is_set():
+            return aiohttp.web.Response(status=503, text="first full sync not done\n")
+        return aiohttp.web.Response(text="ready\n")
+
+    app = aiohttp.web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    runner = aiohttp.web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await aiohttp.web.TCPSite(runner, host, port).start()
+    return runner

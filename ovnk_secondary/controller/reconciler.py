@@ -1,0 +1,596 @@
+"""The controller's policy: NADs and pods in, IP allocations, pod annotations and NB rows out.
+
+It keeps a model of the NADs and pods it has seen, one IPAM pool per network, and turns
+them into northbound rows (`northbound.desired`), applying only differences
+(`northbound.diff`) through the ovsdbapp adapter. Everything here runs on the asyncio loop,
+so the model and the pools need no locks; blocking NB calls go to one worker thread.
+
+- Hot path (a pod event): allocate, write `k8s.ovn.org/pod-networks`, then one NB
+  transaction per pod per NAD. The annotation goes first: after a crash, IPAM is rebuilt
+  from annotations, so an address is never handed out twice.
+- Full sync (start-up once NB holds its initial copy, after every NB reconnection, every
+  `resync_period`): list NADs and pods from the API, rebuild the pools from annotations,
+  allocate what is missing, compute everything desired, diff against our rows in NB, apply.
+  Pod events wait while a full sync runs, and a full sync waits for pods in flight.
+- Problems a user can fix are Warning Events on the NAD or pod, each posted once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+import aiohttp
+
+from ovnk_secondary import errors, ipam, nads, naming, podnetworks, selections
+from ovnk_secondary.controller import apiclient
+from ovnk_secondary.northbound import client, desired, diff
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Event reasons
+INVALID_CONFIG = "InvalidConfig"
+NETWORK_CONFLICT = "NetworkConflict"
+CHANGE_REFUSED = "ChangeRefused"
+NETWORK_NOT_FOUND = "NetworkNotFound"
+IPAM_FAILED = "IPAMFailed"
+NB_CONFLICT = "NorthboundConflict"
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+def _key(body: Mapping[str, Any]) -> Key:
+    metadata = body.get("metadata") or {}
+    return str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
+
+
+def _finished(pod: Mapping[str, Any]) -> bool:
+    """Completed pods hold no addresses (released on Succeeded/Failed, as on deletion)."""
+    phase = (pod.get("status") or {}).get("phase")
+    return phase in ("Succeeded", "Failed")
+
+
+@dataclasses.dataclass(kw_only=True)
+class _Nad:
+    body: dict[str, Any]
+    config: nads.NetworkConfig | None  # None: not ours or invalid
+    problem: str | None = None  # why it is not applied, for pods that select it
+
+
+class Reconciler:
+    def __init__(
+        self,
+        *,
+        northbound: client.Northbound,
+        api: apiclient.ApiClient,
+        resync_period: float = 300.0,
+        retry_period: float = 2.0,
+    ) -> None:
+        self.northbound = northbound
+        self.api = api
+        self.resync_period = resync_period
+        self.retry_period = retry_period
+        self._nb_thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="ovn-nb")
+        self._nads: dict[Key, _Nad] = {}
+        self._networks: dict[str, nads.NetworkConfig] = {}  # network name -> effective config
+        self._network_nads: dict[str, list[str]] = collections.defaultdict(list)  # accepted
+        self._pods: dict[Key, dict[str, Any]] = {}
+        self._pools: dict[str, ipam.Pool] = {}
+        self._posted: collections.OrderedDict[tuple[str, str, str], None] = (
+            collections.OrderedDict())
+        self._in_flight = 0
+        self._idle = asyncio.Condition()
+        self._syncing = False
+        self._needs_sync = True
+        self._last_sync = 0.0
+        self.synced = asyncio.Event()  # the first full sync is done: ready
+        self.sync_count = 0
+
+    # -- helpers ------------------------------------------------------------------------
+
+    async def _nb(self, function: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._nb_thread, function)
+
+    async def _warn(self, body: Mapping[str, Any], reason: str, message: str) -> None:
+        uid = str((body.get("metadata") or {}).get("uid"))
+        marker = (uid, reason, message)
+        if marker in self._posted:
+            return
+        self._posted[marker] = None
+        while len(self._posted) > 10_000:
+            self._posted.popitem(last=False)
+        logger.warning("%s %s/%s: %s: %s", body.get("kind"), *_key(body), reason, message)
+        try:
+            await self.api.post_event(involved=body, event_type="Warning", reason=reason,
+                                      message=message)
+        except (apiclient.ApiError, aiohttp.ClientError, TimeoutError) as exc:
+            logger.warning("could not post Event %s: %s", reason, exc)
+
+    async def _pod_work(self, work: Callable[[], Awaitable[None]]) -> None:
+        """Run pod work unless a full sync runs (then wait for it)."""
+        async with self._idle:
+            await self._idle.wait_for(lambda: not self._syncing)
+            self._in_flight += 1
+        try:
+            await work()
+        finally:
+            async with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    # -- NADs -----------------------------------------------------------------------------
+
+    def _record_nad(self, body: dict[str, Any]) -> tuple[_Nad, str | None]:
+        """Parse and store a NAD; returns it and an error message (None when fine)."""
+        key = _key(body)
+        try:
+            config = nads.parse_nad(body)
+        except errors.InvalidConfig as exc:
+            nad = _Nad(body=body, config=None, problem=str(exc))
+            self._forget_nad(key)
+            self._nads[key] = nad
+            return nad, str(exc)
+        nad = _Nad(body=body, config=config)
+        if config is None:
+            self._forget_nad(key)
+            self._nads[key] = nad
+            return nad, None
+        previous = self._nads.get(key)
+        accepted_before = (previous is not None and previous.config is not None
+                           and previous.problem is None)
+        network = self._networks.get(config.name)
+        others = [n for n in self._network_nads.get(config.name, []) if n != config.nad_key]
+        if accepted_before and previous is not None and previous.config is not None:
+            old = previous.config
+            if old.name != config.name or old.topology != config.topology or (
+                old.subnets != config.subnets or old.exclude_subnets != config.exclude_subnets
+            ):
+                attached = self._attached_count(old.nad_key)
+                if attached:
+                    message = (f"NAD {config.nad_key}: changing the network name, topology, "
+                               f"subnets or excludeSubnets is refused while {attached} pod(s) "
+                               "are attached; delete the pods first or create a new NAD")
+                    self._nads[key] = dataclasses.replace(previous, body=body)
+                    return previous, message
+        if network is not None and others:
+            differing = nads.disagreements(network, config)
+            if differing:
+                fields = ", ".join(
+                    f"{f} {nads.describe(config, f)} vs {nads.describe(network, f)}"
+                    for f in differing)
+                message = (f"NAD {config.nad_key} disagrees with NAD(s) {', '.join(others)} "
+                           f"of network {config.name} on {fields}; make them equal")
+                nad.problem = message
+                self._forget_nad(key)
+                self._nads[key] = nad
+                return nad, message
+        self._forget_nad(key)
+        self._nads[key] = nad
+        self._network_nads[config.name].append(config.nad_key)
+        if network is None or not others or network != config:
+            self._networks[config.name] = dataclasses.replace(
+                config, nad_key=(others[0] if others else config.nad_key))
+        if config.has_ipam and config.name not in self._pools:
+            self._pools[config.name] = ipam.Pool(network=config.name, subnets=config.subnets,
+                                                 exclude_subnets=config.exclude_subnets)
+        return nad, None
+
+    def _forget_nad(self, key: Key) -> None:
+        nad = self._nads.pop(key, None)
+        if nad is None or nad.config is None or nad.problem is not None:
+            return
+        name = nad.config.name
+        accepted = self._network_nads.get(name, [])
+        if nad.config.nad_key in accepted:
+            accepted.remove(nad.config.nad_key)
+
+    def _attached_count(self, nad_key: str) -> int:
+        count = 0
+        for pod in self._pods.values():
+            annotation = (pod.get("metadata", {}).get("annotations") or {}).get(
+                podnetworks.ANNOTATION)
+            if annotation and f'"{nad_key}"' in annotation and not _finished(pod):
+                count += 1
+        return count
+
+    def _drop_unused_networks(self) -> list[nads.NetworkConfig]:
+        gone = [cfg for name, cfg in self._networks.items() if not self._network_nads.get(name)]
+        for config in gone:
+            del self._networks[config.name]
+            self._pools.pop(config.name, None)
+            self._network_nads.pop(config.name, None)
+        return gone
+
+    async def nad_changed(self, body: dict[str, Any]) -> None:
+        key = _key(body)
+        before = self._nads.get(key)
+        nad, problem = self._record_nad(body)
+        if problem is not None:
+            reason = INVALID_CONFIG if nad.config is None else (
+                CHANGE_REFUSED if before is not None and nad is before else NETWORK_CONFLICT)
+            await self._warn(body, reason, problem)
+        gone = self._drop_unused_networks()
+        if not self.synced.is_set():
+            return  # the first full sync applies everything
+        await self._pod_work(lambda: self._apply_networks(gone))
+        if nad.config is not None and nad.problem is None:
+            waiting = [k for k, pod in self._pods.items()
+                       if self._selects(pod, nad.config.nad_key)]
+            await asyncio.gather(*(self._sync_pod_now(k) for k in waiting))
+
+    async def nad_deleted(self, body: dict[str, Any]) -> None:
+        key = _key(body)
+        nad = self._nads.get(key)
+        self._forget_nad(key)
+        gone = self._drop_unused_networks()
+        if not self.synced.is_set() or nad is None or nad.config is None:
+            return
+        nad_key = nad.config.nad_key
+        network = nad.config.name
+        pool = self._pools.get(network)
+        prefix = naming.prefix(nad_key)
+        if pool is not None:
+            for owner in pool.owners():
+                if owner.startswith(prefix):
+                    pool.release(owner=owner)
+
+        async def work() -> None:
+            await self._apply_networks(gone)
+            if network in self._networks:  # other NADs keep the network: drop this NAD's ports
+                have, _ = await self._nb(self.northbound.read)
+                stale = {n: p for n, p in have.ports.items()
+                         if p.external_ids.get(naming.NAD_KEY) == nad_key}
+                await self._nb(lambda: self.northbound.apply(
+                    diff.diff(desired.State(), desired.State(ports=stale))))
+
+        await self._pod_work(work)
+
+    async def _apply_networks(self, gone: Iterable[nads.NetworkConfig]) -> None:
+        """Converge the switches (and localnet ports) of all networks; delete gone ones."""
+        want = desired.state(self._networks.values(), [])
+        names = set(want.switches) | {desired.switch_name(c) for c in gone}
+        port_names = set(want.ports) | {naming.localnet_port_name(c.name) for c in gone}
+        have, foreign = await self._nb(
+            lambda: self.northbound.read_some(switches=names, ports=port_names))
+        change = diff.diff(want, have, foreign=foreign)
+        await self._report_conflicts(change)
+        try:
+            await self._nb(lambda: self.northbound.apply(change))
+        except errors.NorthboundError as exc:
+            logger.warning("NB write failed, a full sync will retry: %s", exc)
+            self._needs_sync = True
+
+    # -- pods -----------------------------------------------------------------------------
+
+    def _selects(self, pod: Mapping[str, Any], nad_key: str) -> bool:
+        annotation = (pod.get("metadata", {}).get("annotations") or {}).get(
+            selections.ANNOTATION)
+        if not annotation:
+            return False
+        namespace, name = _key(pod)
+        try:
+            chosen = selections.parse(annotation, pod_namespace=namespace, pod_name=name)
+        except errors.InvalidConfig:
+            return False
+        return any(s.nad_key == nad_key for s in chosen)
+
+    async def pod_changed(self, body: dict[str, Any]) -> None:
+        key = _key(body)
+        previous = self._pods.get(key)
+        if previous is not None and (previous.get("metadata", {}).get("uid")
+                                     != body.get("metadata", {}).get("uid")):
+            await self.pod_deleted(previous)  # same name, new pod
+        self._pods[key] = body
+        if not self.synced.is_set():
+            return
+        await self._pod_work(lambda: self._sync_pod(key))
+
+    async def _sync_pod_now(self, key: Key) -> None:
+        await self._pod_work(lambda: self._sync_pod(key))
+
+    async def pod_deleted(self, body: dict[str, Any]) -> None:
+        key = _key(body)
+        current = self._pods.get(key)
+        if current is not None and current.get("metadata", {}).get("uid") == body.get(
+                "metadata", {}).get("uid"):
+            del self._pods[key]
+        if not self.synced.is_set():
+            return
+        await self._pod_work(lambda: self._release_pod(body))
+
+    async def _release_pod(self, pod: Mapping[str, Any]) -> None:
+        """Release the pod's addresses and remove its ports."""
+        namespace, name = _key(pod)
+        annotation = (pod.get("metadata", {}).get("annotations") or {}).get(
+            podnetworks.ANNOTATION)
+        try:
+            recorded = podnetworks.decode(annotation)
+        except errors.InvalidConfig:
+            recorded = {}
+        port_names = set()
+        for nad_key in recorded:
+            port = naming.pod_port_name(nad_key, namespace, name)
+            port_names.add(port)
+            for pool in self._pools.values():
+                pool.release(owner=port)
+        if not port_names:
+            return
+        have, _ = await self._nb(
+            lambda: self.northbound.read_some(switches=(), ports=port_names))
+        # only rows of this pod's incarnation: a pod re-created under the same name is not ours
+        uid = pod.get("metadata", {}).get("uid")
+        stale = {n: p for n, p in have.ports.items() if p.options.get("iface-id-ver") == uid}
+        if stale:
+            try:
+                await self._nb(lambda: self.northbound.apply(
+                    diff.diff(desired.State(), desired.State(ports=stale))))
+            except errors.NorthboundError as exc:
+                logger.warning("NB delete failed, a full sync will retry: %s", exc)
+                self._needs_sync = True
+
+    def _reserve_recorded(
+        self, pod: Mapping[str, Any], recorded: dict[str, podnetworks.PodNetwork]
+    ) -> None:
+        """Reserve the addresses a live pod's annotation records (the rebuild after restart)."""
+        if _finished(pod) or not (pod.get("spec") or {}).get("nodeName"):
+            return
+        namespace, name = _key(pod)
+        for nad_key, entry in recorded.items():
+            nad_namespace, _, nad_name = nad_key.partition("/")
+            nad = self._nads.get((nad_namespace, nad_name))
+            if nad is None or nad.config is None or nad.problem is not None:
+                continue
+            pool = self._pools.get(nad.config.name)
+            if pool is None or not entry.ip_addresses:
+                continue
+            try:
+                pool.reserve(owner=naming.pod_port_name(nad_key, namespace, name),
+                             addresses=entry.ip_addresses)
+            except errors.IpamError as exc:
+                logger.warning("pod %s/%s: %s", namespace, name, exc)
+
+    def _attachments(
+        self, pod: Mapping[str, Any], recorded: dict[str, podnetworks.PodNetwork],
+        problems: list[tuple[str, str]],
+    ) -> list[tuple[nads.NetworkConfig, desired.Attachment]]:
+        """Decide the pod's attachments, allocating what is missing (updates `recorded`)."""
+        metadata = pod.get("metadata") or {}
+        namespace, name = _key(pod)
+        uid = str(metadata.get("uid") or "")
+        node = (pod.get("spec") or {}).get("nodeName")
+        annotation = (metadata.get("annotations") or {}).get(selections.ANNOTATION)
+        if not node or not annotation or _finished(pod) or metadata.get("deletionTimestamp"):
+            return []
+        try:
+            chosen = selections.parse(annotation, pod_namespace=namespace, pod_name=name)
+        except errors.InvalidConfig as exc:
+            problems.append((INVALID_CONFIG, str(exc)))
+            return []
+        result = []
+        for selection in chosen:
+            nad = self._nads.get((selection.namespace, selection.name))
+            if nad is None:
+                problems.append((NETWORK_NOT_FOUND, f"NAD {selection.nad_key} does not exist; "
+                                 "create it (the pod's other networks are attached)"))
+                continue
+            if nad.config is None:
+                if nad.problem is not None:
+                    problems.append((INVALID_CONFIG, f"NAD {selection.nad_key} is invalid: "
+                                                     f"{nad.problem}"))
+                continue  # another CNI's NAD: not ours to attach
+            if nad.problem is not None:
+                problems.append((NETWORK_CONFLICT, f"NAD {selection.nad_key} is not applied: "
+                                                   f"{nad.problem}"))
+                continue
+            network = self._networks[nad.config.name]
+            port = naming.pod_port_name(selection.nad_key, namespace, name)
+            entry = recorded.get(selection.nad_key)
+            pool = self._pools.get(network.name)
+            if entry is None:
+                if network.has_ipam and selection.ips:
+                    problems.append((INVALID_CONFIG, f"static ips {', '.join(selection.ips)} "
+                                     f"are only accepted on networks without subnets; NAD "
+                                     f"{selection.nad_key} has subnets: remove ips"))
+                    continue
+                try:
+                    ips = pool.allocate(owner=port) if pool is not None else (
+                        selection.ips or None)
+                except errors.IpamError as exc:
+                    problems.append((IPAM_FAILED, str(exc)))
+                    continue
+                entry = podnetworks.PodNetwork(
+                    ip_addresses=ips,
+                    mac_address=podnetworks.mac_address(
+                        ips or (), requested=selection.mac, seed=f"{uid}/{selection.nad_key}"),
+                    gateway_ips=selection.default_route,
+                )
+                recorded[selection.nad_key] = entry
+            elif pool is not None and entry.ip_addresses:
+                try:
+                    pool.reserve(owner=port, addresses=entry.ip_addresses)
+                except errors.IpamError as exc:
+                    problems.append((IPAM_FAILED, f"recorded addresses of {port}: {exc}"))
+            result.append((network, desired.Attachment(
+                nad_key=selection.nad_key, pod_namespace=namespace, pod_name=name,
+                pod_uid=uid, node=str(node), mac=entry.mac_address, ips=entry.ip_addresses,
+            )))
+        return result
+
+    async def _annotate(
+        self, pod: Mapping[str, Any], recorded: dict[str, podnetworks.PodNetwork],
+        before: str | None,
+    ) -> bool:
+        """Write the annotation if it changed; False when the pod is gone."""
+        text = podnetworks.encode(recorded)
+        if recorded and text != before:
+            namespace, name = _key(pod)
+            try:
+                await self.api.annotate_pod(namespace=namespace, name=name,
+                                            key=podnetworks.ANNOTATION, value=text)
+            except apiclient.ApiError as exc:
+                if exc.status == 404:
+                    return False
+                raise
+        return True
+
+    def _recorded(self, pod: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
+        text = (pod.get("metadata", {}).get("annotations") or {}).get(podnetworks.ANNOTATION)
+        try:
+            return text, podnetworks.decode(text)
+        except errors.InvalidConfig:
+            return text, {}
+
+    async def _sync_pod(self, key: Key) -> None:
+        pod = self._pods.get(key)
+        if pod is None:
+            return
+        if _finished(pod):
+            await self._release_pod(pod)
+            return
+        before, recorded = self._recorded(pod)
+        problems: list[tuple[str, str]] = []
+        attachments = self._attachments(pod, recorded, problems)
+        for reason, message in problems:
+            await self._warn(pod, reason, message)
+        if not attachments:
+            return
+        try:
+            if not await self._annotate(pod, recorded, before):
+                for _, attachment in attachments:
+                    for pool in self._pools.values():
+                        pool.release(owner=attachment.port_name)
+                return
+        except (apiclient.ApiError, aiohttp.ClientError, TimeoutError) as exc:
+            logger.warning("could not annotate pod %s/%s, a full sync will retry: %s",
+                           *key, exc)
+            self._needs_sync = True
+            return
+        for network, attachment in attachments:  # one transaction per pod per NAD
+            want = desired.State(ports={attachment.port_name: desired.pod_port(network,
+                                                                               attachment)})
+            try:
+                have, foreign = await self._nb(functools.partial(
+                    self.northbound.read_some, switches=(), ports=(attachment.port_name,)))
+                change = diff.diff(want, have, foreign=foreign)
+                await self._report_conflicts(change, pod)
+                await self._nb(functools.partial(self.northbound.apply, change))
+            except errors.NorthboundError as exc:
+                logger.warning("NB write for %s failed, a full sync will retry: %s",
+                               attachment.port_name, exc)
+                self._needs_sync = True
+
+    async def _report_conflicts(
+        self, change: diff.Diff, body: Mapping[str, Any] | None = None
+    ) -> None:
+        for name in change.conflicts:
+            message = (f"northbound row {name} exists but is not owned by ovnk-secondary "
+                       f"(no external_ids:{naming.OWNER_KEY}); it is left alone: remove it "
+                       "or rename the network")
+            if body is not None:
+                await self._warn(body, NB_CONFLICT, message)
+            else:
+                logger.warning(message)
+
+    # -- full sync ------------------------------------------------------------------------
+
+    async def full_sync(self) -> None:
+        """List, rebuild, allocate, diff, apply. NorthboundError/ApiError propagate."""
+        started = time.monotonic()
+        async with self._idle:
+            await self._idle.wait_for(lambda: not self._syncing)
+            self._syncing = True
+            await self._idle.wait_for(lambda: self._in_flight == 0)
+        try:
+            await self._full_sync()
+        finally:
+            async with self._idle:
+                self._syncing = False
+                self._idle.notify_all()
+        self.sync_count += 1
+        self._last_sync = time.monotonic()
+        logger.info("full sync %d done in %.2fs", self.sync_count, time.monotonic() - started)
+        self.synced.set()
+
+    async def _full_sync(self) -> None:
+        nad_list, pod_list = await asyncio.gather(self.api.list(apiclient.NAD_PATH),
+                                                  self.api.list(apiclient.PODS_PATH))
+        if not self.northbound.ready():
+            raise errors.NorthboundError("OVN northbound is not ready")
+        self._needs_sync = False
+        # NADs in creation order: the first NAD of a network sets its config
+        nad_list.sort(key=lambda b: (b.get("metadata", {}).get("creationTimestamp") or "",
+                                     _key(b)))
+        previous_nads = self._nads
+        self._nads, self._networks, self._pools = {}, {}, {}
+        self._network_nads = collections.defaultdict(list)
+        self._pods = {_key(p): p for p in pod_list}
+        for body in nad_list:
+            nad, problem = self._record_nad(body)
+            old = previous_nads.get(_key(body))
+            if problem is not None and (old is None or old.problem != problem):
+                await self._warn(body, INVALID_CONFIG if nad.config is None else
+                                 NETWORK_CONFLICT, problem)
+        # rebuild the pools from what the annotations record, before allocating anything
+        recorded_by_pod = {key: self._recorded(pod) for key, pod in self._pods.items()}
+        for key, (_, recorded) in recorded_by_pod.items():
+            self._reserve_recorded(self._pods[key], recorded)
+        attachments: list[tuple[nads.NetworkConfig, desired.Attachment]] = []
+        for key, (before, recorded) in recorded_by_pod.items():
+            pod = self._pods[key]
+            problems: list[tuple[str, str]] = []
+            found = self._attachments(pod, recorded, problems)
+            for reason, message in problems:
+                await self._warn(pod, reason, message)
+            if not found:
+                continue
+            try:
+                if await self._annotate(pod, recorded, before):
+                    attachments.extend(found)
+            except (apiclient.ApiError, aiohttp.ClientError, TimeoutError) as exc:
+                logger.warning("could not annotate pod %s/%s: %s", *key, exc)
+                self._needs_sync = True
+        want = desired.state(self._networks.values(), attachments)
+        have, foreign = await self._nb(self.northbound.read)
+        change = diff.diff(want, have, foreign=foreign)
+        await self._report_conflicts(change)
+        if not change.empty:
+            logger.info("full sync: %s", change.summary())
+        await self._nb(lambda: self.northbound.apply(change))
+
+    async def run_background(self, *, stop: asyncio.Event) -> None:
+        """Connect to NB (with backoff), full-sync at start, on reconnection and periodically."""
+        delay = 0.5
+        session = -1
+        while not stop.is_set():
+            try:
+                if not self.northbound.ready() and session == -1:
+                    await self._nb(self.northbound.connect)
+                current = self.northbound.session()
+                due = time.monotonic() - self._last_sync >= self.resync_period
+                if self.northbound.ready() and (current != session or self._needs_sync or due):
+                    if current != session and session != -1:
+                        logger.info("OVN northbound reconnected: full sync")
+                    await self.full_sync()
+                    session = current
+                delay = 0.5
+                wait = self.retry_period if self._needs_sync else 0.5
+            except (errors.OvnkSecondaryError, aiohttp.ClientError, TimeoutError) as exc:
+                logger.warning("sync failed, retrying in %.1fs: %s", delay, exc)
+                self._needs_sync = True
+                wait, delay = delay, min(delay * 2, 30.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=wait)
+
+    def close(self) -> None:
+        self._nb_thread.shutdown(wait=False, cancel_futures=True)
+

@@ -1,0 +1,210 @@
+"""IP address management: one pool per network, cluster-wide, never a duplicate.
+
+A network's pool is every address of its `subnets` minus `excludeSubnets`, minus the network
+address of each subnet and the broadcast address of IPv4 subnets. A pod on a NAD (an
+*owner*, named by its logical switch port) gets one address from each subnet.
+
+Allocation must stay cheap at tens of thousands of pods: each subnet hands out fresh
+addresses from a cursor that only moves forward (skipping excluded ranges by bisection and
+addresses already reserved), and reuses released addresses from a heap once the fresh ones
+run out. No allocation scans the pool. After a restart the pools are rebuilt by
+`reserve`-ing what the pod annotations record.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import heapq
+import ipaddress
+from collections.abc import Iterable, Sequence
+
+import netaddr
+
+from ovnk_secondary import errors
+
+_ADDRESS_CLASSES: dict[int, type[ipaddress.IPv4Address] | type[ipaddress.IPv6Address]] = {
+    4: ipaddress.IPv4Address,
+    6: ipaddress.IPv6Address,
+}
+
+
+@dataclasses.dataclass(kw_only=True)
+class _Subnet:
+    """One subnet of a pool, with integer addresses."""
+
+    cidr: str
+    version: int
+    prefixlen: int
+    first: int  # first usable address
+    last: int  # last usable address
+    excluded_starts: list[int]
+    excluded_ends: list[int]
+    cursor: int = 0
+    used: set[int] = dataclasses.field(default_factory=set)
+    released: list[int] = dataclasses.field(default_factory=list)  # heap; may hold stale entries
+
+    def __post_init__(self) -> None:
+        self.cursor = self.first
+
+    def text(self, address: int) -> str:
+        return f"{_ADDRESS_CLASSES[self.version](address)}/{self.prefixlen}"
+
+    def excluded_until(self, address: int) -> int | None:
+        """The end of the excluded range holding `address`, or None when it is not excluded."""
+        index = bisect.bisect_right(self.excluded_starts, address) - 1
+        if index >= 0 and self.excluded_ends[index] >= address:
+            return self.excluded_ends[index]
+        return None
+
+    def available(self, address: int) -> bool:
+        return (self.first <= address <= self.last and address not in self.used
+                and self.excluded_until(address) is None)
+
+    def take(self) -> int | None:
+        while self.cursor <= self.last:
+            address = self.cursor
+            end = self.excluded_until(address)
+            if end is not None:
+                self.cursor = end + 1
+                continue
+            self.cursor += 1
+            if address not in self.used:
+                self.used.add(address)
+                return address
+        while self.released:
+            address = heapq.heappop(self.released)
+            if address not in self.used:  # stale when reserved again since its release
+                self.used.add(address)
+                return address
+        return None
+
+    def free(self, address: int) -> None:
+        self.used.discard(address)
+        if address < self.cursor:  # the cursor will not come back to it
+            heapq.heappush(self.released, address)
+
+
+def _subnet(network: netaddr.IPNetwork, excludes: Iterable[netaddr.IPNetwork]) -> _Subnet:
+    first, last = int(network.first), int(network.last)
+    if network.version == 4 and network.prefixlen <= 30:
+        first, last = first + 1, last - 1  # network and broadcast addresses
+    elif network.version == 6 and network.prefixlen <= 126:
+        first += 1  # the subnet-router anycast address
+    ranges = sorted(
+        (max(int(e.first), first), min(int(e.last), last))
+        for e in excludes
+        if e.version == network.version and int(e.first) <= last and int(e.last) >= first
+    )
+    merged: list[list[int]] = []
+    for start, end in ranges:
+        if merged and start <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    return _Subnet(
+        cidr=str(network.cidr),
+        version=network.version,
+        prefixlen=network.prefixlen,
+        first=first,
+        last=last,
+        excluded_starts=[m[0] for m in merged],
+        excluded_ends=[m[1] for m in merged],
+    )
+
+
+class Pool:
+    """The addresses of one network, and who holds which."""
+
+    def __init__(
+        self,
+        *,
+        network: str,
+        subnets: Sequence[netaddr.IPNetwork],
+        exclude_subnets: Sequence[netaddr.IPNetwork] = (),
+    ) -> None:
+        self.network = network
+        self._subnets = [_subnet(s, exclude_subnets) for s in subnets]
+        self._owners: dict[str, tuple[tuple[int, int], ...]] = {}  # owner -> (subnet, address)
+        self._holders: dict[tuple[int, int], str] = {}  # (subnet, address) -> owner
+
+    def __len__(self) -> int:
+        """How many owners hold addresses."""
+        return len(self._owners)
+
+    def addresses_of(self, owner: str) -> tuple[str, ...] | None:
+        held = self._owners.get(owner)
+        if held is None:
+            return None
+        return tuple(self._subnets[index].text(address) for index, address in held)
+
+    def allocate(self, *, owner: str) -> tuple[str, ...]:
+        """One address from each subnet for `owner` (the same ones again if it holds some)."""
+        held = self.addresses_of(owner)
+        if held is not None:
+            return held
+        taken: list[tuple[int, int]] = []
+        for index, subnet in enumerate(self._subnets):
+            address = subnet.take()
+            if address is None:
+                for taken_index, taken_address in taken:
+                    self._subnets[taken_index].free(taken_address)
+                raise errors.IpamError(
+                    f"network {self.network}: no free address left in subnet {subnet.cidr} "
+                    f"for {owner}; add a subnet to the NAD or delete pods on the network"
+                )
+            taken.append((index, address))
+        self._record(owner, taken)
+        return tuple(self._subnets[index].text(address) for index, address in taken)
+
+    def reserve(self, *, owner: str, addresses: Sequence[str]) -> None:
+        """Mark `addresses` (CIDR strings) as `owner`'s, e.g. from a pod annotation."""
+        if self._owners.get(owner) is not None:
+            if set(self.addresses_of(owner) or ()) == set(addresses):
+                return
+            raise errors.IpamError(f"network {self.network}: {owner} already holds "
+                                   f"{', '.join(self.addresses_of(owner) or ())}")
+        wanted: list[tuple[int, int]] = []
+        for text in addresses:
+            try:
+                interface = ipaddress.ip_interface(text)
+            except ValueError as exc:
+                raise errors.IpamError(f"network {self.network}: {text!r} of {owner} is not "
+                                       "an address in CIDR notation") from exc
+            address = int(interface.ip)
+            index = next((i for i, s in enumerate(self._subnets)
+                          if s.version == interface.version and s.prefixlen
+                          == interface.network.prefixlen and s.first <= address <= s.last), None)
+            if index is None:
+                raise errors.IpamError(f"network {self.network}: {text} of {owner} is not a "
+                                       "usable address of any of its subnets")
+            holder = self._holders.get((index, address))
+            if holder is not None:
+                raise errors.IpamError(f"network {self.network}: {text} of {owner} is already "
+                                       f"held by {holder}")
+            if self._subnets[index].excluded_until(address) is not None:
+                raise errors.IpamError(f"network {self.network}: {text} of {owner} is in "
+                                       "excludeSubnets")
+            if any(i == index for i, _ in wanted):
+                raise errors.IpamError(f"network {self.network}: {owner} has two addresses in "
+                                       "one subnet")
+            wanted.append((index, address))
+        for index, address in wanted:
+            self._subnets[index].used.add(address)
+        self._record(owner, wanted)
+
+    def release(self, *, owner: str) -> tuple[str, ...]:
+        """Give `owner`'s addresses back; returns them (empty when it held none)."""
+        held = self._owners.pop(owner, ())
+        for index, address in held:
+            self._holders.pop((index, address), None)
+            self._subnets[index].free(address)
+        return tuple(self._subnets[index].text(address) for index, address in held)
+
+    def owners(self) -> list[str]:
+        return list(self._owners)
+
+    def _record(self, owner: str, held: Sequence[tuple[int, int]]) -> None:
+        self._owners[owner] = tuple(held)
+        for key in held:
+            self._holders[key] = owner

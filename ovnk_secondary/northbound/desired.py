@@ -1,0 +1,157 @@
+"""Desired northbound rows, computed from the network model: pure functions over plain values.
+
+A network becomes one logical switch (`<prefix>ovn_layer2_switch` or
+`<prefix>ovn_localnet_switch`), a localnet network also its localnet port, and every pod on
+one of its NADs a logical switch port, with the names, columns and external_ids of
+OVN-Kubernetes (conventions, section 2) plus our ownership marker (`naming.OWNER_KEY`) on
+every row, so that a full sync deletes only what we created.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+
+from ovnk_secondary import nads, naming
+
+OWNED = {naming.OWNER_KEY: naming.OWNER_VALUE}
+# Map keys we manage per column: any other key in those maps (someone else's) is left alone.
+MANAGED_KEYS: Mapping[str, frozenset[str]] = {
+    "external_ids": frozenset({naming.OWNER_KEY, naming.NETWORK_KEY, naming.TOPOLOGY_KEY,
+                               naming.ROLE_KEY, naming.NAD_KEY, "namespace", "pod"}),
+    "other_config": frozenset({"subnet", "ipv6_prefix"}),
+    "options": frozenset({"network_name", "requested-chassis", "iface-id-ver"}),
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Switch:
+    """A Logical_Switch row (only the columns we manage)."""
+
+    name: str
+    external_ids: Mapping[str, str]
+    other_config: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Port:
+    """A Logical_Switch_Port row (only the columns we manage) and the switch holding it."""
+
+    name: str
+    switch: str
+    type: str = ""
+    addresses: tuple[str, ...] = ()
+    port_security: tuple[str, ...] = ()
+    external_ids: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    options: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    tag_request: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class State:
+    """A set of rows keyed by name: what we want, or what NB holds of ours."""
+
+    switches: Mapping[str, Switch] = dataclasses.field(default_factory=dict)
+    ports: Mapping[str, Port] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Attachment:
+    """A pod on a NAD, as decided by the reconciler (IPs and MAC already allocated)."""
+
+    nad_key: str
+    pod_namespace: str
+    pod_name: str
+    pod_uid: str
+    node: str
+    mac: str
+    ips: tuple[str, ...] | None  # CIDR strings; None without IPAM
+
+    @property
+    def port_name(self) -> str:
+        return naming.pod_port_name(self.nad_key, self.pod_namespace, self.pod_name)
+
+
+def switch_name(network: nads.NetworkConfig) -> str:
+    return naming.switch_name(network.name, network.topology)
+
+
+def switch(network: nads.NetworkConfig) -> Switch:
+    other_config: dict[str, str] = {}
+    v4 = [s for s in network.subnets if s.version == 4]
+    v6 = [s for s in network.subnets if s.version == 6]
+    if v4:
+        other_config["subnet"] = str(v4[0])
+    if v6:
+        other_config["ipv6_prefix"] = str(v6[0].network)
+    return Switch(
+        name=switch_name(network),
+        external_ids={
+            naming.NETWORK_KEY: network.name,
+            naming.TOPOLOGY_KEY: network.topology,
+            naming.ROLE_KEY: network.role,
+            **OWNED,
+        },
+        other_config=other_config,
+    )
+
+
+def localnet_port(network: nads.NetworkConfig) -> Port | None:
+    if network.topology != naming.LOCALNET:
+        return None
+    return Port(
+        name=naming.localnet_port_name(network.name),
+        switch=switch_name(network),
+        type="localnet",
+        addresses=("unknown",),
+        external_ids={
+            naming.NETWORK_KEY: network.name,
+            naming.TOPOLOGY_KEY: network.topology,
+            **OWNED,
+        },
+        options={"network_name": network.physical_network},
+        tag_request=network.vlan_id,
+    )
+
+
+def pod_port(network: nads.NetworkConfig, attachment: Attachment) -> Port:
+    address = " ".join([attachment.mac, *(ip.split("/")[0] for ip in attachment.ips or ())])
+    return Port(
+        name=attachment.port_name,
+        switch=switch_name(network),
+        addresses=(address,),
+        port_security=(address,),
+        external_ids={
+            "namespace": attachment.pod_namespace,
+            "pod": "true",
+            naming.NETWORK_KEY: network.name,
+            naming.NAD_KEY: attachment.nad_key,
+            naming.TOPOLOGY_KEY: network.topology,
+            **OWNED,
+        },
+        options={"requested-chassis": attachment.node, "iface-id-ver": attachment.pod_uid},
+    )
+
+
+def network_state(network: nads.NetworkConfig) -> State:
+    """The rows of a network without its pods: the switch and, for localnet, its port."""
+    row = switch(network)
+    port = localnet_port(network)
+    return State(switches={row.name: row}, ports={port.name: port} if port else {})
+
+
+def state(
+    networks: Iterable[nads.NetworkConfig],
+    attachments: Iterable[tuple[nads.NetworkConfig, Attachment]],
+) -> State:
+    """Everything: each network's rows plus one port per (network, attachment)."""
+    switches: dict[str, Switch] = {}
+    ports: dict[str, Port] = {}
+    for network in networks:
+        part = network_state(network)
+        switches.update(part.switches)
+        ports.update(part.ports)
+    for network, attachment in attachments:
+        port = pod_port(network, attachment)
+        ports[port.name] = port
+    return State(switches=switches, ports=ports)

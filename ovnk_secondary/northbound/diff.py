@@ -1,0 +1,134 @@
+"""Differences between desired and actual northbound rows: what to create, update and delete.
+
+Pure: both sides are `desired.State` values. `actual` holds only rows carrying our ownership
+marker; `foreign` names rows with a desired name that we do not own: they are reported as
+conflicts and never touched. Map columns are compared on the keys we manage
+(`desired.MANAGED_KEYS`) only, so keys others add to our rows survive a repair.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection, Mapping
+from typing import Any
+
+from ovnk_secondary.northbound import desired
+
+_SWITCH_COLUMNS = ("external_ids", "other_config")
+_PORT_COLUMNS = ("type", "addresses", "port_security", "external_ids", "options", "tag_request")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Update:
+    """Columns to change on one existing row.
+
+    `columns`: plain columns get their new value; map columns get the keys to set.
+    `removed_keys`: map column -> managed keys to delete.
+    """
+
+    name: str
+    columns: Mapping[str, Any]
+    removed_keys: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Diff:
+    create_switches: tuple[desired.Switch, ...] = ()
+    update_switches: tuple[Update, ...] = ()
+    delete_switches: tuple[str, ...] = ()
+    create_ports: tuple[desired.Port, ...] = ()
+    update_ports: tuple[Update, ...] = ()
+    delete_ports: tuple[desired.Port, ...] = ()  # actual rows, so the switch is known
+    conflicts: tuple[str, ...] = ()  # desired names held by rows we do not own
+
+    @property
+    def empty(self) -> bool:
+        return not (self.create_switches or self.update_switches or self.delete_switches
+                    or self.create_ports or self.update_ports or self.delete_ports)
+
+    def summary(self) -> str:
+        parts = [
+            f"{len(rows)} {label}"
+            for label, rows in (
+                ("switches to create", self.create_switches),
+                ("switches to update", self.update_switches),
+                ("switches to delete", self.delete_switches),
+                ("ports to create", self.create_ports),
+                ("ports to update", self.update_ports),
+                ("ports to delete", self.delete_ports),
+                ("conflicts", self.conflicts),
+            )
+            if rows
+        ]
+        return ", ".join(parts) or "nothing to change"
+
+
+def _update(name: str, want: Any, have: Any, columns: tuple[str, ...]) -> Update | None:
+    changed: dict[str, Any] = {}
+    removed: dict[str, tuple[str, ...]] = {}
+    for column in columns:
+        wanted, actual = getattr(want, column), getattr(have, column)
+        if column in desired.MANAGED_KEYS:
+            keys = {k: v for k, v in wanted.items() if actual.get(k) != v}
+            if keys:
+                changed[column] = keys
+            stale = tuple(sorted(k for k in actual
+                                 if k in desired.MANAGED_KEYS[column] and k not in wanted))
+            if stale:
+                removed[column] = stale
+        elif wanted != actual:
+            changed[column] = wanted
+    if not changed and not removed:
+        return None
+    return Update(name=name, columns=changed, removed_keys=removed)
+
+
+def diff(
+    want: desired.State,
+    have: desired.State,
+    *,
+    foreign: Collection[str] = frozenset(),
+) -> Diff:
+    """What turns `have` (our rows in NB) into `want`, leaving `foreign` rows alone."""
+    create_switches, update_switches, conflicts = [], [], []
+    for name, switch in want.switches.items():
+        actual = have.switches.get(name)
+        if actual is None:
+            if name in foreign:
+                conflicts.append(name)
+            else:
+                create_switches.append(switch)
+        elif (update := _update(name, switch, actual, _SWITCH_COLUMNS)) is not None:
+            update_switches.append(update)
+    delete_switches = [name for name in have.switches if name not in want.switches]
+    deleted = set(delete_switches)
+    conflicting = set(conflicts)
+
+    create_ports, update_ports, delete_ports = [], [], []
+    for name, port in want.ports.items():
+        actual_port = have.ports.get(name)
+        if port.switch in conflicting:
+            continue
+        if actual_port is None or actual_port.switch != port.switch:
+            if actual_port is not None:
+                delete_ports.append(actual_port)  # on the wrong switch: move it
+            if name in foreign:
+                conflicts.append(name)
+            else:
+                create_ports.append(port)
+        elif (update := _update(name, port, actual_port, _PORT_COLUMNS)) is not None:
+            update_ports.append(update)
+    for name, actual_port in have.ports.items():
+        # ports of a deleted switch go with it (OVSDB garbage-collects non-root rows)
+        if name not in want.ports and actual_port.switch not in deleted:
+            delete_ports.append(actual_port)
+
+    return Diff(
+        create_switches=tuple(create_switches),
+        update_switches=tuple(update_switches),
+        delete_switches=tuple(delete_switches),
+        create_ports=tuple(create_ports),
+        update_ports=tuple(update_ports),
+        delete_ports=tuple(delete_ports),
+        conflicts=tuple(conflicts),
+    )

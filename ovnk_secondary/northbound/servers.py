@@ -1,0 +1,116 @@
+"""A local OVN northbound ovsdb-server process, for tests and benchmarks on the host.
+
+It uses the Debian `ovn-central` binaries and schema: `ovsdb-tool create` makes the database
+file once; `ovsdb-server` serves it on a unix socket (and optionally TCP) inside one
+directory, so several servers can run side by side. Stopping and starting again keeps the
+data, as a restarted central would.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+from ovnk_secondary import errors
+
+SCHEMA = pathlib.Path("/usr/share/ovn/ovn-nb.ovsschema")
+
+
+class NbServer:
+    """`ovsdb-server` for OVN_Northbound in `directory`; `remote` is what clients connect to."""
+
+    def __init__(self, *, directory: pathlib.Path, tcp_port: int | None = None) -> None:
+        self.directory = directory
+        self.tcp_port = tcp_port
+        self.database = directory / "ovnnb_db.db"
+        self.socket = directory / "ovnnb_db.sock"
+        self.control = directory / "ovnnb_db.ctl"
+        self.log = directory / "ovsdb-server-nb.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def remote(self) -> str:
+        return f"unix:{self.socket}"
+
+    @property
+    def tcp_remote(self) -> str:
+        if self.tcp_port is None:
+            raise errors.NorthboundError("this NB server has no TCP port; pass tcp_port")
+        return f"tcp:127.0.0.1:{self.tcp_port}"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def start(self, *, timeout: float = 10.0) -> None:
+        for binary in ("ovsdb-tool", "ovsdb-server"):
+            if shutil.which(binary) is None:
+                raise errors.NorthboundError(f"{binary} is missing: apt-get install ovn-central")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if not self.database.exists():
+            subprocess.run(["ovsdb-tool", "create", str(self.database), str(SCHEMA)],
+                           check=True, capture_output=True)
+        self.socket.unlink(missing_ok=True)
+        remotes = [f"--remote=punix:{self.socket}"]
+        if self.tcp_port is not None:
+            remotes.append(f"--remote=ptcp:{self.tcp_port}:127.0.0.1")
+        self._process = subprocess.Popen(
+            ["ovsdb-server", str(self.database), *remotes, f"--unixctl={self.control}",
+             f"--log-file={self.log}", "-vconsole:off", "-vfile:info"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True,  # a Ctrl-C of the test run must not race our own stop()
+        )
+        deadline = time.monotonic() + timeout
+        while not self._accepts():
+            if self._process.poll() is not None:
+                stderr = self._process.stderr.read().decode() if self._process.stderr else ""
+                raise errors.NorthboundError(f"ovsdb-server exited: {stderr.strip()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise errors.NorthboundError(f"ovsdb-server did not listen within {timeout}s")
+            time.sleep(0.02)
+
+    def _accepts(self) -> bool:
+        if not self.socket.exists():
+            return False
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(str(self.socket))
+            except OSError:
+                return False
+        if self.tcp_port is not None:
+            try:
+                socket.create_connection(("127.0.0.1", self.tcp_port), timeout=1).close()
+            except OSError:
+                return False
+        return True
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        if process.stderr is not None:
+            process.stderr.close()
+
+    def nbctl(self, *args: str, timeout: float = 30) -> str:
+        """`ovn-nbctl --db=<remote> ARGS`, as a user would type it; returns stdout."""
+        done = subprocess.run(
+            ["ovn-nbctl", f"--db={self.remote}", "--no-leader-only", *args],
+            capture_output=True, text=True, timeout=timeout,
+            env={**os.environ, "OVN_NB_DAEMON": ""},
+        )
+        if done.returncode != 0:
+            raise errors.NorthboundError(f"ovn-nbctl {' '.join(args)}: {done.stderr.strip()}")
+        return done.stdout

@@ -1,0 +1,444 @@
+"""A kubelet and Multus stand-in for the sandbox (a sandbox component, not product code).
+
+There is no kubelet, container runtime or Multus on these machines, so one of these runs in each
+chassis container. For every pod bound to its node (`spec.nodeName`) it does what matters to
+secondary networks, the way they do it:
+
+- the runtime's part: a network namespace for the pod sandbox (`/var/run/netns/cni-<pod uid>`);
+- Multus' part: for each network selection element of `k8s.v1.cni.cncf.io/networks`, read the
+  NAD, then execute `/opt/cni/bin/<type>` with the NAD config on stdin and `CNI_COMMAND`,
+  `CNI_CONTAINERID`, `CNI_NETNS`, `CNI_IFNAME` (`net1`, `net2`, ... or the element's
+  `interface`), `CNI_ARGS` (`K8S_POD_NAMESPACE=..;K8S_POD_NAME=..;K8S_POD_UID=..`) and `CNI_PATH`;
+  then write `k8s.v1.cni.cncf.io/network-status` from the results;
+- the kubelet's part: mark the pod Running and Ready once every network is up; report failures
+  as Events on the pod (`FailedCreatePodSandBox`) and retry with backoff; on pod deletion call
+  DEL for each network and remove the namespace.
+
+What it has set up is kept in `/var/lib/ovnk-sandbox-kubelet/<uid>.json`, so that after a restart
+it tears down pods deleted meanwhile and leaves running ones alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kubernetes
+from kubernetes.client import ApiException
+
+from ovnk_secondary import errors, nads, selections
+
+logger = logging.getLogger("ovnk_secondary.sandbox.kubelet")
+
+NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
+NETWORK_STATUS_ANNOTATION = "k8s.v1.cni.cncf.io/network-status"
+NAD_GROUP, NAD_VERSION, NAD_PLURAL = "k8s.cni.cncf.io", "v1", "network-attachment-definitions"
+CNI_BIN_DIR = "/opt/cni/bin"
+STATE_DIR = pathlib.Path("/var/lib/ovnk-sandbox-kubelet")
+CNI_TIMEOUT = 150.0  # above the plugin's own 2-minute request timeout
+RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
+
+
+def netns_name(uid: str) -> str:
+    """The pod sandbox's namespace, named like containerd names them."""
+    return f"cni-{uid}"
+
+
+def container_id(uid: str) -> str:
+    return hashlib.sha256(uid.encode()).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Attachment:
+    """One network of a pod as Multus delegated it: enough to call DEL later."""
+
+    nad_key: str
+    interface: str
+    config: dict[str, Any]
+
+
+@dataclasses.dataclass
+class PodSandbox:
+    uid: str
+    namespace: str
+    name: str
+    attachments: list[Attachment] = dataclasses.field(default_factory=list)
+
+    @property
+    def netns_path(self) -> str:
+        return f"/var/run/netns/{netns_name(self.uid)}"
+
+    def save(self) -> None:
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        path = STATE_DIR / f"{self.uid}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dataclasses.asdict(self)))
+        tmp.replace(path)
+
+    def forget(self) -> None:
+        (STATE_DIR / f"{self.uid}.json").unlink(missing_ok=True)
+
+    @classmethod
+    def load_all(cls) -> dict[str, PodSandbox]:
+        found = {}
+        for path in STATE_DIR.glob("*.json"):
+            data = json.loads(path.read_text())
+            data["attachments"] = [Attachment(**a) for a in data["attachments"]]
+            found[data["uid"]] = cls(**data)
+        return found
+
+
+class CniFailure(errors.OvnkSecondaryError):
+    pass
+
+
+def plugin_config(nad_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The config a plugin gets on stdin: a single config as is; from a conflist its one plugin
+    with the list's `name` and `cniVersion` (as libcni does)."""
+    if "plugins" not in nad_config:
+        return dict(nad_config)
+    plugins = nad_config["plugins"]
+    if not isinstance(plugins, list) or len(plugins) != 1:
+        raise CniFailure("the sandbox's Multus stand-in delegates conflists of exactly one plugin")
+    return {
+        **plugins[0],
+        "name": nad_config.get("name"),
+        "cniVersion": nad_config.get("cniVersion", "0.3.1"),
+    }
+
+
+def network_status(attachment: Attachment, result: Mapping[str, Any]) -> dict[str, Any]:
+    """One element of Multus' `network-status` from a CNI result (0.3.x/0.4.0/1.0.0 shapes)."""
+    interfaces = result.get("interfaces") or []
+    index = next(
+        (i for i, each in enumerate(interfaces) if each.get("sandbox")), 0 if interfaces else None
+    )
+    status: dict[str, Any] = {"name": attachment.nad_key, "interface": attachment.interface}
+    ips = [
+        ip["address"].split("/")[0]
+        for ip in result.get("ips") or []
+        if ip.get("interface") in (None, index)
+    ]
+    if ips:
+        status["ips"] = ips
+    if index is not None and interfaces[index].get("mac"):
+        status["mac"] = interfaces[index]["mac"]
+    status["dns"] = result.get("dns") or {}
+    return status
+
+
+class Kubelet:
+    def __init__(self, *, node_name: str, api: kubernetes.client.ApiClient, workers: int) -> None:
+        self.node_name = node_name
+        # the client's models are loosely typed (every field optional): handled as Any here
+        self.core: Any = kubernetes.client.CoreV1Api(api)
+        self.custom: Any = kubernetes.client.CustomObjectsApi(api)
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
+        self.sandboxes = PodSandbox.load_all()
+        self.latest: dict[str, Any | None] = {}  # uid -> newest pod (None: deleted), not yet seen
+        self.busy: set[str] = set()  # uids a worker is on
+        self.failures: dict[str, int] = {}
+        self.guard = threading.Lock()
+
+    # -- the watch loop -------------------------------------------------------------------------
+
+    def register_node(self) -> None:
+        """Create this node's Node object, as a kubelet registers itself (the talk's virt workers
+        carry the `node-role.kubernetes.io/worker-virt` label)."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": self.node_name,
+                "labels": {
+                    "kubernetes.io/hostname": self.node_name,
+                    "kubernetes.io/os": "linux",
+                    "node-role.kubernetes.io/worker-virt": "",
+                },
+            },
+        }
+        try:
+            self.core.create_node(body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    def run(self) -> None:
+        self.register_node()
+        selector = f"spec.nodeName={self.node_name}"
+        while True:
+            try:
+                listed = self.core.list_pod_for_all_namespaces(field_selector=selector)
+                present = {pod.metadata.uid for pod in listed.items}
+                for uid in set(self.sandboxes) - present:  # deleted while we were away
+                    self.submit(uid, None)
+                for pod in listed.items:
+                    self.submit(pod.metadata.uid, pod)
+                watch: Any = kubernetes.watch.Watch()  # type: ignore[no-untyped-call]
+                stream = watch.stream(
+                    self.core.list_pod_for_all_namespaces,
+                    field_selector=selector,
+                    resource_version=listed.metadata.resource_version,
+                    timeout_seconds=300,
+                )
+                for event in stream:
+                    pod = event["object"]
+                    self.submit(pod.metadata.uid, None if event["type"] == "DELETED" else pod)
+            except Exception as exc:  # the API went away or the watch expired: list again
+                logger.warning("watch of pods on %s ended (%s); listing again", self.node_name, exc)
+                time.sleep(1)
+
+    def submit(self, uid: str, pod: Any | None) -> None:
+        """Queue the latest state of a pod; one worker at a time handles a pod, and states that
+        arrive meanwhile are coalesced into the newest."""
+        with self.guard:
+            self.latest[uid] = pod
+            if uid in self.busy:
+                return
+            self.busy.add(uid)
+        self.pool.submit(self.work, uid)
+
+    def work(self, uid: str) -> None:
+        while True:
+            with self.guard:
+                if uid not in self.latest:
+                    self.busy.discard(uid)
+                    return
+                pod = self.latest.pop(uid)
+            try:
+                if pod is None or pod.metadata.deletion_timestamp or _finished(pod):
+                    self.teardown(uid)
+                elif uid not in self.sandboxes:
+                    self.setup(pod)
+            except Exception:
+                logger.exception("pod %s: unexpected failure", uid)
+
+    # -- ADD ------------------------------------------------------------------------------------
+
+    def setup(self, pod: Any) -> None:
+        meta = pod.metadata
+        sandbox = PodSandbox(uid=meta.uid, namespace=meta.namespace, name=meta.name)
+        started = time.monotonic()
+        try:
+            wanted = selections.parse(
+                (meta.annotations or {}).get(NETWORKS_ANNOTATION),
+                pod_namespace=meta.namespace,
+                pod_name=meta.name,
+            )
+            interfaces = selections.interface_names(wanted)
+            _run(["ip", "netns", "add", netns_name(meta.uid)])
+            _run(["ip", "-n", netns_name(meta.uid), "link", "set", "lo", "up"])
+            sandbox.save()  # from here on a restart knows what to tear down
+            statuses = []
+            for selection in wanted:
+                nad_key = f"{selection.namespace}/{selection.name}"
+                config = plugin_config(self.nad_config(selection.namespace, selection.name))
+                attachment = Attachment(nad_key, interfaces[nad_key], config)
+                sandbox.attachments.append(attachment)
+                sandbox.save()
+                result = self.cni("ADD", sandbox, attachment)
+                statuses.append(network_status(attachment, result))
+        except (errors.OvnkSecondaryError, ApiException) as exc:
+            message = exc.body if isinstance(exc, ApiException) else str(exc)
+            self.undo(sandbox)
+            self.retry_later(
+                pod, f"failed to set up networks of pod {meta.namespace}/{meta.name}: {message}"
+            )
+            return
+        self.sandboxes[meta.uid] = sandbox
+        self.failures.pop(meta.uid, None)
+        now = datetime.datetime.now(datetime.UTC).isoformat()
+        self.core.patch_namespaced_pod(
+            meta.name,
+            meta.namespace,
+            {"metadata": {"annotations": {NETWORK_STATUS_ANNOTATION: json.dumps(statuses)}}},
+        )
+        self.core.patch_namespaced_pod_status(
+            meta.name,
+            meta.namespace,
+            {
+                "status": {
+                    "phase": "Running",
+                    "conditions": [
+                        {"type": "Ready", "status": "True", "lastTransitionTime": now},
+                        {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+                    ],
+                }
+            },
+        )
+        logger.info(
+            "pod %s/%s: %d network(s) up in %.2f s",
+            meta.namespace,
+            meta.name,
+            len(statuses),
+            time.monotonic() - started,
+        )
+
+    def nad_config(self, namespace: str, name: str) -> dict[str, Any]:
+        try:
+            nad = self.custom.get_namespaced_custom_object(
+                NAD_GROUP, NAD_VERSION, namespace, NAD_PLURAL, name
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                raise CniFailure(
+                    f"NetworkAttachmentDefinition {namespace}/{name} not found"
+                ) from exc
+            raise
+        try:
+            config: dict[str, Any] = json.loads(nad.get("spec", {}).get("config", ""))
+        except json.JSONDecodeError as exc:
+            raise CniFailure(f"NAD {namespace}/{name}: spec.config is not JSON ({exc})") from exc
+        if config.get("type", (config.get("plugins") or [{}])[0].get("type")) != nads.CNI_TYPE:
+            raise CniFailure(f"NAD {namespace}/{name} is not of type {nads.CNI_TYPE}")
+        return config
+
+    def retry_later(self, pod: Any, message: str) -> None:
+        uid = pod.metadata.uid
+        attempt = self.failures.get(uid, 0)
+        self.failures[uid] = attempt + 1
+        delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+        logger.warning("%s; retrying in %.0f s", message, delay)
+        self.event(pod, "FailedCreatePodSandBox", message)
+
+        def again() -> None:
+            try:
+                current = self.core.read_namespaced_pod(pod.metadata.name, pod.metadata.namespace)
+            except ApiException:
+                return  # gone: nothing to retry
+            if current.metadata.uid == uid:
+                self.submit(uid, current)
+
+        timer = threading.Timer(delay, again)
+        timer.daemon = True
+        timer.start()
+
+    # -- DEL ------------------------------------------------------------------------------------
+
+    def teardown(self, uid: str) -> None:
+        sandbox = self.sandboxes.pop(uid, None)
+        if sandbox is None:
+            return
+        self.undo(sandbox)
+        logger.info("pod %s/%s: networks torn down", sandbox.namespace, sandbox.name)
+
+    def undo(self, sandbox: PodSandbox) -> None:
+        """DEL every network (last first), then remove the namespace and the state."""
+        for attachment in reversed(sandbox.attachments):
+            try:
+                self.cni("DEL", sandbox, attachment)
+            except errors.OvnkSecondaryError as exc:
+                logger.warning("pod %s/%s: %s", sandbox.namespace, sandbox.name, exc)
+        subprocess.run(["ip", "netns", "del", netns_name(sandbox.uid)], capture_output=True)
+        sandbox.forget()
+
+    # -- the CNI call, as Multus makes it --------------------------------------------------------
+
+    def cni(self, command: str, sandbox: PodSandbox, attachment: Attachment) -> dict[str, Any]:
+        plugin = pathlib.Path(CNI_BIN_DIR) / str(attachment.config.get("type"))
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "CNI_COMMAND": command,
+            "CNI_CONTAINERID": container_id(sandbox.uid),
+            "CNI_NETNS": sandbox.netns_path,
+            "CNI_IFNAME": attachment.interface,
+            "CNI_ARGS": (
+                f"IgnoreUnknown=true;K8S_POD_NAMESPACE={sandbox.namespace};"
+                f"K8S_POD_NAME={sandbox.name};K8S_POD_INFRA_CONTAINER_ID="
+                f"{container_id(sandbox.uid)};K8S_POD_UID={sandbox.uid}"
+            ),
+            "CNI_PATH": CNI_BIN_DIR,
+        }
+        try:
+            done = subprocess.run(
+                [str(plugin)],
+                input=json.dumps(attachment.config),
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=CNI_TIMEOUT,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise CniFailure(
+                f"{command} {attachment.nad_key} ({attachment.interface}): {exc}"
+            ) from exc
+        try:
+            output: dict[str, Any] = json.loads(done.stdout) if done.stdout.strip() else {}
+        except json.JSONDecodeError:
+            output = {"msg": done.stdout.strip()}
+        if done.returncode != 0:
+            detail = output.get("msg") or done.stderr.strip() or f"exit {done.returncode}"
+            if output.get("details"):
+                detail += f" ({output['details']})"
+            raise CniFailure(
+                f"CNI {command} of {attachment.nad_key} as {attachment.interface} "
+                f"failed (code {output.get('code')}): {detail}"
+            )
+        return output
+
+    def event(self, pod: Any, reason: str, message: str) -> None:
+        now = datetime.datetime.now(datetime.UTC).isoformat()
+        body = {
+            "metadata": {
+                "generateName": f"{pod.metadata.name}.",
+                "namespace": pod.metadata.namespace,
+            },
+            "involvedObject": {
+                "kind": "Pod",
+                "apiVersion": "v1",
+                "name": pod.metadata.name,
+                "namespace": pod.metadata.namespace,
+                "uid": pod.metadata.uid,
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": "Warning",
+            "source": {"component": "kubelet", "host": self.node_name},
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(pod.metadata.namespace, body)
+        except ApiException as exc:
+            logger.warning("could not post event %s on %s: %s", reason, pod.metadata.name, exc)
+
+
+def _finished(pod: Any) -> bool:
+    return bool(pod.status and pod.status.phase in ("Succeeded", "Failed"))
+
+
+def _run(argv: list[str]) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise CniFailure(f"{' '.join(argv)}: {done.stderr.strip()}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="the sandbox's kubelet and Multus stand-in")
+    parser.add_argument("--node-name", required=True)
+    parser.add_argument("--kubeconfig", required=True)
+    parser.add_argument("--workers", type=int, default=16, help="pods set up at once")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s kubelet: %(message)s")
+    api = kubernetes.config.new_client_from_config(config_file=args.kubeconfig)  # type: ignore[no-untyped-call]
+    Kubelet(node_name=args.node_name, api=api, workers=args.workers).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

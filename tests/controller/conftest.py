@@ -1,0 +1,41 @@
+"""The real controller (kopf, in a thread) against the API emulator and a real NB ovsdb-server."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Iterator
+
+import pytest
+
+from ovnk_secondary.northbound import servers
+from tests.controller import harness
+
+
+@pytest.fixture
+def nb_server(tmp_path: pathlib.Path) -> Iterator[servers.NbServer]:
+    server = servers.NbServer(directory=tmp_path / "nb")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def api(tmp_path: pathlib.Path) -> Iterator[harness.Api]:
+    emulator = harness.Api(tmp_path)
+    try:
+        yield emulator
+    finally:
+        emulator.close()
+
+
+@pytest.fixture
+def controller(nb_server: servers.NbServer, api: harness.Api) -> Iterator[harness.Controller]:
+    running = harness.Controller(nb_remote=nb_server.remote, kubeconfig=api.kubeconfig,
+                         resync_period=300)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()

@@ -1,0 +1,153 @@
+"""Helpers for controller tests: the API emulator and the controller on loop threads, polling."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import pathlib
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+import kubernetes
+
+from ovnk_secondary.controller import apiclient, main, reconciler
+from ovnk_secondary.sandbox import apiserver
+
+T = TypeVar("T")
+NAD_GROUP, NAD_VERSION, NAD_PLURAL = apiserver.NAD_RESOURCE
+
+
+class LoopThread:
+    """An asyncio loop in a daemon thread, for servers the (sync) tests talk to."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+class Api:
+    """The emulator, served from its own loop thread, plus an official client for tests."""
+
+    def __init__(self, tmp_path: pathlib.Path) -> None:
+        self.thread = LoopThread()
+        self.server = apiserver.ApiServer()
+        self.thread.run(self.server.__aenter__())
+        self.kubeconfig = self.server.write_kubeconfig(tmp_path / "kubeconfig")
+        client = kubernetes.config.new_client_from_config(config_file=str(self.kubeconfig))
+        self.core = kubernetes.client.CoreV1Api(client)
+        self.custom = kubernetes.client.CustomObjectsApi(client)
+
+    def close(self) -> None:
+        self.thread.run(self.server.__aexit__(None, None, None))
+        self.thread.close()
+
+    def stored(self, resource: apiserver.ResourceId, namespace: str | None,
+               name: str) -> dict[str, Any] | None:
+        async def read() -> dict[str, Any] | None:
+            return self.server.emulator.stored(resource, namespace, name)
+        return self.thread.run(read())
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        async def read() -> list[dict[str, Any]]:
+            return [e for e in self.server.emulator.stored_all(("", "v1", "events"))
+                    if e["involvedObject"]["name"] == name]
+        return self.thread.run(read())
+
+    def create_nad(self, namespace: str, nad: str, /, **config: Any) -> None:
+        body = {"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+                "metadata": {"name": nad, "namespace": namespace},
+                "spec": {"config": json.dumps(nad_config(namespace, nad, **config))}}
+        self.custom.create_namespaced_custom_object(NAD_GROUP, NAD_VERSION, namespace,
+                                                    NAD_PLURAL, body)
+
+    def update_nad(self, namespace: str, nad: str, /, **config: Any) -> None:
+        self.custom.patch_namespaced_custom_object(
+            NAD_GROUP, NAD_VERSION, namespace, NAD_PLURAL, nad,
+            {"spec": {"config": json.dumps(nad_config(namespace, nad, **config))}})
+
+    def delete_nad(self, namespace: str, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(NAD_GROUP, NAD_VERSION, namespace,
+                                                    NAD_PLURAL, name)
+
+    def create_pod(self, namespace: str, name: str, networks: str,
+                   node: str = "node1") -> dict[str, Any]:
+        body = {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": namespace,
+                             "annotations": {"k8s.v1.cni.cncf.io/networks": networks}},
+                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]}}
+        created: dict[str, Any] = self.core.api_client.sanitize_for_serialization(
+            self.core.create_namespaced_pod(namespace, body))
+        return created
+
+    def pod_networks(self, namespace: str, name: str) -> dict[str, Any] | None:
+        pod = self.stored(("", "v1", "pods"), namespace, name)
+        text = ((pod or {}).get("metadata", {}).get("annotations") or {}).get(
+            "k8s.ovn.org/pod-networks")
+        return json.loads(text) if text else None
+
+
+def nad_config(namespace: str, nad: str, /, **config: Any) -> dict[str, Any]:
+    result = {"cniVersion": "0.3.1", "type": "ovn-k8s-cni-overlay",
+              "netAttachDefName": f"{namespace}/{nad}", **config}
+    return {k: v for k, v in result.items() if v is not None}
+
+
+class Controller:
+    """`ovnk-secondary controller` in-process: kopf and the reconciler on a loop thread."""
+
+    def __init__(self, *, nb_remote: str, kubeconfig: pathlib.Path,
+                 resync_period: float = 300.0, health_port: int = 0) -> None:
+        self.nb_remote = nb_remote
+        self.kubeconfig = kubeconfig
+        self.resync_period = resync_period
+        self.health_port = health_port
+        self.thread: LoopThread | None = None
+        self.stop_flag: asyncio.Event | None = None
+        self.future: Any = None
+
+    def start(self) -> None:
+        self.thread = LoopThread()
+        credentials = apiclient.load_credentials(str(self.kubeconfig))
+        started = asyncio.Event()
+
+        async def make() -> None:
+            self.stop_flag = asyncio.Event()
+        self.thread.run(make())
+        assert self.stop_flag is not None
+        self.future = asyncio.run_coroutine_threadsafe(main.serve(
+            ovn_nb=self.nb_remote, credentials=credentials, resync_period=self.resync_period,
+            stop=self.stop_flag, health_port=self.health_port, health_host="127.0.0.1",
+            nb_timeout=5, started=started), self.thread.loop)
+
+    def stop(self) -> reconciler.Reconciler | None:
+        if self.thread is None:
+            return None
+        assert self.stop_flag is not None
+        self.thread.loop.call_soon_threadsafe(self.stop_flag.set)
+        policy: reconciler.Reconciler = self.future.result(60)
+        self.thread.close()
+        self.thread = None
+        return policy
+
+
+def until(predicate: Callable[[], T], message: str, timeout: float = 30) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() < deadline, message
+        time.sleep(0.05)
+
+

@@ -1,0 +1,110 @@
+"""Consistency: restarts, drift, NB outages and periodic resyncs converge without duplicates."""
+
+from __future__ import annotations
+
+import socket
+import urllib.error
+import urllib.request
+
+from ovnk_secondary.northbound import servers
+from tests.controller.harness import Api, Controller, until
+
+
+def _ports(nb: servers.NbServer) -> set[str]:
+    return set(nb.nbctl("--bare", "--columns=name", "list", "Logical_Switch_Port").split())
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_restart_mid_creation_gives_no_duplicates_and_no_orphans(
+    api: Api, nb_server: servers.NbServer
+) -> None:
+    api.create_nad("test", "net", name="net", topology="layer2", subnets="10.50.0.0/24")
+    first = Controller(nb_remote=nb_server.remote, kubeconfig=api.kubeconfig)
+    first.start()
+    try:
+        for i in range(20):
+            api.create_pod("test", f"p{i}", "net")
+    finally:
+        first.stop()  # in the middle: some pods done, some not
+    for i in range(20, 30):
+        api.create_pod("test", f"p{i}", "net")
+    api.core.delete_namespaced_pod("p0", "test")  # deleted while the controller is down
+    second = Controller(nb_remote=nb_server.remote, kubeconfig=api.kubeconfig)
+    second.start()
+    try:
+        expected = {f"test.net_test_p{i}" for i in range(1, 30)}
+        until(lambda: _ports(nb_server) == expected, "ports did not converge after restart")
+        ips = [until(lambda i=i: api.pod_networks("test", f"p{i}"), "no annotation")[
+            "test/net"]["ip_addresses"][0] for i in range(1, 30)]
+        assert len(set(ips)) == len(ips), "duplicate IPs after a restart"
+        for i, ip in zip(range(1, 30), ips, strict=True):
+            assert nb_server.nbctl("lsp-get-addresses", f"test.net_test_p{i}").split()[1] == (
+                ip.split("/")[0])
+    finally:
+        second.stop()
+
+
+def test_drift_is_repaired_by_the_periodic_resync_and_foreign_rows_are_kept(
+    api: Api, nb_server: servers.NbServer
+) -> None:
+    health_port = _free_port()
+    controller = Controller(nb_remote=nb_server.remote, kubeconfig=api.kubeconfig,
+                            resync_period=1, health_port=health_port)
+    controller.start()
+    try:
+        api.create_nad("test", "nad-localnet2", name="localnet2", topology="localnet", vlanID=33)
+        api.create_pod("test", "vm", "nad-localnet2")
+        until(lambda: "test.nad.localnet2_test_vm" in _ports(nb_server), "no pod port")
+        ready = urllib.request.urlopen(f"http://127.0.0.1:{health_port}/readyz", timeout=5)
+        assert ready.status == 200
+        nb_server.nbctl("set", "Logical_Switch_Port", "localnet2_ovn_localnet_port",
+                        "tag_request=99")
+        nb_server.nbctl("lsp-del", "test.nad.localnet2_test_vm")
+        nb_server.nbctl("ls-add", "admin-switch", "--", "lsp-add", "admin-switch", "admin-port")
+        until(lambda: nb_server.nbctl("get", "Logical_Switch_Port",
+                                      "localnet2_ovn_localnet_port", "tag_request").strip()
+              == "33", "tag_request drift not repaired")
+        until(lambda: "test.nad.localnet2_test_vm" in _ports(nb_server), "port not recreated")
+        assert "admin-port" in _ports(nb_server)
+    finally:
+        controller.stop()
+
+
+def test_nb_restarted_while_pods_are_created(
+    api: Api, nb_server: servers.NbServer, controller: Controller
+) -> None:
+    api.create_nad("test", "net", name="net", topology="layer2", subnets="10.60.0.0/24")
+    until(lambda: "net_ovn_layer2_switch" in nb_server.nbctl("ls-list"), "no switch")
+    nb_server.stop()
+    for i in range(10):
+        api.create_pod("test", f"p{i}", "net")
+    nb_server.start()
+    expected = {f"test.net_test_p{i}" for i in range(10)}
+    until(lambda: _ports(nb_server) == expected, "ports missing after NB came back",
+          timeout=60)
+
+
+def test_readiness_is_503_without_nb(api: Api, tmp_path: object) -> None:
+    health_port = _free_port()
+    controller = Controller(nb_remote="unix:/nonexistent/nb.sock", kubeconfig=api.kubeconfig,
+                            health_port=health_port)
+    controller.start()
+    try:
+        until(lambda: _status(f"http://127.0.0.1:{health_port}/healthz") == 200, "no liveness")
+        assert _status(f"http://127.0.0.1:{health_port}/readyz") == 503
+    finally:
+        controller.stop()
+
+
+def _status(url: str) -> int:
+    try:
+        return int(urllib.request.urlopen(url, timeout=5).status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except OSError:
+        return 0
