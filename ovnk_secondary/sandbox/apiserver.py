@@ -275,6 +275,11 @@ class Emulator(kmock.KubernetesScaffold):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         self.resources.load_bundled()
+        # kmock's bundle comes from a cluster with metrics-server, whose `metrics.k8s.io` pods and
+        # nodes shadow the core ones for kubectl (`kubectl delete pods x` went there): a cluster
+        # of ours has no metrics-server.
+        for rid in [rid for rid in self.resources if rid.group == "metrics.k8s.io"]:
+            del self.resources[rid]
         for (group, version, plural), info in CUSTOM_RESOURCES.items():
             self.resources[kmock.resource(group, version, plural)] = info
         self._objects: dict[ResourceId, dict[ObjectKey, dict[str, Any]]] = collections.defaultdict(
@@ -305,6 +310,8 @@ class Emulator(kmock.KubernetesScaffold):
     # -- HTTP entry points --------------------------------------------------------------
 
     async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.StreamResponse:
+        if raw_request.path.rstrip("/") == "/api/v1/namespaces":
+            return await self._namespaces(raw_request)
         try:
             return await super().__call__(raw_request)
         finally:
@@ -315,6 +322,35 @@ class Emulator(kmock.KubernetesScaffold):
                     del payload._requests[:-_REQUESTS_KEPT]
                 for errors in self._errors:
                     del errors[:-_REQUESTS_KEPT]
+
+    async def _namespaces(self, raw_request: aiohttp.web.BaseRequest) -> aiohttp.web.Response:
+        """The Namespace collection, which kmock's path parser cannot read (`kubectl apply` of a
+        Namespace posts there): list and create."""
+        info = self._info(_NAMESPACES)
+        try:
+            query = raw_request.query
+            if raw_request.method == "GET" and query.get("watch") not in ("true", "1"):
+                return aiohttp.web.json_response(self._list(_NAMESPACES, info, None, query))
+            if raw_request.method == "POST":
+                body = await raw_request.json()
+                if not isinstance(body, dict):
+                    raise _error(400, "BadRequest", "the request body must be a JSON object")
+                created = self._create(_NAMESPACES, info, None, body)
+                return aiohttp.web.json_response(created, status=201)
+            raise _error(405, "MethodNotAllowed", f"{raw_request.method} on namespaces: not served")
+        except kmock.KubernetesError as exc:
+            return aiohttp.web.json_response(
+                {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": exc.status,
+                 "reason": exc.reason, "message": exc.message},
+                status=exc.status,
+            )
+
+    async def _serve_version(self, request: Any) -> Any:
+        """kmock names the core group version `/v1`; clients (kubectl) need `v1` to map `pods`."""
+        payload = await super()._serve_version(request)
+        if isinstance(payload, dict) and payload.get("groupVersion", "").startswith("/"):
+            payload["groupVersion"] = payload["groupVersion"][1:]
+        return payload
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         target = _parse_path(request.url.path)
