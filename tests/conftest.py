@@ -12,6 +12,7 @@ from ovnk_secondary.sandbox import cluster
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 SANDBOX_NAME = os.environ.get("OVNK_TEST_SANDBOX", "ovnk-test")
+CLUSTER_NAME = f"{SANDBOX_NAME}-cluster"
 
 
 @pytest.fixture(scope="session")
@@ -21,6 +22,17 @@ def sandbox() -> Iterator[cluster.Sandbox]:
     Tests leave it as they found it (they remove their pods, ports, bridges and switches).
     """
     sb = cluster.Sandbox.up(name=SANDBOX_NAME, nodes=2)
+    try:
+        yield sb
+    finally:
+        sb.down()
+
+
+@pytest.fixture(scope="session")
+def cluster_sandbox() -> Iterator[cluster.Sandbox]:
+    """A sandbox cluster: OVN plus the Kubernetes API, our controller, node agents and kubelet
+    stand-ins; for end-to-end tests through the user's path."""
+    sb = cluster.Sandbox.up(name=CLUSTER_NAME, nodes=2, kubernetes=True)
     try:
         yield sb
     finally:

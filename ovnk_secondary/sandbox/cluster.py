@@ -523,6 +523,14 @@ class Sandbox:
         self.stop_service(node, service)
         self.start_service(node, service)
 
+    def restart_controller(self) -> None:
+        """Restart the controller container (SIGTERM, then a fresh process)."""
+        _docker("restart", "-t", "10", self.container(CONTROLLER), timeout=60)
+
+    def restart_nb(self, *, down_for: float = 0) -> None:
+        """Stop the NB ovsdb-server, wait `down_for` seconds, start it on the same database."""
+        self.exec(CENTRAL, ["ovn-restart-nb", str(down_for)], timeout=30 + down_for)
+
     def _start_node_components(self) -> None:
         for node in self.node_names:
             for service in NODE_SERVICES:

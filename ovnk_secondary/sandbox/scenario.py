@@ -83,6 +83,47 @@ def core_api(sb: cluster.Sandbox) -> Any:
     return kubernetes.client.CoreV1Api(sb.kube())
 
 
+def custom_api(sb: cluster.Sandbox) -> Any:
+    import kubernetes
+
+    return kubernetes.client.CustomObjectsApi(sb.kube())
+
+
+def wait_gone(
+    sb: cluster.Sandbox, names: Iterable[str], *, namespace: str = NAMESPACE, timeout: float = 60
+) -> None:
+    """Wait until the pods are gone from the API and every node has torn down the namespaces of
+    pods that no longer exist."""
+    import kubernetes
+
+    core = core_api(sb)
+    deadline = time.monotonic() + timeout
+    left: set[str] = set(names)
+    while True:
+        for name in sorted(left):
+            try:
+                core.read_namespaced_pod(name, namespace)
+            except kubernetes.client.ApiException as exc:
+                if exc.status == 404:
+                    left.discard(name)
+        alive = {f"cni-{p.metadata.uid}" for p in core.list_pod_for_all_namespaces().items}
+        stale = {
+            node: [
+                ns
+                for ns in sb.exec(node, "ip netns list").stdout.split()
+                if ns.startswith("cni-") and ns not in alive
+            ]
+            for node in sb.node_names
+        }
+        if not left and not any(stale.values()):
+            return
+        if time.monotonic() > deadline:
+            raise errors.SandboxError(
+                f"not torn down after {timeout} s: pods {sorted(left)}, namespaces {stale}"
+            )
+        time.sleep(0.3)
+
+
 def wait_ready(
     sb: cluster.Sandbox, names: Iterable[str], *, namespace: str = NAMESPACE, timeout: float = 90
 ) -> None:

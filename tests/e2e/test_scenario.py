@@ -1,0 +1,265 @@
+"""End to end: the reference scenario through the whole path.
+
+kubectl -> API -> controller -> NB -> northd -> SB -> ovn-controller, and API -> kubelet
+stand-in -> CNI plugin -> node agent -> OVS. The manifests are `manifests/examples/`, applied
+as a user applies them. Tests run in file order on one sandbox cluster; the last ones delete.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from ovnk_secondary.sandbox import cluster, scenario
+
+pytestmark = pytest.mark.sandbox
+NS = scenario.NAMESPACE
+
+
+@pytest.fixture(scope="module")
+def sb(cluster_sandbox: cluster.Sandbox) -> Iterator[cluster.Sandbox]:
+    scenario.apply_examples(cluster_sandbox)
+    scenario.wait_ready(cluster_sandbox, scenario.PODS)
+    yield cluster_sandbox
+
+
+def _iface_ids(sb: cluster.Sandbox, node: str) -> list[str]:
+    """external_ids:iface-id of every OVS interface on `node`."""
+    out = sb.exec(node, "ovs-vsctl --format=json --columns=external_ids list Interface").stdout
+    ids = []
+    for (external_ids,) in json.loads(out)["data"]:
+        ids += [value for key, value in external_ids[1] if key == "iface-id"]
+    return ids
+
+
+def _ip(pod: scenario.PodView, interface: str = "net1") -> str:
+    return pod.addresses(interface)[0].split("/")[0]
+
+
+def test_northbound_reads_as_ovn_kubernetes_writes_it(sb: cluster.Sandbox) -> None:
+    switches = sb.ovn_nbctl("--bare", "--columns=name", "list", "Logical_Switch").split()
+    assert {
+        "l2.network_ovn_layer2_switch",
+        "localnet1_ovn_localnet_switch",
+        "localnet2_ovn_localnet_switch",
+    } <= set(switches)
+    assert (
+        sb.ovn_nbctl(
+            "get", "Logical_Switch_Port", "localnet1_ovn_localnet_port", "tag_request"
+        ).strip()
+        == "34"
+    )
+    assert (
+        sb.ovn_nbctl(
+            "get", "Logical_Switch_Port", "localnet2_ovn_localnet_port", "tag_request"
+        ).strip()
+        == "33"
+    )
+    ports = sb.ovn_nbctl("lsp-list", "l2.network_ovn_layer2_switch")
+    for name in ("l2-pod-1", "l2-pod-2", "two-networks-pod"):
+        assert f"(test.nad.layer2_test_{name})" in ports
+    chassis = sb.ovn_nbctl(
+        "get", "Logical_Switch_Port", "test.nad.layer2_test_l2-pod-2", "options:requested-chassis"
+    ).strip()
+    assert chassis == '"node-2"' or chassis == "node-2"
+
+
+def test_layer2_pods_on_two_nodes_ping_over_geneve(sb: cluster.Sandbox) -> None:
+    a, b = scenario.view(sb, "l2-pod-1"), scenario.view(sb, "l2-pod-2")
+    assert a.node != b.node
+    reached, lines = scenario.captured_ping(
+        sb, a, _ip(b), on=(a.node, "underlay0"), bpf_filter="udp port 6081", extra_args=("-v",)
+    )
+    assert reached
+    outer, inner = scenario.geneve_evidence(lines, _ip(a), _ip(b)) or ("", "")
+    assert "Geneve" in outer and ".6081:" in outer and "vni 0x" in outer, lines[:6]
+    assert f"{_ip(a)} > {_ip(b)}: ICMP echo request" in inner
+
+
+def test_other_networks_cannot_reach_layer2_pods(sb: cluster.Sandbox) -> None:
+    """localnet2-pod claims 10.100.0.0/24 is on-link and asks for l2-pod-1: the ARP goes out on
+    its own network and never reaches the layer2 pod, which would answer it if it arrived."""
+    stranger, target = scenario.view(sb, "localnet2-pod"), scenario.view(sb, "l2-pod-1")
+    scenario.in_pod(
+        sb, stranger, ["ip", "route", "add", "10.100.0.0/24", "dev", "net1"], check=True
+    )
+    try:
+        with sb.capture(target.node, "net1", "arp", netns=target.netns) as seen:
+            assert not scenario.ping(sb, stranger, _ip(target), replies=1, deadline=2)
+        assert not any("who-has" in line for line in seen.lines), seen.lines
+    finally:
+        scenario.in_pod(sb, stranger, ["ip", "route", "del", "10.100.0.0/24", "dev", "net1"])
+
+
+@pytest.mark.parametrize(
+    ("pod_name", "vlan", "uplink", "other_vlan"),
+    [("localnet2-pod", 33, "enp2s0", 34), ("localnet1-pod", 34, "enp1s0", 33)],
+)
+def test_localnet_pod_reaches_its_vlan_host_tagged_through_its_bridge(
+    sb: cluster.Sandbox, pod_name: str, vlan: int, uplink: str, other_vlan: int
+) -> None:
+    pod = scenario.view(sb, pod_name)
+    _, host = cluster.EXTERNAL_HOSTS[vlan]
+    # leaves the node through the mapped bridge's uplink (ovs-br1: enp2s0, br-ex: enp1s0), tagged
+    reached, lines = scenario.captured_ping(
+        sb, pod, host, on=(pod.node, uplink), bpf_filter="vlan and icmp"
+    )
+    assert reached
+    requests = scenario.vlan_evidence(lines, _ip(pod), host)
+    assert requests and all(f"vlan {vlan}," in line for line in requests), lines
+    # the other VLAN's host: declared on-link, the ARP for it stays on our VLAN, unanswered
+    _, other_host = cluster.EXTERNAL_HOSTS[other_vlan]
+    other_subnet = other_host.rsplit(".", 1)[0] + ".0/24"
+    scenario.in_pod(sb, pod, ["ip", "route", "add", other_subnet, "dev", "net1"], check=True)
+    try:
+        with sb.capture(pod.node, uplink, "vlan and arp") as arp:
+            assert not scenario.ping(sb, pod, other_host, replies=1, deadline=2)
+            asked = arp.wait_for(lambda line: f"who-has {other_host}" in line, timeout=3)
+        assert asked is not None and f"vlan {vlan}," in asked, arp.lines
+        assert not any("is-at" in line for line in arp.lines), arp.lines
+    finally:
+        scenario.in_pod(sb, pod, ["ip", "route", "del", other_subnet, "dev", "net1"])
+
+
+def test_pod_with_two_networks_has_both_interfaces_as_annotated(sb: cluster.Sandbox) -> None:
+    pod = scenario.view(sb, "two-networks-pod")
+    assert pod.ready
+    annotated = pod.pod_networks
+    assert set(annotated) == {"test/nad-layer2", "test/nad-localnet2"}
+    status = {s["name"]: s for s in pod.network_status}
+    for nad, interface in (("test/nad-layer2", "net1"), ("test/nad-localnet2", "net2")):
+        assert pod.addresses(interface) == annotated[nad]["ip_addresses"]
+        assert pod.mac(interface) == annotated[nad]["mac_address"]
+        assert status[nad]["interface"] == interface
+        assert status[nad]["mac"] == annotated[nad]["mac_address"]
+        assert status[nad]["ips"] == [a.split("/")[0] for a in annotated[nad]["ip_addresses"]]
+    assert scenario.ping(sb, pod, _ip(scenario.view(sb, "l2-pod-2")))
+    assert scenario.ping(sb, pod, cluster.EXTERNAL_HOSTS[33][1])
+
+
+def test_restarts_of_controller_agent_and_nb_while_pods_are_created(sb: cluster.Sandbox) -> None:
+    """Pods on an IPAM network are created while the controller, an agent and NB restart in
+    turn: every pod ends up connected, with a unique IP, and nothing is left over."""
+    nad = {
+        "apiVersion": "k8s.cni.cncf.io/v1",
+        "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": "nad-ipam", "namespace": NS},
+        "spec": {
+            "config": json.dumps(
+                {
+                    "cniVersion": "0.3.1",
+                    "name": "ipam-net",
+                    "type": "ovn-k8s-cni-overlay",
+                    "topology": "layer2",
+                    "netAttachDefName": f"{NS}/nad-ipam",
+                    "subnets": "10.200.0.0/24",
+                }
+            )
+        },
+    }
+    custom = scenario.custom_api(sb)
+    core = scenario.core_api(sb)
+    custom.create_namespaced_custom_object(
+        "k8s.cni.cncf.io", "v1", NS, "network-attachment-definitions", nad
+    )
+    names = [f"churn-{i}" for i in range(12)]
+    faults = {
+        3: sb.restart_controller,
+        6: lambda: sb.restart_service("node-1", "node-agent"),
+        9: lambda: sb.restart_nb(down_for=2),
+    }
+
+    def create_all() -> None:
+        for i, name in enumerate(names):
+            if i in faults:
+                threading.Thread(target=faults[i]).start()
+            core.create_namespaced_pod(
+                NS,
+                {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "metadata": {
+                        "name": name,
+                        "namespace": NS,
+                        "annotations": {"k8s.v1.cni.cncf.io/networks": "nad-ipam"},
+                    },
+                    "spec": {
+                        "nodeName": f"node-{i % 2 + 1}",
+                        "containers": [{"name": "c", "image": "busybox"}],
+                    },
+                },
+            )
+
+    creator = threading.Thread(target=create_all)
+    creator.start()
+    creator.join()
+    try:
+        scenario.wait_ready(sb, names, timeout=180)
+        views = [scenario.view(sb, name) for name in names]
+        ips = [v.addresses("net1")[0] for v in views]
+        assert len(set(ips)) == len(names), ips
+        assert all(
+            v.addresses("net1") == v.pod_networks["test/nad-ipam"]["ip_addresses"] for v in views
+        )
+        ports = sb.ovn_nbctl("--bare", "--columns=name", "list", "Logical_Switch_Port").split()
+        assert sorted(p for p in ports if p.startswith("test.nad.ipam_")) == sorted(
+            f"test.nad.ipam_test_{name}" for name in names
+        )
+        for node in sb.node_names:
+            plugged = _iface_ids(sb, node)
+            churn = [p for p in plugged if p.startswith("test.nad.ipam_")]
+            assert len(churn) == len([v for v in views if v.node == node]), churn
+        first_on_1 = next(v for v in views if v.node == "node-1")
+        first_on_2 = next(v for v in views if v.node == "node-2")
+        assert scenario.ping(sb, first_on_1, _ip(first_on_2))
+    finally:
+        for name in names:
+            core.delete_namespaced_pod(name, NS)
+        custom.delete_namespaced_custom_object(
+            "k8s.cni.cncf.io", "v1", NS, "network-attachment-definitions", "nad-ipam"
+        )
+    scenario.wait_gone(sb, names)
+    assert "test.nad.ipam_" not in sb.ovn_nbctl(
+        "--bare", "--columns=name", "list", "Logical_Switch_Port"
+    )
+    assert "ipam.net_ovn_layer2_switch" not in sb.ovn_nbctl("ls-list")
+
+
+def test_deleting_everything_leaves_nothing_and_a_recreated_pod_works(
+    sb: cluster.Sandbox,
+) -> None:
+    scenario.kubectl(sb, "delete", "-f", str(scenario.EXAMPLES / "20-pods.yaml"))
+    scenario.kubectl(sb, "delete", "-f", str(scenario.EXAMPLES / "10-nads.yaml"))
+    scenario.wait_gone(sb, scenario.PODS)
+    owned = sb.ovn_nbctl(
+        "--bare",
+        "--columns=name",
+        "find",
+        "Logical_Switch",
+        "external_ids:ovnk-secondary.io/owner=ovnk-secondary",
+    )
+    assert owned.strip() == ""
+    assert (
+        sb.ovn_nbctl(
+            "--bare",
+            "--columns=name",
+            "find",
+            "Logical_Switch_Port",
+            "external_ids:ovnk-secondary.io/owner=ovnk-secondary",
+        ).strip()
+        == ""
+    )
+    for node in sb.node_names:
+        ports = sb.exec(node, "ovs-vsctl list-ports br-int").stdout.split()
+        assert all(p.startswith("ovn-") for p in ports), ports  # only Geneve tunnel ports
+        assert sb.exec(node, "ip netns list").stdout.strip() == ""
+        links = sb.exec(node, "ip -o link show type veth").stdout
+        assert "ovk" not in links, links
+
+    scenario.apply_examples(sb, "10-nads.yaml", "20-pods.yaml")
+    scenario.wait_ready(sb, scenario.PODS)
+    a, b = scenario.view(sb, "l2-pod-1"), scenario.view(sb, "l2-pod-2")
+    assert scenario.ping(sb, a, _ip(b))
