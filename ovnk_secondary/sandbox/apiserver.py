@@ -332,7 +332,13 @@ class Emulator(kmock.KubernetesScaffold):
             if raw_request.method == "GET" and query.get("watch") not in ("true", "1"):
                 return aiohttp.web.json_response(self._list(_NAMESPACES, info, None, query))
             if raw_request.method == "POST":
-                body = await raw_request.json()
+                raw = await raw_request.read()
+                if raw.startswith(b"k8s\x00"):  # kubectl's protobuf encoding of built-in kinds
+                    raise _error(415, "UnsupportedMediaType", "protobuf is not served: send JSON")
+                try:
+                    body = json.loads(raw)
+                except json.JSONDecodeError as exc:
+                    raise _error(400, "BadRequest", f"the body is not JSON: {exc}") from exc
                 if not isinstance(body, dict):
                     raise _error(400, "BadRequest", "the request body must be a JSON object")
                 created = self._create(_NAMESPACES, info, None, body)
@@ -340,8 +346,14 @@ class Emulator(kmock.KubernetesScaffold):
             raise _error(405, "MethodNotAllowed", f"{raw_request.method} on namespaces: not served")
         except kmock.KubernetesError as exc:
             return aiohttp.web.json_response(
-                {"apiVersion": "v1", "kind": "Status", "status": "Failure", "code": exc.status,
-                 "reason": exc.reason, "message": exc.message},
+                {
+                    "apiVersion": "v1",
+                    "kind": "Status",
+                    "status": "Failure",
+                    "code": exc.status,
+                    "reason": exc.reason,
+                    "message": exc.message,
+                },
                 status=exc.status,
             )
 
