@@ -63,7 +63,7 @@ EXPECTED_PERMISSIONS: dict[str, dict[tuple[str, str, str], set[str]]] = {
         ("cluster", "apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     },
     "ovnk-secondary-node-agent": {
-        ("cluster", "", "pods"): {"get"},
+        ("cluster", "", "pods"): {"get", "list", "watch"},
         ("cluster", "", "nodes"): {"patch"},
     },
 }
@@ -621,7 +621,10 @@ def _api_calls(source: str, *,
             calls.add((group, plural + ("/status" if match[3] else ""), verb))
         elif (match := _CLIENT_CALL.match(name)) and match[3] in _CLIENT_RESOURCES:
             group, resource = _CLIENT_RESOURCES[match[3]]
-            calls.add((group, resource + ("/status" if match[4] else ""), _VERBS[match[1]]))
+            watch = keywords.get("watch")
+            verb = ("watch" if match[1] == "list" and isinstance(watch, ast.Constant)
+                    and watch.value is True else _VERBS[match[1]])
+            calls.add((group, resource + ("/status" if match[4] else ""), verb))
         elif match and (match[2] or match[5]):  # a namespaced client call on an unknown resource
             pytest.fail(f"unknown Kubernetes API call {dotted}: add its resource to the test")
         elif len(strings) >= 2 and strings[0] in ("GET", *_HTTP_VERBS) and (

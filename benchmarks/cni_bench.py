@@ -1,0 +1,236 @@
+"""CNI ADD throughput on one node: the node agent against a shell script doing the same plumbing.
+
+    .venv/bin/python benchmarks/cni_bench.py [--sandbox NAME] [--sizes 50,200] [--node node-1]
+
+Uses a running sandbox (`ovnk-secondary sandbox up --name NAME`) or starts and removes its own.
+For each size N, N pods get their annotation and logical switch port up front (the controller's
+part is not measured); then N ADDs run in parallel on one node:
+
+- agent: the `ovn-k8s-cni-overlay` binary as Multus runs it. Per ADD, the agent logs its own
+  time (reading the annotation + veth/addresses/OVS port) and the wait for `ovn-installed`.
+- shell: the same plumbing with `ip` and `ovs-vsctl` commands (the way a script-based CNI does
+  it), then `ovs-vsctl wait-until ... ovn-installed=true`.
+
+Reported per ADD: own time (p50/p99, excluding the wait for ovn-installed) and time from the
+start of the ADD to ovn-installed (p50/p99).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import re
+import statistics
+import sys
+import textwrap
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from ovnk_secondary.sandbox import cluster, smoke
+from tests.agent import harness
+
+NETWORK = harness.Network("bench-net", "layer2", "bench/nad-bench", subnet="10.200.0.0/16")
+ADD_LINE = re.compile(r"ADD bench/(\S+) net1: .*\(annotation ([\d.]+) s, plumbing ([\d.]+) s, "
+                      r"binding ([\d.]+) s\)")
+
+# Runs inside the chassis: N plugin processes at once, as N pods being started by the runtime.
+DRIVER = textwrap.dedent("""
+    import json, subprocess, sys, time
+    jobs = json.load(sys.stdin)
+    procs = []
+    for job in jobs:
+        started = time.monotonic()
+        proc = subprocess.Popen(["/opt/cni/bin/ovn-k8s-cni-overlay"], env=job["env"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        proc.stdin.write(job["config"].encode()); proc.stdin.close()
+        procs.append((proc, started))
+    out = []
+    for proc, started in procs:
+        text = proc.stdout.read(); proc.wait()
+        out.append({"code": proc.returncode, "seconds": time.monotonic() - started,
+                    "output": text.decode()})
+    print(json.dumps(out))
+""")
+
+# Runs inside the chassis: the same plumbing by commands, N jobs at once.
+SHELL = textwrap.dedent("""
+    plug() {  # host ns mac ip port out
+        local t0 t1 t2
+        t0=$(date +%s%N)
+        ip link add "$1" mtu 1400 type veth peer name "t$1" netns "$2"
+        ip -n "$2" link set "t$1" name net1
+        ip -n "$2" link set net1 address "$3" mtu 1400
+        ip -n "$2" addr add "$4" dev net1
+        ip -n "$2" link set net1 up
+        ip link set "$1" up
+        ovs-vsctl add-port br-int "$1" -- set interface "$1" external_ids:iface-id="$5"
+        t1=$(date +%s%N)
+        ovs-vsctl --timeout=60 wait-until interface "$1" external_ids:ovn-installed=true
+        t2=$(date +%s%N)
+        echo "$t0 $t1 $t2" > "$6"
+    }
+    mkdir -p /tmp/shbench && rm -f /tmp/shbench/*
+    i=0
+    while read -r host ns mac ip port; do
+        i=$((i+1)); plug "$host" "$ns" "$mac" "$ip" "$port" "/tmp/shbench/$i" &
+    done
+    wait
+    cat /tmp/shbench/*
+""")
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary(values: list[float]) -> str:
+    p50, p99 = statistics.median(values), percentile(values, 0.99)
+    return f"p50 {p50 * 1000:7.1f} ms   p99 {p99 * 1000:7.1f} ms"
+
+
+def make_pods(size: int, node: str) -> list[harness.Pod]:
+    pods = []
+    for i in range(size):
+        high, low = divmod(i + 10, 250)
+        ip = f"10.200.{size % 250 + high}.{low + 2}"
+        octets = [int(x) for x in ip.split(".")]
+        mac = "0a:58:" + ":".join(f"{o:02x}" for o in octets)
+        pods.append(harness.Pod(node, "bench", f"b{size}-{i}", NETWORK, f"{ip}/16", mac))
+    return pods
+
+
+def create_pods(world: harness.Cluster, pods: list[harness.Pod]) -> None:
+    for pod in pods:
+        world.core.create_namespaced_pod(pod.namespace, {
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod.name, "namespace": pod.namespace, "annotations": {
+                "k8s.ovn.org/pod-networks": json.dumps({NETWORK.nad_key: {
+                    "ip_addresses": [pod.ip], "mac_address": pod.mac, "role": "secondary"}})}},
+            "spec": {"nodeName": pod.node, "containers": [{"name": "c", "image": "x"}]}})
+        pod.uid = world.core.read_namespaced_pod(pod.name, pod.namespace).metadata.uid
+    with world.nb.transaction(check_error=True) as txn:
+        for pod in pods:
+            addresses = [f"{pod.mac} {pod.address}"]
+            txn.add(world.nb.lsp_add(NETWORK.switch, pod.port, addresses=addresses,
+                                     port_security=addresses,
+                                     options={"requested-chassis": pod.node}))
+    names = " ".join(p.netns_name for p in pods)
+    world.sb.exec(pods[0].node, f"for n in {names}; do ip netns add $n; done", timeout=300)
+
+
+def remove_pods(world: harness.Cluster, pods: list[harness.Pod]) -> None:
+    with world.nb.transaction(check_error=True) as txn:
+        for pod in pods:
+            txn.add(world.nb.lsp_del(pod.port, if_exists=True))
+    names = " ".join(p.netns_name for p in pods)
+    world.sb.exec(pods[0].node, f"for n in {names}; do ip netns del $n; done", check=False,
+                  timeout=300)
+    for pod in pods:
+        world.core.delete_namespaced_pod(pod.name, pod.namespace)
+
+
+def run_agent(world: harness.Cluster, agent: harness.Agent,
+              pods: list[harness.Pod]) -> dict[str, list[float]]:
+    jobs = [{"env": pod.env("ADD") | {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+             "config": json.dumps(NETWORK.config())} for pod in pods]
+    done = world.sb.exec(pods[0].node, ["/opt/venv/bin/python", "-c", DRIVER],
+                         input=json.dumps(jobs), timeout=600)
+    results = json.loads(done.stdout)
+    failed = [r for r in results if r["code"] != 0]
+    if failed:
+        raise SystemExit(f"{len(failed)} ADDs failed, e.g. {failed[0]['output']}")
+    timings: dict[str, tuple[float, float, float]] = {}
+    for match in ADD_LINE.finditer(agent.log_text()):
+        timings[match.group(1)] = (float(match.group(2)), float(match.group(3)),
+                                   float(match.group(4)))
+    own, installed = [], []
+    for pod in pods:
+        annotation, plumbing, binding = timings[pod.name]
+        own.append(annotation + plumbing)
+        installed.append(annotation + plumbing + binding)
+    dels = [{"env": pod.env("DEL") | {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+             "config": json.dumps(NETWORK.config())} for pod in pods]
+    world.sb.exec(pods[0].node, ["/opt/venv/bin/python", "-c", DRIVER], input=json.dumps(dels),
+                  timeout=600)
+    return {"own": own, "installed": installed,
+            "plugin": [r["seconds"] for r in results]}
+
+
+def run_shell(world: harness.Cluster, pods: list[harness.Pod]) -> dict[str, list[float]]:
+    lines = "".join(f"sh{i:05d}{len(pods):04d} {p.netns_name} {p.mac} {p.ip} {p.port}\n"
+                    for i, p in enumerate(pods))
+    done = world.sb.exec(pods[0].node, ["bash", "-c", SHELL], input=lines, timeout=600)
+    own, installed = [], []
+    for line in done.stdout.split("\n"):
+        if line.strip():
+            t0, t1, t2 = (int(x) for x in line.split())
+            own.append((t1 - t0) / 1e9)
+            installed.append((t2 - t0) / 1e9)
+    world.sb.exec(pods[0].node, "for p in $(ovs-vsctl list-ports br-int | grep '^sh'); do "
+                  "ovs-vsctl del-port br-int $p; ip link del $p; done", timeout=600)
+    if len(own) != len(pods):
+        raise SystemExit(f"shell baseline: {len(own)} of {len(pods)} ADDs finished")
+    return {"own": own, "installed": installed}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sandbox", default=None, help="use this running sandbox")
+    parser.add_argument("--sizes", default="50,200")
+    parser.add_argument("--node", default="node-1")
+    args = parser.parse_args()
+    own_sandbox = args.sandbox is None
+    sb = (cluster.Sandbox.up(name="ovnk-bench", nodes=1) if own_sandbox
+          else cluster.Sandbox.attach(args.sandbox))
+    api = harness.ThreadedApiServer(host=sb.host_address)
+    api.start()
+    nb = smoke.nb_api(sb.nb_connection)
+    world = harness.Cluster(sb, api, nb)
+    agent = harness.Agent(sb, args.node, kubeconfig=api.kubeconfig_text(),
+                          annotation_timeout=60, binding_timeout=60)
+    report: list[str] = []
+    try:
+        world.add_network(NETWORK)
+        agent.setup_files()
+        agent.start()
+        for size in (int(s) for s in args.sizes.split(",")):
+            pods = make_pods(size, args.node)
+            create_pods(world, pods)
+            try:
+                started = time.monotonic()
+                ours = run_agent(world, agent, pods)
+                agent_wall = time.monotonic() - started
+                started = time.monotonic()
+                shell = run_shell(world, pods)
+                shell_wall = time.monotonic() - started
+            finally:
+                remove_pods(world, pods)
+            ratio = statistics.median(ours["own"]) / statistics.median(shell["own"])
+            report += [
+                f"{size} ADDs in parallel on {args.node}:",
+                f"  agent  own time       {summary(ours['own'])}",
+                f"  agent  to ovn-install {summary(ours['installed'])}",
+                f"  plugin process (wall) {summary(ours['plugin'])}   (batch {agent_wall:.1f} s)",
+                f"  shell  own time       {summary(shell['own'])}",
+                f"  shell  to ovn-install {summary(shell['installed'])}   "
+                f"(batch {shell_wall:.1f} s)",
+                f"  own-time ratio agent/shell (p50): {ratio:.2f}",
+            ]
+    finally:
+        agent.stop()
+        sb.exec(args.node, f"rm -rf {harness.AGENT_DIR}", check=False)
+        nb.ls_del(NETWORK.switch, if_exists=True).execute(check_error=True)
+        nb.ovsdb_connection.stop()
+        api.stop()
+        if own_sandbox:
+            sb.down()
+    print("\n".join(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

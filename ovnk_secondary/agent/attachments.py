@@ -1,0 +1,307 @@
+"""Pod attachments: what ADD, DEL and CHECK do to connect one pod interface to OVN.
+
+ADD: wait for the pod's `k8s.ovn.org/pod-networks` entry of the NAD, build the veth pair with
+the annotated MAC/IPs/routes and the NAD's MTU, plug the host side into br-int with OVN-K's
+external_ids, wait for `ovn-installed`; on any failure undo everything. DEL removes the port
+and the veth and succeeds when they are already gone. CHECK reports every difference.
+
+At start-up, `reconcile` looks at the ports a previous run plugged: ports of pods that no longer
+exist (or whose sandbox is gone) are removed, and a host interface re-created under the same
+name is re-plugged, because OVS keeps a stale handle otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import logging
+import time
+from collections.abc import Callable, Mapping
+from concurrent import futures
+from typing import Any, TypeVar
+
+from pyroute2.netlink.exceptions import NetlinkError
+
+from ovnk_secondary import errors, nads, naming, podnetworks
+from ovnk_secondary.agent import interfaces, ovs, pods
+from ovnk_secondary.cni import protocol, results
+
+LOG = logging.getLogger(__name__)
+T = TypeVar("T")
+# Plumbing is CPU-bound Python (netlink messages, OVSDB JSON) under one GIL: run a few ADDs at a
+# time, first come first served, so that a burst of pods finishes one by one instead of all at
+# the end (and each ADD's own time stays short).
+PLUMBING_CONCURRENCY = 4
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    node_name: str
+    annotation_timeout: float = 120.0
+    binding_timeout: float = 60.0
+    tx_checksum_offload: bool = True  # off for the userspace datapath (see interfaces)
+
+
+def network_config(config: Mapping[str, Any]) -> nads.NetworkConfig:
+    """The NAD config from stdin as a network; refused (code 7) when invalid or not ours."""
+    try:
+        network = nads.parse_config(config)
+    except errors.InvalidConfig as exc:
+        raise protocol.CniError(protocol.INVALID_CONFIG, str(exc),
+                                "fix the NetworkAttachmentDefinition's spec.config") from None
+    if network is None:
+        raise protocol.CniError(protocol.INVALID_CONFIG,
+                                f"network config of type {config.get('type')!r} is not "
+                                f"{nads.CNI_TYPE}", "this plugin serves only its own NADs")
+    return network
+
+
+def desired_interface(*, request: protocol.Request, network: nads.NetworkConfig,
+                      pod_network: podnetworks.PodNetwork,
+                      tx_checksum_offload: bool = True) -> interfaces.PodInterface:
+    """The pod side of the veth: annotation values, NAD MTU, gateways as default routes."""
+    routes = [interfaces.RouteSpec(dst=r.dest, gateway=r.next_hop or None)
+              for r in pod_network.routes]
+    for gateway in pod_network.gateway_ips:
+        default = "0.0.0.0/0" if ipaddress.ip_address(gateway).version == 4 else "::/0"
+        routes.append(interfaces.RouteSpec(dst=default, gateway=gateway))
+    return interfaces.PodInterface(
+        netns=request.netns, ifname=request.ifname, mac=pod_network.mac_address,
+        mtu=network.mtu or nads.DEFAULT_MTU, addresses=pod_network.ip_addresses or (),
+        routes=tuple(routes), tx_checksum_offload=tx_checksum_offload)
+
+
+def port_external_ids(*, request: protocol.Request, network: nads.NetworkConfig,
+                      port_name: str, mac: str, ifindex: int) -> dict[str, str]:
+    """OVN-K's keys on the OVS Interface (conventions section 4) plus ours for restarts."""
+    return {
+        ovs.IFACE_ID: port_name,
+        ovs.IFACE_ID_VER: request.pod_uid,
+        ovs.ATTACHED_MAC: mac,
+        ovs.SANDBOX: request.container_id,
+        naming.NAD_KEY: network.nad_key,
+        naming.NETWORK_KEY: network.name,
+        naming.OWNER_KEY: naming.OWNER_VALUE,
+        ovs.POD_KEY: f"{request.pod_namespace}/{request.pod_name}",
+        ovs.NETNS_KEY: request.netns,
+        ovs.IFNAME_KEY: request.ifname,
+        ovs.IFINDEX_KEY: str(ifindex),
+    }
+
+
+def cni_result(*, spec: interfaces.PodInterface, host_name: str, host_mac: str,
+               pod_network: podnetworks.PodNetwork) -> results.Result:
+    """As OVN-K answers: host interface first, container interface (index 1) with the IPs."""
+    ips = []
+    for cidr in spec.addresses:
+        version = ipaddress.ip_interface(cidr).version
+        gateway = next((g for g in pod_network.gateway_ips
+                        if ipaddress.ip_address(g).version == version), None)
+        ips.append(results.IPConfig(address=cidr, interface=1, gateway=gateway))
+    return results.Result(
+        interfaces=(results.Interface(name=host_name, mac=host_mac),
+                    results.Interface(name=spec.ifname, mac=spec.mac, sandbox=spec.netns,
+                                       mtu=spec.mtu)),
+        ips=tuple(ips),
+        routes=tuple(results.Route(dst=r.dst, gw=r.gateway) for r in spec.routes))
+
+
+def check_problems(*, spec: interfaces.PodInterface,
+                   observed: interfaces.ObservedInterface | None,
+                   port: ovs.PortState | None, port_name: str) -> list[str]:
+    """Everything CHECK finds wrong, each phrased so that the reader knows what is missing."""
+    problems = []
+    if observed is None:
+        problems.append(f"interface {spec.ifname} is missing in {spec.netns}")
+    else:
+        if observed.mac.lower() != spec.mac.lower():
+            problems.append(f"{spec.ifname} has MAC {observed.mac}, expected {spec.mac}")
+        if observed.mtu != spec.mtu:
+            problems.append(f"{spec.ifname} has MTU {observed.mtu}, expected {spec.mtu}")
+        missing = [a for a in spec.addresses if a not in observed.addresses]
+        if missing:
+            problems.append(f"{spec.ifname} lacks address(es) {', '.join(missing)}")
+        if not observed.up:
+            problems.append(f"{spec.ifname} is down")
+    if port is None:
+        problems.append(f"no OVS interface carries iface-id {port_name} on br-int")
+    elif not port.installed:
+        problems.append(f"OVS interface {port.name} (iface-id {port_name}) is not bound: "
+                        "ovn-controller has not set ovn-installed")
+    return problems
+
+
+class Attachments:
+    """Serves CNI requests (the server serialises requests per pod interface)."""
+
+    def __init__(self, *, settings: Settings, switch: ovs.LocalOvs, reader: pods.PodReader,
+                 executor: futures.Executor) -> None:
+        self.settings = settings
+        self.switch = switch
+        self.reader = reader
+        self._executor = executor
+        self._plumbing = asyncio.Semaphore(PLUMBING_CONCURRENCY)
+
+    async def _run(self, func: Callable[..., T], /, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: func(**kwargs))
+
+    async def handle(self, request: protocol.Request) -> tuple[dict[str, Any] | None,
+                                                                dict[str, float]]:
+        timings: dict[str, float] = {}
+        if request.command == "ADD":
+            result = await self.add(request, timings)
+            return results.shape_result(result, request.cni_version), timings
+        if request.command == "DEL":
+            await self.delete(request)
+            return None, timings
+        if request.command == "CHECK":
+            await self.check(request)
+            return None, timings
+        raise protocol.CniError(protocol.INVALID_ENVIRONMENT,
+                                f"CNI_COMMAND {request.command} is not served by the agent")
+
+    async def add(self, request: protocol.Request, timings: dict[str, float]) -> results.Result:
+        start = time.monotonic()
+        network = network_config(request.config)
+        try:
+            pod_network = await self.reader.wait_for_network(
+                namespace=request.pod_namespace, name=request.pod_name, uid=request.pod_uid,
+                nad_key=network.nad_key, timeout=self.settings.annotation_timeout)
+        except errors.InvalidConfig as exc:
+            raise protocol.CniError(protocol.INVALID_CONFIG, str(exc)) from None
+        except errors.Unavailable as exc:
+            raise protocol.CniError(protocol.TRY_AGAIN_LATER, str(exc)) from None
+        except errors.OvnkSecondaryError as exc:  # the pod was re-created meanwhile
+            raise protocol.CniError(protocol.UNKNOWN_CONTAINER, str(exc)) from None
+        if pod_network is None:
+            raise protocol.CniError(
+                protocol.ANNOTATION_TIMEOUT,
+                f"timed out after {self.settings.annotation_timeout:.0f} s waiting for "
+                f"annotation {pods.ANNOTATION} entry {network.nad_key} on pod "
+                f"{request.pod_namespace}/{request.pod_name}",
+                "is the ovnk-secondary controller running, and does the pod's "
+                "k8s.v1.cni.cncf.io/networks annotation name this NAD?")
+        annotated = time.monotonic()
+        timings["annotation"] = annotated - start
+        port_name = naming.pod_port_name(network.nad_key, request.pod_namespace,
+                                         request.pod_name)
+        host_name = interfaces.host_ifname(container_id=request.container_id,
+                                           ifname=request.ifname)
+        spec = desired_interface(request=request, network=network, pod_network=pod_network,
+                                 tx_checksum_offload=self.settings.tx_checksum_offload)
+        try:
+            async with self._plumbing:
+                created = await self._run(interfaces.create, spec=spec, host_name=host_name)
+                await self._run(self.switch.plug, name=host_name,
+                                external_ids=port_external_ids(
+                                    request=request, network=network, port_name=port_name,
+                                    mac=pod_network.mac_address, ifindex=created.index))
+        except FileNotFoundError:
+            await self._undo(request, host_name)
+            raise protocol.CniError(protocol.UNKNOWN_CONTAINER,
+                                    f"network namespace {request.netns} does not exist",
+                                    "the sandbox is gone; the runtime will retry") from None
+        except Exception as exc:  # netlink, OVSDB (also its timeouts): never leave half a pod
+            await self._undo(request, host_name)
+            raise protocol.CniError(protocol.AGENT_FAILURE,
+                                    f"cannot plug {request.ifname} of pod "
+                                    f"{request.pod_namespace}/{request.pod_name}: {exc}") from None
+        plumbed = time.monotonic()
+        timings["plumbing"] = plumbed - annotated
+        if not await self.switch.wait_installed(host_name,
+                                                timeout=self.settings.binding_timeout):
+            await self._undo(request, host_name)
+            raise protocol.CniError(
+                protocol.BINDING_TIMEOUT,
+                f"timed out waiting for OVS port binding (ovn-installed) of logical switch port "
+                f"{port_name} on node {self.settings.node_name} after "
+                f"{self.settings.binding_timeout:.0f} s",
+                "check that the port exists in the OVN northbound DB with requested-chassis of "
+                "this node and that ovn-controller runs here (ovn-appctl -t ovn-controller "
+                "connection-status)")
+        timings["binding"] = time.monotonic() - plumbed
+        LOG.info("ADD %s/%s %s: port %s on %s (annotation %.3f s, plumbing %.3f s, binding "
+                 "%.3f s)", request.pod_namespace, request.pod_name, request.ifname, port_name,
+                 host_name, timings["annotation"], timings["plumbing"], timings["binding"])
+        return cni_result(spec=spec, host_name=host_name, host_mac=created.mac,
+                          pod_network=pod_network)
+
+    async def _undo(self, request: protocol.Request, host_name: str) -> None:
+        try:
+            await self._run(self.switch.unplug, name=host_name)
+            await self._run(interfaces.delete, host_name=host_name, netns=request.netns,
+                            ifname=request.ifname)
+        except Exception:  # the original error is what the user needs to see
+            LOG.exception("undoing a failed ADD of %s left something behind", host_name)
+
+    async def delete(self, request: protocol.Request) -> None:
+        host_name = interfaces.host_ifname(container_id=request.container_id,
+                                           ifname=request.ifname)
+        try:
+            removed = await self._run(self.switch.unplug, name=host_name,
+                                      sandbox=request.container_id, ifname=request.ifname)
+            await self._run(interfaces.delete, host_name=host_name, netns=request.netns,
+                            ifname=request.ifname)
+        except (NetlinkError, OSError, RuntimeError) as exc:
+            raise protocol.CniError(protocol.AGENT_FAILURE,
+                                    f"cannot delete {request.ifname} of sandbox "
+                                    f"{request.container_id}: {exc}", "the runtime will retry"
+                                    ) from None
+        LOG.info("DEL %s/%s %s: removed OVS port(s) %s", request.pod_namespace,
+                 request.pod_name, request.ifname, ", ".join(removed) or "none")
+
+    async def check(self, request: protocol.Request) -> None:
+        network = network_config(request.config)
+        pod = await self._run(self.reader.get, namespace=request.pod_namespace,
+                              name=request.pod_name)
+        pod_network = pods.network_for(pod.annotations, network.nad_key) if pod else None
+        if pod_network is None:
+            raise protocol.CniError(protocol.CHECK_FAILED,
+                                    f"pod {request.pod_namespace}/{request.pod_name} has no "
+                                    f"{pods.ANNOTATION} entry {network.nad_key}")
+        spec = desired_interface(request=request, network=network, pod_network=pod_network,
+                                 tx_checksum_offload=self.settings.tx_checksum_offload)
+        port_name = naming.pod_port_name(network.nad_key, request.pod_namespace,
+                                         request.pod_name)
+        observed = await self._run(interfaces.observe, netns=request.netns,
+                                   ifname=request.ifname)
+        candidates = await self._run(self.switch.interfaces_with_iface_id, iface_id=port_name)
+        host_name = interfaces.host_ifname(container_id=request.container_id,
+                                           ifname=request.ifname)
+        port = next((c for c in candidates if c.name == host_name), None)
+        problems = check_problems(spec=spec, observed=observed, port=port, port_name=port_name)
+        if problems:
+            raise protocol.CniError(protocol.CHECK_FAILED, "; ".join(problems))
+
+    # --- start-up --------------------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """Remove ports of vanished pods or sandboxes; re-plug re-created host interfaces."""
+        for state in await self._run(self.switch.our_interfaces):
+            try:
+                await self._reconcile_one(state)
+            except Exception:
+                LOG.exception("start-up check of OVS port %s failed; leaving it", state.name)
+
+    async def _reconcile_one(self, state: ovs.PortState) -> None:
+        ids = state.external_ids
+        namespace, _, name = ids.get(ovs.POD_KEY, "").partition("/")
+        try:
+            pod = await self._run(self.reader.get, namespace=namespace, name=name)
+        except Exception as exc:  # API down: judge by the node's own state only
+            LOG.warning("cannot read pod %s/%s at start-up (%s)", namespace, name, exc)
+            pod = pods.Pod(uid=ids.get(ovs.IFACE_ID_VER, ""), annotations={})
+        index = await self._run(interfaces.host_index, name=state.name)
+        gone = pod is None or (ids.get(ovs.IFACE_ID_VER) and pod.uid != ids[ovs.IFACE_ID_VER])
+        if gone or index is None:
+            await self._run(self.switch.unplug, name=state.name)
+            await self._run(interfaces.delete, host_name=state.name)
+            LOG.info("start-up: removed port %s of %s (%s)", state.name, ids.get(ovs.POD_KEY),
+                     "pod gone" if gone else "sandbox gone")
+        elif (ids.get(ovs.IFINDEX_KEY) != str(index) or state.ofport in (None, -1)
+              or state.error):
+            await self._run(self.switch.replug, state=state, ifindex=index)
+            LOG.info("start-up: re-plugged %s (plugged ifindex %s, now %s; OVS error %s)",
+                     state.name, ids.get(ovs.IFINDEX_KEY), index, state.error)

@@ -1,0 +1,186 @@
+"""`ovnk-secondary node-agent`: the per-node daemon behind the `ovn-k8s-cni-overlay` plugin.
+
+Start-up order matters: connect to the local OVSDB and the Kubernetes API, converge the
+bridge-mappings file, clean up or re-plug the ports of a previous run, and only then open the
+CNI socket (until then the plugin answers "try again later", code 11). Running pods keep their
+traffic across a restart: nothing is torn down on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+from concurrent import futures
+from typing import Any
+
+from ovnk_secondary import errors
+from ovnk_secondary.agent import attachments, bridgemappings, interfaces, ovs, pods, server
+from ovnk_secondary.cni import protocol
+
+LOG = logging.getLogger("ovnk_secondary.agent")
+MAPPINGS_POLL = 5.0  # seconds between looks at the bridge-mappings file (a ConfigMap mount)
+MAPPINGS_RESYNC = 60.0  # re-converge even without a change (somebody may have edited OVS)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--node-name", required=True,
+                        help="this node's name (Kubernetes Node and OVN chassis)")
+    parser.add_argument("--ovs-db", default="unix:/run/openvswitch/db.sock",
+                        help="the local Open_vSwitch database (default: %(default)s)")
+    parser.add_argument("--kubeconfig", default=None,
+                        help="kubeconfig file (default: in-cluster config, else $KUBECONFIG)")
+    parser.add_argument("--bridge-mappings", default=None, metavar="FILE",
+                        help="declarative bridge-mappings file (YAML/JSON); re-read on change")
+    parser.add_argument("--socket", default=protocol.DEFAULT_SOCKET,
+                        help="CNI socket path (default: %(default)s)")
+    parser.add_argument("--annotation-timeout", type=float, default=120.0, metavar="S",
+                        help="ADD: how long to wait for the pod annotation (default: 120)")
+    parser.add_argument("--binding-timeout", type=float, default=60.0, metavar="S",
+                        help="ADD: how long to wait for ovn-installed (default: 60)")
+    parser.add_argument("--tx-checksum-offload", choices=("auto", "on", "off"), default="auto",
+                        help="checksum offload on pod interfaces; auto: off with the userspace "
+                        "(netdev) datapath, which forwards offloaded checksums unfinished")
+    parser.add_argument("--workers", type=int, default=32,
+                        help="threads for blocking netlink/OVSDB/API calls (default: 32)")
+    parser.add_argument("--log-level", default="INFO", help="default: %(default)s")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for name, value in (("--annotation-timeout", args.annotation_timeout),
+                        ("--binding-timeout", args.binding_timeout)):
+        if value <= 0:
+            raise errors.InvalidConfig(f"{name} {value} must be positive (seconds)")
+    asyncio.run(_serve(args))
+    return 0
+
+
+class BridgeMappingsLoop:
+    """Keeps the node converged to the bridge-mappings file and reports on the Node."""
+
+    def __init__(self, *, path: str, switch: ovs.LocalOvs, reader: pods.PodReader,
+                 node_name: str) -> None:
+        self.path = path
+        self.switch = switch
+        self.reader = reader
+        self.node_name = node_name
+        self._last_text: str | None = None
+        self._last_annotation: str | None = None
+
+    def converge(self, *, force: bool = False) -> None:
+        try:
+            with open(self.path, encoding="utf-8") as file:
+                text = file.read()
+        except OSError as exc:
+            text = ""
+            error: str | None = f"cannot read bridge-mappings file {self.path}: {exc.strerror}"
+        else:
+            error = None
+        if text == self._last_text and not force:
+            return
+        self._last_text = text
+        mappings: tuple[bridgemappings.BridgeMapping, ...] = ()
+        value = None
+        if error is None:
+            try:
+                mappings = bridgemappings.parse_file(text, source=self.path)
+                value = bridgemappings.apply(self.switch, mappings, links=interfaces.host_links(),
+                                             source=self.path)
+            except errors.OvnkSecondaryError as exc:
+                error = str(exc)
+            except Exception as exc:  # OVSDB trouble: report, retry at the next resync
+                error = f"applying {self.path} failed: {exc}"
+                self._last_text = None
+        if error:
+            LOG.error("bridge mappings not applied: %s", error)
+            mappings = ()
+        else:
+            LOG.info("bridge mappings applied: %s (ovn-bridge-mappings=%s)",
+                     ", ".join(f"{m.physical_network}->{m.bridge}" for m in mappings) or "none",
+                     value)
+        self._annotate(bridgemappings.annotation(mappings=mappings, value=value, error=error))
+
+    def _annotate(self, text: str) -> None:
+        if text == self._last_annotation:
+            return
+        body = {"metadata": {"annotations": {bridgemappings.NODE_ANNOTATION: text}}}
+        try:
+            self.reader.core.patch_node(self.node_name, body,
+                                        _content_type="application/merge-patch+json",
+                                        _request_timeout=10)
+            self._last_annotation = text
+        except Exception as exc:  # the report is informative; never stop the agent for it
+            LOG.warning("cannot annotate Node %s with the bridge mappings: %s",
+                        self.node_name, exc)
+
+    async def run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        since_resync = 0.0
+        while True:
+            await asyncio.sleep(MAPPINGS_POLL)
+            since_resync += MAPPINGS_POLL
+            force = since_resync >= MAPPINGS_RESYNC
+            if force:
+                since_resync = 0.0
+            await loop.run_in_executor(None, functools.partial(self.converge, force=force))
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    executor = futures.ThreadPoolExecutor(max_workers=args.workers,
+                                          thread_name_prefix="agent")
+    loop.set_default_executor(executor)
+    try:
+        switch = await loop.run_in_executor(None, lambda: ovs.LocalOvs(remote=args.ovs_db))
+    except Exception as exc:
+        raise errors.OvnkSecondaryError(
+            f"cannot connect to the local OVSDB at {args.ovs_db}: {exc}; is ovsdb-server "
+            "running? pass --ovs-db") from None
+    try:
+        reader = pods.PodReader(kubeconfig=args.kubeconfig, executor=executor)
+    except Exception as exc:
+        raise errors.InvalidConfig(f"cannot load the Kubernetes client configuration: {exc}; "
+                                   "pass --kubeconfig") from None
+    reader.watch_node(args.node_name)
+    tasks: list[asyncio.Task[Any]] = []
+    if args.bridge_mappings:
+        mappings = BridgeMappingsLoop(path=args.bridge_mappings, switch=switch, reader=reader,
+                                      node_name=args.node_name)
+        await loop.run_in_executor(None, lambda: mappings.converge(force=True))
+        tasks.append(asyncio.create_task(mappings.run_forever()))
+    offload = args.tx_checksum_offload == "on"
+    if args.tx_checksum_offload == "auto":
+        datapath = await loop.run_in_executor(None, switch.integration_datapath_type)
+        offload = datapath != "netdev"
+        LOG.info("br-int datapath type %s: tx checksum offload on pod interfaces %s", datapath,
+                 "on" if offload else "off")
+    agent = attachments.Attachments(
+        settings=attachments.Settings(node_name=args.node_name,
+                                      annotation_timeout=args.annotation_timeout,
+                                      binding_timeout=args.binding_timeout,
+                                      tx_checksum_offload=offload),
+        switch=switch, reader=reader, executor=executor)
+    await agent.reconcile()
+    cni = server.CniServer(path=args.socket, handler=agent.handle)
+    await cni.start()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    LOG.info("node agent of %s ready", args.node_name)
+    try:
+        await stop.wait()
+    finally:
+        LOG.info("stopping (pods stay connected)")
+        await cni.close()
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        switch.close()
+        reader.close()
+        executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,337 @@
+"""The node's local Open_vSwitch database: pod ports on br-int, through ovsdbapp.
+
+A pod interface becomes an OVS port on the integration bridge whose Interface carries
+`external_ids:iface-id=<logical switch port>`; ovn-controller binds it to the logical port and
+then sets `external_ids:ovn-installed=true` (the flows are in place). The keys follow OVN-K
+(conventions section 4); ours (`ovnk-secondary.io/...`) let a restarted agent find its ports.
+
+Transactions do not wait for ovs-vswitchd to reconfigure (like `ovs-vsctl --no-wait`): the
+wait for `ovn-installed` covers that and concurrent ADDs do not queue behind each other's
+reconfiguration. Deleting a port that is about to be added again is the exception: vswitchd
+must have dropped its handle first, or it keeps a stale one (see environment.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from ovsdbapp.backend.ovs_idl import command, connection, idlutils, transaction
+from ovsdbapp.schema.open_vswitch import impl_idl
+
+from ovnk_secondary import naming
+
+INTEGRATION_BRIDGE = "br-int"
+IFACE_ID = "iface-id"
+IFACE_ID_VER = "iface-id-ver"
+ATTACHED_MAC = "attached_mac"
+SANDBOX = "sandbox"
+OVN_INSTALLED = "ovn-installed"
+# Ours: enough to re-plug or clean up a port after an agent restart.
+POD_KEY = "ovnk-secondary.io/pod"  # "<namespace>/<name>"
+NETNS_KEY = "ovnk-secondary.io/netns"
+IFNAME_KEY = "ovnk-secondary.io/ifname"
+# The kernel ifindex the agent plugged. OVS's own `ifindex` column follows a re-created NIC of
+# the same name while vswitchd keeps reading the old one, so only our record tells them apart.
+IFINDEX_KEY = "ovnk-secondary.io/ifindex"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PortState:
+    """An OVS Interface as plain values (safe to hand to other threads)."""
+
+    name: str
+    external_ids: Mapping[str, str]
+    ofport: int | None
+    ifindex: int | None
+    error: str | None
+
+    @property
+    def installed(self) -> bool:
+        return self.external_ids.get(OVN_INSTALLED) == "true"
+
+
+def _state(iface: Any) -> PortState:
+    def first(value: Any) -> Any:
+        return value[0] if isinstance(value, list) and value else (value or None)
+
+    return PortState(name=iface.name, external_ids=dict(iface.external_ids),
+                     ofport=first(iface.ofport), ifindex=first(iface.ifindex),
+                     error=first(iface.error))
+
+
+class _Index:
+    """Interface names by one key of theirs (iface-id, or sandbox and ifname).
+
+    Kept up to date from the IDL's change notifications on the connection thread and read only
+    there (inside commands), so a plug or unplug never scans every interface of the node.
+    """
+
+    def __init__(self) -> None:
+        self._names: dict[object, set[str]] = {}
+        self._key_of: dict[str, object] = {}
+
+    def update(self, name: str, key: object | None) -> None:
+        previous = self._key_of.pop(name, None)
+        if previous is not None:
+            names = self._names.get(previous, set())
+            names.discard(name)
+            if not names:
+                self._names.pop(previous, None)
+        if key is not None:
+            self._key_of[name] = key
+            self._names.setdefault(key, set()).add(name)
+
+    def names(self, key: object) -> set[str]:
+        return set(self._names.get(key, ()))
+
+
+class _NoWaitTransaction(impl_idl.OvsVsctlTransaction):  # type: ignore[misc]
+    """An ovs-vsctl style transaction that does not wait for ovs-vswitchd (`--no-wait`)."""
+
+    def pre_commit(self, txn: Any) -> None:
+        txn.expected_ifaces = set()  # AddPortCommand records into it
+
+    def post_commit(self, txn: Any) -> None:
+        transaction.Transaction.post_commit(self, txn)
+
+
+class _Api(impl_idl.OvsdbIdl):  # type: ignore[misc]
+    def create_transaction(self, check_error: bool = False, log_errors: bool = True,
+                           wait_for_vswitchd: bool = False, **kwargs: Any) -> Any:
+        if wait_for_vswitchd:
+            return impl_idl.OvsVsctlTransaction(self, self.ovsdb_connection,
+                                                check_error=check_error, log_errors=log_errors)
+        return _NoWaitTransaction(self, self.ovsdb_connection, check_error=check_error,
+                                  log_errors=log_errors)
+
+
+# Only what the agent reads or writes: vswitchd rewrites Interface statistics and status
+# every few seconds for every port, which would otherwise keep the IDL busy at scale.
+_INTERFACE_COLUMNS = ("name", "type", "options", "external_ids", "ofport", "ifindex", "error")
+_FULL_TABLES = ("Open_vSwitch", "Bridge", "Port")
+
+
+class _Idl(connection.OvsdbIdl):  # type: ignore[misc]
+    """Calls back on every Interface change (runs on the connection thread)."""
+
+    on_interface: Callable[[str, Any], None] | None = None
+
+    def notify(self, event: str, row: Any, updates: Any = None) -> None:
+        if self.on_interface is not None and row._table.name == "Interface":
+            self.on_interface(event, row)
+
+
+def _delete_ports_of(api: Any, txn: Any, interface_names: Iterable[str]) -> list[str]:
+    """Delete the ports holding these interfaces (usually a port has its interface's name)."""
+    removed = []
+    for name in interface_names:
+        iface = idlutils.row_by_value(api.idl, "Interface", "name", name, None)
+        if iface is None:
+            continue
+        port = idlutils.row_by_value(api.idl, "Port", "name", name, None)
+        if port is None or iface not in port.interfaces:
+            port = next((p for p in api.tables["Port"].rows.values() if iface in p.interfaces),
+                        None)
+        if port is not None:
+            removed.append(port.name)
+            api.del_port(port.name, if_exists=True).run_idl(txn)
+    return removed
+
+
+class _Plug(command.BaseCommand):  # type: ignore[misc]
+    """Add (or refresh) a port on a bridge; drop every other interface with the same iface-id."""
+
+    def __init__(self, api: Any, *, bridge: str, name: str, external_ids: Mapping[str, str],
+                 by_iface_id: _Index):
+        super().__init__(api)
+        self.bridge = bridge
+        self.name = name
+        self.external_ids = dict(external_ids)
+        self.by_iface_id = by_iface_id  # maintained on the connection thread, where this runs
+
+    def run_idl(self, txn: Any) -> None:
+        duplicates = self.by_iface_id.names(self.external_ids[IFACE_ID]) - {self.name}
+        removed = _delete_ports_of(self.api, txn, sorted(duplicates))
+        existing = idlutils.row_by_value(self.api.idl, "Interface", "name", self.name, None)
+        if existing is None:
+            self.api.add_port(self.bridge, self.name, may_exist=True,
+                              external_ids=self.external_ids).run_idl(txn)
+        else:
+            existing.external_ids = self.external_ids
+        self.result = removed
+
+
+class _Unplug(command.BaseCommand):  # type: ignore[misc]
+    """Delete a port by name and any of ours left by the same sandbox and interface."""
+
+    def __init__(self, api: Any, *, name: str, sandbox: str, ifname: str,
+                 by_sandbox: _Index):
+        super().__init__(api)
+        self.name = name
+        self.sandbox = sandbox
+        self.ifname = ifname
+        self.by_sandbox = by_sandbox  # maintained on the connection thread, where this runs
+
+    def run_idl(self, txn: Any) -> None:
+        doomed = {self.name}
+        if self.sandbox:
+            doomed |= self.by_sandbox.names((self.sandbox, self.ifname))
+        self.result = _delete_ports_of(self.api, txn, sorted(doomed))
+
+
+class _Read(command.BaseCommand):  # type: ignore[misc]
+    """Interfaces by name, or all matching a predicate, as plain values (under the lock)."""
+
+    READ_ONLY = True
+
+    def __init__(self, api: Any, *, names: Iterable[str] | None = None,
+                 predicate: Callable[[Any], bool] | None = None):
+        super().__init__(api)
+        self.names = names
+        self.predicate = predicate
+
+    def run_idl(self, txn: Any) -> None:
+        if self.names is not None:
+            rows = [idlutils.row_by_value(self.api.idl, "Interface", "name", n, None)
+                    for n in self.names]
+            self.result = [_state(r) for r in rows if r is not None]
+        else:
+            self.result = [_state(i) for i in self.api.tables["Interface"].rows.values()
+                           if self.predicate is None or self.predicate(i)]
+
+
+class LocalOvs:
+    """The local OVSDB (one connection, one IDL) and waiters for `ovn-installed`."""
+
+    def __init__(self, *, remote: str, timeout: float = 30.0) -> None:
+        helper = idlutils.get_schema_helper(remote, "Open_vSwitch")
+        for table in _FULL_TABLES:
+            helper.register_table(table)
+        helper.register_columns("Interface", list(_INTERFACE_COLUMNS))
+        idl = _Idl(remote, helper)
+        idl.on_interface = self._on_interface
+        self._waiters: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
+        self._lock = threading.Lock()
+        self._by_iface_id = _Index()
+        self._by_sandbox = _Index()
+        # ovsdbapp keeps the connection in a class attribute: a class per instance keeps two
+        # LocalOvs (tests, tools) from silently sharing the first one's database.
+        api_class = type("_ApiInstance", (_Api,), {"_ovsdb_connection": None})
+        self.api = api_class(connection.Connection(idl, timeout))
+
+    # --- waiting for ovn-controller --------------------------------------------------------
+
+    def _on_interface(self, event: str, row: Any) -> None:
+        name = row.name
+        ids = {} if event == "delete" else row.external_ids
+        self._by_iface_id.update(name, ids.get(IFACE_ID) or None)
+        sandbox = ids.get(SANDBOX)
+        self._by_sandbox.update(name, (sandbox, ids.get(IFNAME_KEY, "")) if sandbox else None)
+        if name not in self._waiters or ids.get(OVN_INSTALLED) != "true":
+            return
+        with self._lock:
+            waiters = self._waiters.pop(name, set())
+        for loop, future in waiters:
+            loop.call_soon_threadsafe(_resolve, future)
+
+    async def wait_installed(self, name: str, *, timeout: float) -> bool:
+        """Until ovn-controller marks the interface installed; False on timeout."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        entry = (loop, future)
+        with self._lock:
+            self._waiters.setdefault(name, set()).add(entry)
+        try:
+            # It may already be installed (before we registered): then no change will come.
+            current = await loop.run_in_executor(None, self.interface, name)
+            if current is not None and current.installed:
+                return True
+            await asyncio.wait_for(future, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            with self._lock:
+                waiters = self._waiters.get(name)
+                if waiters is not None:
+                    waiters.discard(entry)
+                    if not waiters:
+                        del self._waiters[name]
+
+    # --- reads ------------------------------------------------------------------------------
+
+    def interface(self, name: str) -> PortState | None:
+        found: list[PortState] = _Read(self.api, names=[name]).execute(check_error=True)
+        return found[0] if found else None
+
+    def interfaces_with_iface_id(self, iface_id: str) -> list[PortState]:
+        found: list[PortState] = _Read(
+            self.api, predicate=lambda i: i.external_ids.get(IFACE_ID) == iface_id
+        ).execute(check_error=True)
+        return found
+
+    def our_interfaces(self) -> list[PortState]:
+        """Every interface the agent plugged (carries our ownership marker)."""
+        found: list[PortState] = _Read(
+            self.api,
+            predicate=lambda i: i.external_ids.get(naming.OWNER_KEY) == naming.OWNER_VALUE,
+        ).execute(check_error=True)
+        return found
+
+    def integration_datapath_type(self) -> str:
+        """`netdev` (userspace) or `system` (kernel): what ovn-controller gives br-int."""
+        ids = self.api.db_get("Open_vSwitch", ".", "external_ids").execute(check_error=True)
+        if ids.get("ovn-bridge-datapath-type"):
+            return str(ids["ovn-bridge-datapath-type"])
+        bridges = self.api.db_find("Bridge", ("name", "=", INTEGRATION_BRIDGE),
+                                   columns=["datapath_type"]).execute(check_error=True)
+        return str(bridges[0]["datapath_type"] or "system") if bridges else "system"
+
+    def port_bridges(self) -> dict[str, str]:
+        """OVS port name -> its bridge, for every bridge."""
+        result: dict[str, str] = {}
+        for bridge in self.api.list_br().execute(check_error=True):
+            for port in self.api.list_ports(bridge).execute(check_error=True):
+                result[port] = bridge
+        return result
+
+    # --- writes ------------------------------------------------------------------------------
+
+    def plug(self, *, name: str, external_ids: Mapping[str, str],
+             bridge: str = INTEGRATION_BRIDGE) -> list[str]:
+        """Add the port; returns the other ports removed because they had the same iface-id."""
+        if self.interface(name) is not None:
+            # Same name again means a re-created NIC: drop vswitchd's handle before re-adding.
+            self.api.del_port(name, if_exists=True).execute(check_error=True,
+                                                            wait_for_vswitchd=True)
+        removed: list[str] = _Plug(self.api, bridge=bridge, name=name, external_ids=external_ids,
+                                   by_iface_id=self._by_iface_id).execute(check_error=True)
+        return removed
+
+    def unplug(self, *, name: str, sandbox: str = "", ifname: str = "") -> list[str]:
+        """Delete the port by name and by sandbox; returns the ports deleted (maybe none)."""
+        removed: list[str] = _Unplug(self.api, name=name, sandbox=sandbox, ifname=ifname,
+                                     by_sandbox=self._by_sandbox).execute(check_error=True)
+        return removed
+
+    def replug(self, state: PortState, *, ifindex: int,
+               bridge: str = INTEGRATION_BRIDGE) -> None:
+        """Delete and add again (drops a stale vswitchd handle), recording the new ifindex."""
+        self.api.del_port(state.name, if_exists=True).execute(check_error=True,
+                                                              wait_for_vswitchd=True)
+        ids = {k: v for k, v in state.external_ids.items() if k != OVN_INSTALLED}
+        ids[IFINDEX_KEY] = str(ifindex)
+        _Plug(self.api, bridge=bridge, name=state.name, external_ids=ids,
+              by_iface_id=self._by_iface_id).execute(check_error=True)
+
+    def close(self) -> None:
+        self.api.ovsdb_connection.stop()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

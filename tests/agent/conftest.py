@@ -1,0 +1,168 @@
+"""Fixtures of the node agent's tests that need no sandbox: a real OVS in a throwaway netns."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from ovnk_secondary.agent import ovs
+from ovnk_secondary.sandbox import smoke
+from tests.agent import harness
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, OVS)")
+needs_ovs = pytest.mark.skipif(shutil.which("ovs-vswitchd") is None, reason="needs openvswitch")
+
+
+@dataclasses.dataclass
+class LocalSwitch:
+    """ovsdb-server + ovs-vswitchd (userspace datapath) in their own netns and run dir."""
+
+    netns: str
+    rundir: pathlib.Path
+    remote: str
+
+    def vsctl(self, *args: str) -> str:
+        done = subprocess.run(["ovs-vsctl", f"--db={self.remote}", "--timeout=10", *args],
+                              capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+
+    def ip(self, *args: str) -> str:
+        done = subprocess.run(["ip", "-n", self.netns, *args], capture_output=True, text=True,
+                              check=True)
+        return done.stdout
+
+
+def _wait_file(path: pathlib.Path, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def local_switch(tmp_path: pathlib.Path) -> Iterator[LocalSwitch]:
+    if os.geteuid() != 0 or shutil.which("ovs-vswitchd") is None:
+        pytest.skip("needs root and openvswitch")
+    netns = f"ovnk-t-{uuid.uuid4().hex[:8]}"
+    rundir = tmp_path / "ovs"
+    rundir.mkdir()
+    env = dict(os.environ, OVS_RUNDIR=str(rundir), OVS_DBDIR=str(rundir),
+               OVS_LOGDIR=str(rundir))
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    pids: list[pathlib.Path] = []
+    try:
+        db = rundir / "conf.db"
+        subprocess.run(["ovsdb-tool", "create", str(db),
+                        "/usr/share/openvswitch/vswitch.ovsschema"], check=True, env=env)
+        sock = rundir / "db.sock"
+        pids.append(rundir / "ovsdb.pid")
+        subprocess.run(["ip", "netns", "exec", netns, "ovsdb-server", "--detach", "--no-chdir",
+                        f"--pidfile={rundir}/ovsdb.pid", f"--log-file={rundir}/ovsdb.log",
+                        f"--unixctl={rundir}/ovsdb.ctl", f"--remote=punix:{sock}", str(db)],
+                       check=True, env=env)
+        remote = f"unix:{sock}"
+        switch = LocalSwitch(netns=netns, rundir=rundir, remote=remote)
+        switch.vsctl("--no-wait", "init")
+        switch.vsctl("--no-wait", "set", "open", ".",
+                     "external_ids:ovn-bridge-datapath-type=netdev")
+        pids.append(rundir / "vswitchd.pid")
+        subprocess.run(["ip", "netns", "exec", netns, "ovs-vswitchd", "--detach", "--no-chdir",
+                        f"--pidfile={rundir}/vswitchd.pid", f"--log-file={rundir}/vswitchd.log",
+                        f"--unixctl={rundir}/vswitchd.ctl", remote], check=True, env=env)
+        _wait_file(rundir / "vswitchd.pid")
+        switch.vsctl("add-br", ovs.INTEGRATION_BRIDGE, "--", "set", "bridge",
+                     ovs.INTEGRATION_BRIDGE, "datapath_type=netdev", "fail-mode=secure")
+        yield switch
+    finally:
+        for pidfile in reversed(pids):
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(pidfile.read_text()), signal.SIGTERM)
+        subprocess.run(["ip", "netns", "del", netns], check=False)
+
+
+@pytest.fixture
+def pod_netns() -> Iterator[str]:
+    """A network namespace standing for a pod sandbox (on this machine)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    name = f"ovnk-pod-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield f"/var/run/netns/{name}"
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+MAPPINGS_FILE = """\
+bridgeMappings:
+  - physicalNetworkName: localnet1
+    bridge: br-ex
+  - physicalNetworkName: localnet2
+    bridge: ovs-br1
+    uplinks: [enp2s0]
+"""
+
+
+@pytest.fixture(scope="module")
+def agent_cluster(sandbox: Any) -> Iterator[harness.Cluster]:
+    """The sandbox with the Kubernetes API emulator and one node agent per chassis.
+
+    Each agent runs with the reference scenario's bridge-mappings file. Everything is undone at
+    the end: agents stopped, their files removed, ovs-br1 and the mappings taken away again.
+    """
+    # A sandbox started as a small cluster runs its own node agents on the same OVS: they would
+    # judge our test pods (unknown to their API) as gone. Pause them while this module runs.
+    paused = [node for node in sandbox.node_names
+              if getattr(sandbox, "kubeconfig", None) is not None]
+    for node in paused:
+        sandbox.stop_service(node, "node-agent")
+    api = harness.ThreadedApiServer(host=sandbox.host_address)
+    api.start()
+    nb = smoke.nb_api(sandbox.nb_connection)
+    started: list[harness.Agent] = []
+    world = harness.Cluster(sandbox, api, nb)
+    try:
+        for node in sandbox.node_names:
+            world.core.create_node({"apiVersion": "v1", "kind": "Node",
+                                    "metadata": {"name": node}})
+            agent = harness.Agent(sandbox, node, kubeconfig=api.kubeconfig_text(),
+                                  mappings=MAPPINGS_FILE, annotation_timeout=5,
+                                  binding_timeout=12)
+            agent.setup_files()
+            started.append(agent)
+            agent.start()
+        world.agents = {agent.node: agent for agent in started}
+        yield world
+    finally:
+        world.cleanup()
+        for agent in started:
+            agent.stop()
+            sandbox.exec(agent.node, f"rm -rf {harness.AGENT_DIR}; ovs-vsctl --if-exists del-br "
+                         "ovs-br1 -- remove open . external_ids ovn-bridge-mappings "
+                         "-- remove open . external_ids ovnk-secondary.io/bridge-mappings",
+                         check=False)
+        nb.ovsdb_connection.stop()
+        api.stop()
+        for node in paused:
+            sandbox.start_service(node, "node-agent")
+
+
+@pytest.fixture
+def world(agent_cluster: harness.Cluster) -> Iterator[harness.Cluster]:
+    """The cluster of `agent_cluster`, with the test's pods and networks removed afterwards."""
+    try:
+        yield agent_cluster
+    finally:
+        agent_cluster.cleanup()

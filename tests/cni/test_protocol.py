@@ -1,0 +1,104 @@
+"""The CNI protocol: validation of the runtime's request and results shaped per cniVersion."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ovnk_secondary.cni import protocol, results
+
+ENV = {
+    "CNI_COMMAND": "ADD",
+    "CNI_CONTAINERID": "0123abcd",
+    "CNI_NETNS": "/var/run/netns/pod",
+    "CNI_IFNAME": "net1",
+    "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=tinypod;K8S_POD_UID=u-1",
+    "CNI_PATH": "/opt/cni/bin",
+}
+RESULT = results.Result(
+    interfaces=(results.Interface(name="ovk0123", mac="aa:bb:cc:dd:ee:ff"),
+                results.Interface(name="net1", mac="0a:58:0a:64:00:05",
+                                   sandbox="/var/run/netns/pod", mtu=1400)),
+    ips=(results.IPConfig(address="10.100.0.5/24", interface=1, gateway="10.100.0.1"),
+         results.IPConfig(address="fd00::5/64", interface=1)),
+    routes=(results.Route(dst="0.0.0.0/0", gw="10.100.0.1"),),
+)
+
+
+def test_request_carries_pod_identity_from_cni_args() -> None:
+    request = protocol.request_from(ENV, {"cniVersion": "1.0.0"})
+    assert (request.pod_namespace, request.pod_name, request.pod_uid) == ("ns1", "tinypod", "u-1")
+    assert request.interface_key == ("ns1/tinypod", "net1")
+    assert request.cni_version == "1.0.0"
+
+
+@pytest.mark.parametrize("missing", ["CNI_NETNS", "CNI_IFNAME", "CNI_CONTAINERID"])
+def test_add_without_a_required_variable_is_code_4(missing: str) -> None:
+    env = {k: v for k, v in ENV.items() if k != missing}
+    with pytest.raises(protocol.CniError) as info:
+        protocol.request_from(env, {})
+    assert info.value.code == protocol.INVALID_ENVIRONMENT
+    assert missing in info.value.msg
+
+
+def test_del_without_netns_is_accepted() -> None:
+    env = {k: v for k, v in ENV.items() if k != "CNI_NETNS"} | {"CNI_COMMAND": "DEL"}
+    assert protocol.request_from(env, {}).netns == ""
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("CNI_IFNAME", "a-very-long-interface"), ("CNI_IFNAME", "net/1"),
+    ("CNI_CONTAINERID", "-bad"), ("CNI_ARGS", "K8S_POD_NAME"), ("CNI_COMMAND", "PLUG"),
+    ("CNI_ARGS", "K8S_POD_NAME=p"),
+])
+def test_invalid_variables_are_code_4(key: str, value: str) -> None:
+    with pytest.raises(protocol.CniError) as info:
+        protocol.request_from(ENV | {key: value}, {})
+    assert info.value.code == protocol.INVALID_ENVIRONMENT
+
+
+@pytest.mark.parametrize(("stdin", "code"), [
+    (b"{not json", protocol.INVALID_CONFIG), (b"[1, 2]", protocol.INVALID_CONFIG),
+    (b"", protocol.INVALID_CONFIG), (b'{"cniVersion": "0.2.0"}', protocol.INCOMPATIBLE_VERSION),
+])
+def test_bad_config_on_stdin(stdin: bytes, code: int) -> None:
+    with pytest.raises(protocol.CniError) as info:
+        protocol.parse_config(stdin)
+    assert info.value.code == code
+
+
+def test_result_1_0_0_has_mtu_and_no_ip_version() -> None:
+    shaped = results.shape_result(RESULT, "1.0.0")
+    assert shaped["cniVersion"] == "1.0.0"
+    assert shaped["interfaces"][1] == {"name": "net1", "mac": "0a:58:0a:64:00:05",
+                                       "sandbox": "/var/run/netns/pod", "mtu": 1400}
+    assert shaped["ips"][0] == {"address": "10.100.0.5/24", "gateway": "10.100.0.1",
+                                "interface": 1}
+    assert shaped["routes"] == [{"dst": "0.0.0.0/0", "gw": "10.100.0.1"}]
+
+
+@pytest.mark.parametrize("version", ["0.3.1", "0.4.0"])
+def test_result_0_x_has_ip_versions_and_no_mtu(version: str) -> None:
+    shaped = results.shape_result(RESULT, version)
+    assert shaped["cniVersion"] == version
+    assert [ip["version"] for ip in shaped["ips"]] == ["4", "6"]
+    assert "mtu" not in shaped["interfaces"][1]
+    assert "sandbox" not in shaped["interfaces"][0]  # the host side
+
+
+def test_version_answer_lists_supported_versions() -> None:
+    assert protocol.version_result("0.4.0") == {
+        "cniVersion": "0.4.0", "supportedVersions": ["0.3.1", "0.4.0", "1.0.0"]}
+
+
+def test_envelope_round_trip_keeps_only_cni_variables() -> None:
+    data = protocol.encode_request(ENV | {"HOME": "/root"}, {"cniVersion": "0.3.1"})
+    assert "HOME" not in json.loads(data)["env"]
+    assert protocol.decode_request(data).pod_name == "tinypod"
+    with pytest.raises(protocol.CniError) as info:
+        protocol.decode_request(b"garbage")
+    assert info.value.code == protocol.DECODE_FAILURE
+    error = json.loads(protocol.encode_response(
+        error=protocol.CniError(11, "later", "why"), cni_version="1.0.0"))["error"]
+    assert error == {"cniVersion": "1.0.0", "code": 11, "msg": "later", "details": "why"}
