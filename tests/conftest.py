@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import os
+import pathlib
 from collections.abc import Iterator
 
 import pytest
 
+from ovnk_secondary.northbound import servers
 from ovnk_secondary.sandbox import cluster
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 SANDBOX_NAME = os.environ.get("OVNK_TEST_SANDBOX", "ovnk-test")
 CLUSTER_NAME = f"{SANDBOX_NAME}-cluster"
+
+
+@pytest.fixture
+def nb_server(tmp_path: pathlib.Path) -> Iterator[servers.NbServer]:
+    """A real OVN northbound ovsdb-server of the test's own, on a unix socket."""
+    server = servers.NbServer(directory=tmp_path / "nb")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

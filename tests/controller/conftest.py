@@ -12,16 +12,6 @@ from tests.controller import harness
 
 
 @pytest.fixture
-def nb_server(tmp_path: pathlib.Path) -> Iterator[servers.NbServer]:
-    server = servers.NbServer(directory=tmp_path / "nb")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
 def api(tmp_path: pathlib.Path) -> Iterator[harness.Api]:
     emulator = harness.Api(tmp_path)
     try:

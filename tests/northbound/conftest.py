@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import pathlib
 from collections.abc import Iterator
 
 import pytest
 
 from ovnk_secondary.northbound import client, servers
-
-
-@pytest.fixture
-def nb_server(tmp_path: pathlib.Path) -> Iterator[servers.NbServer]:
-    server = servers.NbServer(directory=tmp_path / "nb")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
