@@ -3,6 +3,8 @@
 Raw event handlers (`kopf.on.event`) rather than change handlers: kopf then keeps no state
 in the objects (no finalizers, no progress annotations), so watching 10,000 pods costs no
 extra API writes; the reconciler's full sync covers whatever happened while it was down.
+Without change handlers kopf needs no diff base either, yet it still builds one (a deep copy
+of the object) per event: `NoDiffBase` skips that, a large share of kopf's cost per event.
 """
 
 from __future__ import annotations
@@ -14,6 +16,21 @@ import kopf
 from ovnk_secondary.controller import apiclient, reconciler
 
 NAD = ("k8s.cni.cncf.io", "v1", "network-attachment-definitions")
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """A diff base for operators with event handlers only: nothing to build or keep."""
+
+    def build(self, *, body: kopf.Body,
+              extra_fields: Any = None) -> kopf.BodyEssence:
+        return kopf.BodyEssence()
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch,
+              essence: kopf.BodyEssence) -> None:
+        pass
 
 
 def register(

@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
         raise errors.InvalidConfig(f"--resync-period {args.resync_period} must be positive")
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "DEBUG":  # kopf says "Handler ... succeeded" for every pod event
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     credentials = apiclient.load_credentials(args.kubeconfig)
 
     async def main() -> None:
@@ -77,6 +79,7 @@ async def serve(
     settings = kopf.OperatorSettings()
     settings.posting.enabled = False  # our own Events say what to fix; kopf's add noise
     settings.watching.server_timeout = 300
+    settings.persistence.diffbase_storage = handlers.NoDiffBase()  # no change handlers
     runner = await health.start(host=health_host, port=health_port, policy=policy) \
         if health_port else None
     logger.info("controller starting: OVN NB %s, Kubernetes API %s, resync every %gs",
@@ -101,7 +104,7 @@ async def serve(
         if runner is not None:
             await runner.cleanup()
         await api.close()
-        policy.close()
+        await policy.aclose()
         with contextlib.suppress(Exception):
             northbound.close()
         logger.info("controller stopped")

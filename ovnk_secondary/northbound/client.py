@@ -7,17 +7,27 @@ Thin on purpose: no policy lives here. What it guarantees:
   `errors.NorthboundError` instead of being logged and forgotten;
 - each `Northbound` has its own connection (ovsdbapp keeps the connection on the backend
   class, so we give every instance its own subclass);
-- all calls block: callers in asyncio code run them in an executor.
+- all calls block: callers in asyncio code run them in an executor;
+- reads cost O(rows read), never O(ports of a switch) per port: the IDL's `Row.__getattr__`
+  turns a switch's `ports` column into a sorted list of row objects on every access, which
+  made each one-port read O(N log N) at N ports (quadratic pod creation). Reads here take the
+  committed values (`Row._data`) instead and look ports up by their name index;
+- `converge` writes several pods at once under load (one transaction, fewer round trips),
+  each pod's rows all-or-nothing: when the shared transaction fails, every pod is retried in
+  its own, so one bad pod never fails its batch-mates.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from ovsdbapp.backend.ovs_idl import connection, idlutils
+from ovs.db import data as ovs_data
+from ovs.db import types as ovs_types
+from ovsdbapp.backend.ovs_idl import command, connection, idlutils
 from ovsdbapp.schema.ovn_northbound import impl_idl
 
 from ovnk_secondary import errors, naming
@@ -32,6 +42,74 @@ SYNC_BATCH = 500
 
 def _owned(external_ids: dict[str, str]) -> bool:
     return external_ids.get(naming.OWNER_KEY) == naming.OWNER_VALUE
+
+
+# Committed column values straight from the IDL's datums: `Row.__getattr__` resolves every
+# reference to a row object and sorts sets on each access, which costs O(N log N) for a
+# switch's `ports` at N ports. Outside a transaction (and for rows it does not touch) the
+# committed datum is the row's value.
+def _map(row: Any, column: str) -> dict[str, str]:
+    return {k.value: v.value for k, v in row._data[column].values.items()}
+
+
+def _strings(row: Any, column: str) -> tuple[str, ...]:
+    return tuple(sorted(k.value for k in row._data[column].values))
+
+
+def _scalar(row: Any, column: str) -> Any:
+    return row._data[column].as_scalar()
+
+
+def _uuids(row: Any, column: str) -> Iterator[Any]:
+    return (k.value for k in row._data[column].values)
+
+
+def _references(row: Any, column: str, target: Any) -> bool:
+    """Whether the reference set `column` of `row` holds the row with uuid `target`: O(1)."""
+    return ovs_data.Atom(ovs_types.UuidType, target) in row._data[column].values
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Outcome:
+    """What `converge` did for one part: the diff it applied, or why it failed."""
+
+    change: diff.Diff | None = None
+    error: errors.NorthboundError | None = None
+
+
+class _Idl(connection.OvsdbIdl):  # type: ignore[misc]
+    """ovsdbapp's IDL without its per-row `time.sleep(0)`.
+
+    python-ovs calls `cooperative_yield` for every row of every update (ovsdbapp makes it
+    `time.sleep(0)`, for eventlet). With threads it only drops the GIL: while the asyncio
+    thread is busy, the connection thread then waits a whole switch interval (5 ms) to get
+    it back, per row, and NB replies and updates crawl. Python's own switch interval keeps
+    the threads fair without it.
+    """
+
+    def cooperative_yield(self) -> None:
+        pass
+
+
+class _Converge(command.BaseCommand):  # type: ignore[misc]
+    """Inside a transaction: read the part's rows, diff them against `want`, write the diff.
+
+    Reading in the transaction (the connection thread holds the IDL lock while it runs)
+    keeps read and write consistent, and a transaction retried on TRY_AGAIN recomputes it.
+    """
+
+    def __init__(self, northbound: Northbound, want: desired.State) -> None:
+        super().__init__(northbound._api)
+        self.northbound = northbound
+        self.want = want
+
+    def run_idl(self, txn: Any) -> None:
+        have, foreign = self.northbound._read_locked(set(self.want.switches),
+                                                     set(self.want.ports))
+        change = diff.diff(self.want, have, foreign=foreign)
+        for nested in self.northbound._commands(change):
+            nested.run_idl(txn)
+        self.result = change
 
 
 class Northbound:
@@ -51,7 +129,7 @@ class Northbound:
             if self._api is not None:
                 return
             try:
-                idl = connection.OvsdbIdl.from_server(self.remote, SCHEMA_NAME)
+                idl = _Idl.from_server(self.remote, SCHEMA_NAME)
                 conn = connection.Connection(idl=idl, timeout=self.timeout)
                 # a class per instance: ovsdbapp stores the connection on the class
                 api_class = type("OvnNbApi", (impl_idl.OvnNbApiIdlImpl,),
@@ -117,42 +195,47 @@ class Northbound:
         tables = self._api.tables
         foreign: set[str] = set()
         switches: dict[str, desired.Switch] = {}
-        port_switch: dict[Any, str] = {}
-        for row in tables["Logical_Switch"].rows.values():
-            name = row.name
-            external_ids = row.external_ids
+        switch_rows = list(tables["Logical_Switch"].rows.values())
+        for row in switch_rows:
+            name = _scalar(row, "name")
+            if switch_names is not None and name not in switch_names:
+                continue
+            external_ids = _map(row, "external_ids")
             if _owned(external_ids):
-                if switch_names is None or name in switch_names:
-                    switches[name] = desired.Switch(
-                        name=name, external_ids=external_ids, other_config=row.other_config
-                    )
-            elif switch_names is None or name in switch_names:
+                switches[name] = desired.Switch(
+                    name=name, external_ids=external_ids, other_config=_map(row, "other_config"))
+            else:
                 foreign.add(name)
-            for port in row.ports:
-                port_switch[port.uuid] = name
+        port_switch: dict[Any, str] = {}
+        rows: Iterable[Any]
+        if port_names is None:  # everything: one pass over every switch's references
+            for row in switch_rows:
+                name = _scalar(row, "name")
+                for port in _uuids(row, "ports"):
+                    port_switch[port] = name
+            rows = tables["Logical_Switch_Port"].rows.values()
+        else:  # a few ports: by name index, each switch found by an O(1) membership test
+            rows = [r for r in (self._port_by_name(n) for n in port_names) if r is not None]
+            for port_row in rows:
+                port_switch[port_row.uuid] = next(
+                    (_scalar(s, "name") for s in switch_rows
+                     if _references(s, "ports", port_row.uuid)), "")
         ports: dict[str, desired.Port] = {}
-        port_table = tables["Logical_Switch_Port"]
-        rows: Iterator[Any]
-        if port_names is None:
-            rows = iter(port_table.rows.values())
-        else:
-            rows = (r for r in (self._port_by_name(n) for n in port_names) if r is not None)
         for row in rows:
-            name = row.name
-            external_ids = row.external_ids
+            name = _scalar(row, "name")
+            external_ids = _map(row, "external_ids")
             if not _owned(external_ids):
                 foreign.add(name)
                 continue
-            tag = row.tag_request
             ports[name] = desired.Port(
                 name=name,
                 switch=port_switch.get(row.uuid, ""),
-                type=row.type,
-                addresses=tuple(row.addresses),
-                port_security=tuple(row.port_security),
+                type=_scalar(row, "type"),
+                addresses=_strings(row, "addresses"),
+                port_security=_strings(row, "port_security"),
                 external_ids=external_ids,
-                options=row.options,
-                tag_request=tag[0] if tag else None,
+                options=_map(row, "options"),
+                tag_request=_scalar(row, "tag_request"),
             )
         return desired.State(switches=switches, ports=ports), frozenset(foreign)
 
@@ -177,6 +260,39 @@ class Northbound:
         for start in range(0, len(commands), batch):
             self._commit(commands[start:start + batch])
         return len(commands)
+
+    def converge(self, parts: Sequence[desired.State]) -> list[Outcome]:
+        """Make NB hold each part's rows (a pod's ports); one `Outcome` per part, in order.
+
+        Rows are read and diffed inside the transaction. All parts go in one transaction;
+        if it fails, each part is tried again in its own transaction so that only the
+        failing parts fail (a part is all-or-nothing either way). Not connected or not
+        ready: every part fails with that error.
+        """
+        if not parts:
+            return []
+        try:
+            self._require_ready()
+        except errors.NorthboundError as exc:
+            return [Outcome(error=exc) for _ in parts]
+        commands = [_Converge(self, part) for part in parts]
+        try:
+            self._commit(commands)
+            return [Outcome(change=c.result) for c in commands]
+        except errors.NorthboundError as exc:
+            if len(parts) == 1:
+                return [Outcome(error=exc)]
+            logger.info("NB transaction of %d pods failed (%s): retrying each alone",
+                        len(parts), exc)
+        outcomes = []
+        for part in parts:
+            single = _Converge(self, part)
+            try:
+                self._commit([single])
+                outcomes.append(Outcome(change=single.result))
+            except errors.NorthboundError as exc:
+                outcomes.append(Outcome(error=exc))
+        return outcomes
 
     def _commit(self, commands: list[Any]) -> None:
         try:

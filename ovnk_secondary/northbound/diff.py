@@ -109,6 +109,8 @@ def diff(
         actual_port = have.ports.get(name)
         if port.switch in conflicting:
             continue
+        if actual_port == port:  # the common case of a resync: one cheap comparison
+            continue
         if actual_port is None or actual_port.switch != port.switch:
             if actual_port is not None:
                 delete_ports.append(actual_port)  # on the wrong switch: move it

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import time
@@ -131,3 +132,59 @@ def test_resync_of_many_unchanged_ports_issues_no_command(nb: client.Northbound)
     change = diff.diff(desired.state([LAYER2], pods), have, foreign=foreign)
     assert change.empty
     assert nb.apply(change) == 0
+
+
+def _port_names(server: servers.NbServer) -> set[str]:
+    return set(server.nbctl("--bare", "--columns=name", "list", "Logical_Switch_Port").split())
+
+
+def test_converge_writes_a_batch_of_pods_and_repairs_what_differs(
+    nb: client.Northbound, nb_server: servers.NbServer
+) -> None:
+    _sync(nb, desired.network_state(LAYER2))
+    parts = [desired.state((), [(LAYER2, _pod(LAYER2, f"p{i}", i))]) for i in range(5)]
+    outcomes = nb.converge(parts)
+    assert [o.error for o in outcomes] == [None] * 5
+    assert {f"test.nad.layer2_test_p{i}" for i in range(5)} <= _port_names(nb_server)
+    # a port edited behind our back is converged, the others are left as they are
+    nb_server.nbctl("lsp-set-addresses", "test.nad.layer2_test_p2", "0a:58:00:00:00:01")
+    deadline = time.monotonic() + 10
+    while nb.read()[0].ports["test.nad.layer2_test_p2"].addresses != ("0a:58:00:00:00:01",):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    outcomes = nb.converge(parts)
+    changes = [o.change for o in outcomes]
+    assert all(c is not None for c in changes)
+    assert [len(c.update_ports) for c in changes if c is not None] == [0, 0, 1, 0, 0]
+    assert nb_server.nbctl("lsp-get-addresses", "test.nad.layer2_test_p2").strip() == (
+        "0a:58:0a:64:00:04 10.100.0.4")
+
+
+def test_one_bad_pod_does_not_fail_its_batch_mates(
+    nb: client.Northbound, nb_server: servers.NbServer
+) -> None:
+    _sync(nb, desired.network_state(LAYER2))
+    good = [desired.state((), [(LAYER2, _pod(LAYER2, f"good{i}", i))]) for i in range(4)]
+    # each fails the shared transaction: its switch does not exist
+    missing = dataclasses.replace(LAYER2, name="missing-network")
+    bad = [desired.state((), [(missing, _pod(missing, f"bad{i}", 10 + i))]) for i in range(2)]
+    outcomes = nb.converge([good[0], bad[0], good[1], good[2], bad[1], good[3]])
+    failed = [o.error is not None for o in outcomes]
+    assert failed == [False, True, False, False, True, False]
+    assert isinstance(outcomes[1].error, errors.NorthboundError)
+    assert "missing.network_ovn_layer2_switch" in str(outcomes[1].error)
+    names = _port_names(nb_server)
+    assert {f"test.nad.layer2_test_good{i}" for i in range(4)} <= names
+    assert not any("bad" in n for n in names)
+
+
+def test_a_pod_with_two_ports_is_all_or_nothing(
+    nb: client.Northbound, nb_server: servers.NbServer
+) -> None:
+    _sync(nb, desired.network_state(LAYER2))
+    first = desired.pod_port(LAYER2, _pod(LAYER2, "twin", 1))
+    missing = dataclasses.replace(LAYER2, name="missing-network", nad_key="test/missing")
+    second = desired.pod_port(missing, _pod(missing, "twin", 2))
+    [outcome] = nb.converge([desired.State(ports={first.name: first, second.name: second})])
+    assert outcome.error is not None
+    assert not any("twin" in n for n in _port_names(nb_server))
