@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -33,6 +34,19 @@ def _iface_ids(sb: cluster.Sandbox, node: str) -> list[str]:
     for (external_ids,) in json.loads(out)["data"]:
         ids += [value for key, value in external_ids[1] if key == "iface-id"]
     return ids
+
+
+def _names(sb: cluster.Sandbox, table: str, *, owned: bool = False) -> list[str]:
+    """Names of the rows of an NB table (only those carrying our ownership marker if `owned`)."""
+    where = ["find", table, "external_ids:ovnk-secondary.io/owner=ovnk-secondary"]
+    return sb.ovn_nbctl("--bare", "--columns=name", *(where if owned else ["list", table])).split()
+
+
+def _eventually(check: Callable[[], bool], *, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"still not true after {timeout} s"
+        time.sleep(0.3)
 
 
 def _ip(pod: scenario.PodView, interface: str = "net1") -> str:
@@ -222,10 +236,9 @@ def test_restarts_of_controller_agent_and_nb_while_pods_are_created(sb: cluster.
             "k8s.cni.cncf.io", "v1", NS, "network-attachment-definitions", "nad-ipam"
         )
     scenario.wait_gone(sb, names)
-    assert "test.nad.ipam_" not in sb.ovn_nbctl(
-        "--bare", "--columns=name", "list", "Logical_Switch_Port"
-    )
-    assert "ipam.net_ovn_layer2_switch" not in sb.ovn_nbctl("ls-list")
+    # the controller removes the ports and the switch on its own time: poll, with a deadline
+    _eventually(lambda: "test.nad.ipam_" not in _names(sb, "Logical_Switch_Port"))
+    _eventually(lambda: "ipam.net_ovn_layer2_switch" not in _names(sb, "Logical_Switch"))
 
 
 def test_deleting_everything_leaves_nothing_and_a_recreated_pod_works(
@@ -234,24 +247,8 @@ def test_deleting_everything_leaves_nothing_and_a_recreated_pod_works(
     scenario.kubectl(sb, "delete", "-f", str(scenario.EXAMPLES / "20-pods.yaml"))
     scenario.kubectl(sb, "delete", "-f", str(scenario.EXAMPLES / "10-nads.yaml"))
     scenario.wait_gone(sb, scenario.PODS)
-    owned = sb.ovn_nbctl(
-        "--bare",
-        "--columns=name",
-        "find",
-        "Logical_Switch",
-        "external_ids:ovnk-secondary.io/owner=ovnk-secondary",
-    )
-    assert owned.strip() == ""
-    assert (
-        sb.ovn_nbctl(
-            "--bare",
-            "--columns=name",
-            "find",
-            "Logical_Switch_Port",
-            "external_ids:ovnk-secondary.io/owner=ovnk-secondary",
-        ).strip()
-        == ""
-    )
+    _eventually(lambda: _names(sb, "Logical_Switch", owned=True) == [])
+    _eventually(lambda: _names(sb, "Logical_Switch_Port", owned=True) == [])
     for node in sb.node_names:
         ports = sb.exec(node, "ovs-vsctl list-ports br-int").stdout.split()
         assert all(p.startswith("ovn-") for p in ports), ports  # only Geneve tunnel ports
