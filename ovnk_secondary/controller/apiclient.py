@@ -11,7 +11,7 @@ import dataclasses
 import datetime
 import ssl
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -21,6 +21,7 @@ from ovnk_secondary import errors
 
 NAD_PATH = "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions"
 PODS_PATH = "/api/v1/pods"
+Objects = list[dict[str, Any]]  # (`list` is a method of ApiClient)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -107,6 +108,19 @@ class ApiClient:
     async def list(self, path: str) -> list[dict[str, Any]]:
         body = await self._request("GET", path)
         return list(body.get("items") or [])
+
+    async def pages(self, path: str, *, limit: int) -> AsyncIterator[Objects]:
+        """The list at `path`, `limit` objects at a time (a page is dropped before the next)."""
+        token = ""
+        while True:
+            params = {"limit": str(limit), **({"continue": token} if token else {})}
+            body = await self._request("GET", path, params=params)
+            token = (body.get("metadata") or {}).get("continue") or ""
+            items: Objects = body.get("items") or []
+            del body
+            yield items
+            if not token:
+                return
 
     async def annotate_pod(self, *, namespace: str, name: str, key: str, value: str) -> None:
         await self._request(

@@ -1,5 +1,8 @@
 """kopf handlers: thin. Each hands the raw watch event to the reconciler and returns.
 
+A pod event returns at once (the reconciler records the pod and queues it), so kopf's
+per-pod worker and the event's full body are freed right away, however long the queue.
+
 Raw event handlers (`kopf.on.event`) rather than change handlers: kopf then keeps no state
 in the objects (no finalizers, no progress annotations), so watching 10,000 pods costs no
 extra API writes; the reconciler's full sync covers whatever happened while it was down.
@@ -61,8 +64,8 @@ def register(
 
     @kopf.on.event("", "v1", "pods", registry=registry)
     async def pod_event(event: kopf.RawEvent, **_: Any) -> None:
-        body = dict(event["object"])
+        # Records and queues, never waits: see `workqueues` for why.
         if event["type"] == "DELETED":
-            await policy.pod_deleted(body)
+            policy.pod_deleted(event["object"])
         else:
-            await policy.pod_changed(body)
+            policy.pod_changed(event["object"])

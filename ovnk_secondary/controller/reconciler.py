@@ -5,9 +5,14 @@ them into northbound rows (`northbound.desired`), applying only differences
 (`northbound.diff`) through the ovsdbapp adapter. Everything here runs on the asyncio loop,
 so the model and the pools need no locks; blocking NB calls go to one worker thread.
 
-- Hot path (a pod event): allocate, write `k8s.ovn.org/pod-networks`, then the pod's ports
-  in NB, all-or-nothing. The annotation goes first: after a crash, IPAM is rebuilt from
-  annotations, so an address is never handed out twice. NB writes go through a `Batcher`:
+- Hot path (a pod event): the event only records the pod (only the fields used here)
+  and queues its key (`workqueues`); a few hundred workers take the keys in turn and, from
+  the pod's latest recorded state: allocate, write `k8s.ovn.org/pod-networks`, then the
+  pod's ports in NB, all-or-nothing. A pod waiting for its turn thus costs a key and its
+  small record, however many events it had: no event handler stays suspended per pod
+  (thousands of them held most of the memory during bursts of creations). The annotation
+  goes first: after a crash, IPAM is rebuilt from annotations, so an address is never
+  handed out twice. NB writes go through a `Batcher`:
   alone when idle, several pods to a transaction under load (a failing pod is retried
   alone, so it never fails its batch-mates). The reads happen inside that transaction, in
   the NB thread: one hop to the NB thread per batch, none per pod.
@@ -15,9 +20,11 @@ so the model and the pools need no locks; blocking NB calls go to one worker thr
   nothing of a pod's ports costs no NB work; most such events are the echo of our own
   annotation patch. Drift made behind our back is the full sync's job.
 - Full sync (start-up once NB holds its initial copy, after every NB reconnection, every
-  `resync_period`): list NADs and pods from the API, rebuild the pools from annotations,
-  allocate what is missing, compute everything desired, diff against our rows in NB, apply.
-  Pod events wait while a full sync runs, and a full sync waits for pods in flight (the log
+  `resync_period`): list NADs and pods from the API (pods page by page, each trimmed as it
+  arrives; pod events that arrive meanwhile win over the listing), rebuild the pools from
+  annotations, allocate what is missing, compute everything desired, diff against our rows
+  in NB, apply.
+  Pod work waits while a full sync runs, and a full sync waits for pods in flight (the log
   gives the sync's own duration and that wait apart).
 - Problems a user can fix are Warning Events on the NAD or pod, each posted once.
 """
@@ -30,7 +37,9 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
@@ -38,7 +47,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from ovnk_secondary import errors, ipam, nads, naming, podnetworks, selections
-from ovnk_secondary.controller import apiclient, batches
+from ovnk_secondary.controller import apiclient, batches, workqueues
 from ovnk_secondary.northbound import client, desired, diff
 
 logger = logging.getLogger(__name__)
@@ -57,26 +66,60 @@ Key = tuple[str, str]  # (namespace, name)
 NB_BATCH = 200
 # At most this many annotation patches at once during a full sync.
 ANNOTATE_CONCURRENCY = 16
+# Pods worked on at once: enough to fill NB batches while others wait for their annotation
+# patch (the API client keeps at most 32 connections), few enough to cost little memory.
+POD_WORKERS = 2 * NB_BATCH
+# Pods per page of the full sync's listing: a page of full pod bodies is what it holds at once.
+LIST_PAGE = 500
 
 
-def _slim(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """The fields of a pod the reconciler uses: 10,000 full pod bodies cost tens of MB."""
-    metadata = pod.get("metadata") or {}
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class _Pod:
+    """What the reconciler keeps of a pod: the fields it uses, in one small object.
+
+    The model holds every pod of the cluster: as dicts (even trimmed ones, with their
+    metadata and annotation maps) 10,000 pods cost several times more.
+    """
+
+    namespace: str
+    name: str
+    uid: str
+    node: str | None  # spec.nodeName
+    phase: str | None  # status.phase
+    deleting: bool  # metadata.deletionTimestamp is set
+    networks: str | None  # the network selection annotation
+    pod_networks: str | None  # our annotation, as the API last showed it
+
+    @property
+    def key(self) -> Key:
+        return self.namespace, self.name
+
+    @property
+    def finished(self) -> bool:
+        """Completed pods hold no addresses (released on Succeeded/Failed, as on deletion)."""
+        return self.phase in ("Succeeded", "Failed")
+
+    def involved(self) -> dict[str, Any]:
+        """The pod as an Event's involved object."""
+        return {"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"namespace": self.namespace, "name": self.name, "uid": self.uid}}
+
+
+def _pod(body: Mapping[str, Any]) -> _Pod:
+    metadata = body.get("metadata") or {}
     annotations = metadata.get("annotations") or {}
-    kept = {k: annotations[k] for k in (selections.ANNOTATION, podnetworks.ANNOTATION)
-            if k in annotations}
-    slim_metadata = {k: metadata[k] for k in ("name", "namespace", "uid", "resourceVersion",
-                                              "deletionTimestamp") if k in metadata}
-    slim_metadata["annotations"] = kept
-    slim: dict[str, Any] = {"apiVersion": pod.get("apiVersion"), "kind": pod.get("kind"),
-                            "metadata": slim_metadata}
-    node = (pod.get("spec") or {}).get("nodeName")
-    if node:
-        slim["spec"] = {"nodeName": node}
-    phase = (pod.get("status") or {}).get("phase")
-    if phase:
-        slim["status"] = {"phase": phase}
-    return slim
+    node = (body.get("spec") or {}).get("nodeName")
+    return _Pod(
+        # interned: namespaces and nodes repeat across pods
+        namespace=sys.intern(str(metadata.get("namespace") or "")),
+        name=str(metadata.get("name") or ""),
+        uid=str(metadata.get("uid") or ""),
+        node=sys.intern(str(node)) if node else None,
+        phase=(body.get("status") or {}).get("phase"),
+        deleting=bool(metadata.get("deletionTimestamp")),
+        networks=annotations.get(selections.ANNOTATION),
+        pod_networks=annotations.get(podnetworks.ANNOTATION),
+    )
 
 
 def _key(body: Mapping[str, Any]) -> Key:
@@ -84,10 +127,13 @@ def _key(body: Mapping[str, Any]) -> Key:
     return str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
 
 
-def _finished(pod: Mapping[str, Any]) -> bool:
-    """Completed pods hold no addresses (released on Succeeded/Failed, as on deletion)."""
-    phase = (pod.get("status") or {}).get("phase")
-    return phase in ("Succeeded", "Failed")
+def _fingerprint(state: desired.State) -> bytes:
+    """A digest of rows, to remember what was written without keeping the rows (~2 kB a pod).
+
+    Equal states give equal digests (the rows are built the same way each time); a state
+    that differs gives another digest but with a chance of 2**-128.
+    """
+    return hashlib.blake2b(repr(state).encode(), digest_size=16).digest()
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -115,11 +161,18 @@ class Reconciler:
         self._nads: dict[Key, _Nad] = {}
         self._networks: dict[str, nads.NetworkConfig] = {}  # network name -> effective config
         self._network_nads: dict[str, list[str]] = collections.defaultdict(list)  # accepted
-        self._pods: dict[Key, dict[str, Any]] = {}
+        self._pods: dict[Key, _Pod] = {}
+        # per pod key, deleted incarnations whose addresses and ports are still to release
+        self._gone: dict[Key, list[_Pod]] = {}
+        self._pod_queue: workqueues.WorkQueue[Key] = workqueues.WorkQueue(
+            process=self._work_on_pod, workers=POD_WORKERS)
+        # while a full sync lists pods: the keys of pod events seen meanwhile (they win)
+        self._touched: set[Key] | None = None
         self._nb_writes: batches.Batcher[desired.State, client.Outcome] = batches.Batcher(
             flush=self._flush_nb_writes, limit=NB_BATCH)
-        # per pod, the ports NB holds since we wrote them, valid for one NB session
-        self._written: dict[Key, desired.State] = {}
+        # per pod, a fingerprint of the ports NB holds since we wrote them, valid for one NB
+        # session
+        self._written: dict[Key, bytes] = {}
         self._written_session = -1
         # per pod, its pod-networks annotation text and what it decodes to (decoding
         # validates every address: a full sync of 10,000 pods paid ~0.7 s for it)
@@ -143,7 +196,7 @@ class Reconciler:
     async def _flush_nb_writes(self, parts: list[desired.State]) -> list[client.Outcome]:
         return await self._nb(functools.partial(self.northbound.converge, parts))
 
-    def _written_now(self) -> dict[Key, desired.State]:
+    def _written_now(self) -> dict[Key, bytes]:
         """The memo of written ports, emptied whenever the NB connection changed."""
         session = self.northbound.session()
         if session != self._written_session:
@@ -151,7 +204,8 @@ class Reconciler:
             self._written_session = session
         return self._written
 
-    async def _warn(self, body: Mapping[str, Any], reason: str, message: str) -> None:
+    async def _warn(self, subject: Mapping[str, Any] | _Pod, reason: str, message: str) -> None:
+        body = subject.involved() if isinstance(subject, _Pod) else subject
         uid = str((body.get("metadata") or {}).get("uid"))
         marker = (uid, reason, message)
         if marker in self._posted:
@@ -247,9 +301,8 @@ class Reconciler:
     def _attached_count(self, nad_key: str) -> int:
         count = 0
         for pod in self._pods.values():
-            annotation = (pod.get("metadata", {}).get("annotations") or {}).get(
-                podnetworks.ANNOTATION)
-            if annotation and f'"{nad_key}"' in annotation and not _finished(pod):
+            annotation = pod.pod_networks
+            if annotation and f'"{nad_key}"' in annotation and not pod.finished:
                 count += 1
         return count
 
@@ -275,9 +328,9 @@ class Reconciler:
             return  # the first full sync applies everything
         await self._pod_work(lambda: self._apply_networks(gone))
         if nad.config is not None and nad.problem is None:
-            waiting = [k for k, pod in self._pods.items()
-                       if self._selects(pod, nad.config.nad_key)]
-            await asyncio.gather(*(self._sync_pod_now(k) for k in waiting))
+            for key, pod in self._pods.items():
+                if self._selects(pod, nad.config.nad_key):
+                    self._pod_queue.add(key)
 
     async def nad_deleted(self, body: dict[str, Any]) -> None:
         key = _key(body)
@@ -324,57 +377,82 @@ class Reconciler:
 
     # -- pods -----------------------------------------------------------------------------
 
-    def _selects(self, pod: Mapping[str, Any], nad_key: str) -> bool:
-        annotation = (pod.get("metadata", {}).get("annotations") or {}).get(
-            selections.ANNOTATION)
-        if not annotation:
+    def _selects(self, pod: _Pod, nad_key: str) -> bool:
+        if not pod.networks:
             return False
-        namespace, name = _key(pod)
         try:
-            chosen = selections.parse(annotation, pod_namespace=namespace, pod_name=name)
+            chosen = selections.parse(pod.networks, pod_namespace=pod.namespace,
+                                      pod_name=pod.name)
         except errors.InvalidConfig:
             return False
         return any(s.nad_key == nad_key for s in chosen)
 
-    async def pod_changed(self, body: dict[str, Any]) -> None:
-        key = _key(body)
+    def pod_changed(self, body: Mapping[str, Any]) -> None:
+        """Record the pod and queue it: the work happens in the queue's workers."""
+        pod = _pod(body)
+        key = pod.key
         previous = self._pods.get(key)
-        if previous is not None and (previous.get("metadata", {}).get("uid")
-                                     != body.get("metadata", {}).get("uid")):
-            await self.pod_deleted(previous)  # same name, new pod
-        self._pods[key] = _slim(body)
-        if not self.synced.is_set():
-            return
-        await self._pod_work(lambda: self._sync_pod(key))
+        if previous is not None and previous.uid != pod.uid:
+            self._note_gone(key, previous)  # same name, new pod
+        self._pods[key] = pod
+        self._queue_pod(key)
 
-    async def _sync_pod_now(self, key: Key) -> None:
-        await self._pod_work(lambda: self._sync_pod(key))
-
-    async def pod_deleted(self, body: dict[str, Any]) -> None:
-        key = _key(body)
+    def pod_deleted(self, body: Mapping[str, Any]) -> None:
+        """Forget the pod and queue the release of its addresses and ports."""
+        pod = _pod(body)
+        key = pod.key
         current = self._pods.get(key)
-        if current is not None and current.get("metadata", {}).get("uid") == body.get(
-                "metadata", {}).get("uid"):
+        if current is not None and current.uid == pod.uid:
             del self._pods[key]
-        if not self.synced.is_set():
-            return
-        await self._pod_work(lambda: self._release_pod(_slim(body)))
+        self._note_gone(key, pod)
+        self._queue_pod(key)
 
-    async def _release_pod(self, pod: Mapping[str, Any]) -> None:
+    def _note_gone(self, key: Key, pod: _Pod) -> None:
+        gone = self._gone.setdefault(key, [])
+        if all(g.uid != pod.uid for g in gone):
+            gone.append(pod)
+
+    def _queue_pod(self, key: Key) -> None:
+        if self._touched is not None:
+            self._touched.add(key)
+        self._pod_queue.add(key)
+
+    async def _work_on_pod(self, key: Key) -> None:
+        """A queued pod's turn: release its deleted incarnations, then converge the current."""
+        await self.synced.wait()  # the first full sync covers everything seen before it
+
+        async def work() -> None:
+            for pod in self._gone.pop(key, []):
+                await self._release_pod(pod)
+            await self._sync_pod(key)
+
+        try:
+            await self._pod_work(work)
+        except (errors.OvnkSecondaryError, aiohttp.ClientError, TimeoutError) as exc:
+            logger.warning("pod %s/%s: %s; a full sync will retry", *key, exc)
+            self._needs_sync = True
+
+    async def _release_pod(self, pod: _Pod) -> None:
         """Release the pod's addresses and remove its ports."""
-        namespace, name = _key(pod)
+        namespace, name = pod.key
+        uid = pod.uid
         self._written.pop((namespace, name), None)
         self._decoded.pop((namespace, name), None)
-        annotation = (pod.get("metadata", {}).get("annotations") or {}).get(
-            podnetworks.ANNOTATION)
         try:
-            recorded = podnetworks.decode(annotation)
+            recorded = podnetworks.decode(pod.pod_networks)
         except errors.InvalidConfig:
             recorded = {}
+        # A pod re-created under the same name has the same port names, hence the same pool
+        # owners: what its annotation already records is its own, not to release.
+        current = self._pods.get((namespace, name))
+        kept = set(self._recorded(current)[1]) if current is not None and \
+            current.uid != uid else set()
         port_names = set()
         for nad_key in recorded:
             port = naming.pod_port_name(nad_key, namespace, name)
             port_names.add(port)
+            if nad_key in kept:
+                continue
             for pool in self._pools.values():
                 pool.release(owner=port)
         if not port_names:
@@ -382,7 +460,6 @@ class Reconciler:
         have, _ = await self._nb(
             lambda: self.northbound.read_some(switches=(), ports=port_names))
         # only rows of this pod's incarnation: a pod re-created under the same name is not ours
-        uid = pod.get("metadata", {}).get("uid")
         stale = {n: p for n, p in have.ports.items() if p.options.get("iface-id-ver") == uid}
         if stale:
             try:
@@ -393,12 +470,12 @@ class Reconciler:
                 self._needs_sync = True
 
     def _reserve_recorded(
-        self, pod: Mapping[str, Any], recorded: dict[str, podnetworks.PodNetwork]
+        self, pod: _Pod, recorded: dict[str, podnetworks.PodNetwork]
     ) -> None:
         """Reserve the addresses a live pod's annotation records (the rebuild after restart)."""
-        if _finished(pod) or not (pod.get("spec") or {}).get("nodeName"):
+        if pod.finished or not pod.node:
             return
-        namespace, name = _key(pod)
+        namespace, name = pod.key
         for nad_key, entry in recorded.items():
             nad_namespace, _, nad_name = nad_key.partition("/")
             nad = self._nads.get((nad_namespace, nad_name))
@@ -414,16 +491,13 @@ class Reconciler:
                 logger.warning("pod %s/%s: %s", namespace, name, exc)
 
     def _attachments(
-        self, pod: Mapping[str, Any], recorded: dict[str, podnetworks.PodNetwork],
+        self, pod: _Pod, recorded: dict[str, podnetworks.PodNetwork],
         problems: list[tuple[str, str]],
     ) -> list[tuple[nads.NetworkConfig, desired.Attachment]]:
         """Decide the pod's attachments, allocating what is missing (updates `recorded`)."""
-        metadata = pod.get("metadata") or {}
-        namespace, name = _key(pod)
-        uid = str(metadata.get("uid") or "")
-        node = (pod.get("spec") or {}).get("nodeName")
-        annotation = (metadata.get("annotations") or {}).get(selections.ANNOTATION)
-        if not node or not annotation or _finished(pod) or metadata.get("deletionTimestamp"):
+        namespace, name, uid, node = pod.namespace, pod.name, pod.uid, pod.node
+        annotation = pod.networks
+        if not node or not annotation or pod.finished or pod.deleting:
             return []
         try:
             chosen = selections.parse(annotation, pod_namespace=namespace, pod_name=name)
@@ -481,13 +555,13 @@ class Reconciler:
         return result
 
     async def _annotate(
-        self, pod: Mapping[str, Any], recorded: dict[str, podnetworks.PodNetwork],
+        self, pod: _Pod, recorded: dict[str, podnetworks.PodNetwork],
         before: str | None,
     ) -> bool:
         """Write the annotation if it changed; False when the pod is gone."""
         text = podnetworks.encode(recorded)
         if recorded and text != before:
-            namespace, name = _key(pod)
+            namespace, name = pod.key
             try:
                 await self.api.annotate_pod(namespace=namespace, name=name,
                                             key=podnetworks.ANNOTATION, value=text)
@@ -497,10 +571,10 @@ class Reconciler:
                 raise
         return True
 
-    def _recorded(self, pod: Mapping[str, Any]) -> tuple[str | None, dict[str, Any]]:
+    def _recorded(self, pod: _Pod) -> tuple[str | None, dict[str, Any]]:
         """The pod's annotation text and a fresh dict of its entries (callers add to it)."""
-        text = (pod.get("metadata", {}).get("annotations") or {}).get(podnetworks.ANNOTATION)
-        key = _key(pod)
+        text = pod.pod_networks
+        key = pod.key
         cached = self._decoded.get(key)
         if cached is not None and cached[0] == text:
             return text, dict(cached[1])
@@ -515,7 +589,7 @@ class Reconciler:
         pod = self._pods.get(key)
         if pod is None:
             return
-        if _finished(pod):
+        if pod.finished:
             await self._release_pod(pod)
             return
         before, recorded = self._recorded(pod)
@@ -527,8 +601,9 @@ class Reconciler:
             self._written.pop(key, None)
             return
         want = desired.state((), attachments)
+        fingerprint = _fingerprint(want)
         written = self._written_now()
-        if written.get(key) == want and podnetworks.encode(recorded) == before:
+        if written.get(key) == fingerprint and podnetworks.encode(recorded) == before:
             return  # nothing changed for this pod (e.g. the echo of our own annotation)
         try:
             if not await self._annotate(pod, recorded, before):
@@ -551,10 +626,10 @@ class Reconciler:
         if outcome.change is not None:
             await self._report_conflicts(outcome.change, pod)
             if not outcome.change.conflicts:
-                written[key] = want
+                written[key] = fingerprint
 
     async def _report_conflicts(
-        self, change: diff.Diff, body: Mapping[str, Any] | None = None
+        self, change: diff.Diff, body: Mapping[str, Any] | _Pod | None = None
     ) -> None:
         for name in change.conflicts:
             message = (f"northbound row {name} exists but is not owned by ovnk-secondary "
@@ -587,9 +662,33 @@ class Reconciler:
                     self.sync_count, self._last_sync - started, started - waiting)
         self.synced.set()
 
+    async def _list_pods(self) -> dict[Key, _Pod]:
+        """Every pod, trimmed page by page; pod events seen meanwhile win over the listing.
+
+        An event that arrives while the listing is under way may be newer than what the
+        listing says (and then nothing newer may follow), or older (and then the newer one
+        is still to come, and will be queued): taking the event's state is right both ways.
+        """
+        self._touched = set()
+        try:
+            listed: dict[Key, _Pod] = {}
+            async for page in self.api.pages(apiclient.PODS_PATH, limit=LIST_PAGE):
+                for pod in map(_pod, page):
+                    listed[pod.key] = pod
+                del page  # not kept while the next page arrives
+            for key in self._touched:
+                seen = self._pods.get(key)
+                if seen is None:
+                    listed.pop(key, None)  # deleted meanwhile
+                else:
+                    listed[key] = seen
+        finally:
+            self._touched = None
+        return listed
+
     async def _full_sync(self) -> None:
-        nad_list, pod_list = await asyncio.gather(self.api.list(apiclient.NAD_PATH),
-                                                  self.api.list(apiclient.PODS_PATH))
+        nad_list, pods = await asyncio.gather(self.api.list(apiclient.NAD_PATH),
+                                              self._list_pods())
         if not self.northbound.ready():
             raise errors.NorthboundError("OVN northbound is not ready")
         self._needs_sync = False
@@ -599,8 +698,7 @@ class Reconciler:
         previous_nads = self._nads
         self._nads, self._networks, self._pools = {}, {}, {}
         self._network_nads = collections.defaultdict(list)
-        self._pods = {_key(p): _slim(p) for p in pod_list}
-        del pod_list
+        self._pods = pods
         self._decoded = {k: v for k, v in self._decoded.items() if k in self._pods}
         self._written.clear()
         for body in nad_list:
@@ -610,9 +708,10 @@ class Reconciler:
                 await self._warn(body, INVALID_CONFIG if nad.config is None else
                                  NETWORK_CONFLICT, problem)
         # rebuild the pools from what the annotations record, before allocating anything
-        recorded_by_pod = {key: self._recorded(pod) for key, pod in self._pods.items()}
-        for key, (_, recorded) in recorded_by_pod.items():
-            self._reserve_recorded(self._pods[key], recorded)
+        # (pods as listed: events during the sync change `self._pods` and are queued)
+        recorded_by_pod = {key: (pod, *self._recorded(pod)) for key, pod in pods.items()}
+        for pod, _, recorded in recorded_by_pod.values():
+            self._reserve_recorded(pod, recorded)
         attachments: list[tuple[nads.NetworkConfig, desired.Attachment]] = []
         pod_attachments: dict[Key, list[tuple[nads.NetworkConfig, desired.Attachment]]] = {}
         # Pods whose annotation must be written (new since the listing started, e.g. during
@@ -620,7 +719,7 @@ class Reconciler:
         # burst spent seconds on round trips. Allocation stays sequential (above).
         limit = asyncio.Semaphore(ANNOTATE_CONCURRENCY)
 
-        async def annotate(key: Key, pod: dict[str, Any], found: list[Any],
+        async def annotate(key: Key, pod: _Pod, found: list[Any],
                            recorded: dict[str, Any], before: str | None) -> None:
             try:
                 async with limit:
@@ -631,8 +730,7 @@ class Reconciler:
                 self._needs_sync = True
 
         writes = []
-        for key, (before, recorded) in recorded_by_pod.items():
-            pod = self._pods[key]
+        for key, (pod, before, recorded) in recorded_by_pod.items():
             problems: list[tuple[str, str]] = []
             found = self._attachments(pod, recorded, problems)
             for reason, message in problems:
@@ -661,10 +759,14 @@ class Reconciler:
             for key, found in pod_attachments.items():
                 ports = {a.port_name: want.ports[a.port_name] for _, a in found}
                 if conflicting.isdisjoint(ports):
-                    written[key] = desired.State(ports=ports)
+                    written[key] = _fingerprint(desired.State(ports=ports))
 
     async def run_background(self, *, stop: asyncio.Event) -> None:
-        """Connect to NB (with backoff), full-sync at start, on reconnection and periodically."""
+        """Connect to NB (with backoff), full-sync at start, on reconnection and periodically.
+
+        Also runs the workers of queued pods, until `aclose`.
+        """
+        self._pod_queue.start()
         delay = 0.5
         session = -1
         while not stop.is_set():
@@ -691,6 +793,7 @@ class Reconciler:
         self._nb_thread.shutdown(wait=False, cancel_futures=True)
 
     async def aclose(self) -> None:
+        await self._pod_queue.close()
         await self._nb_writes.close()
         self.close()
 

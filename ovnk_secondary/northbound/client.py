@@ -12,6 +12,9 @@ Thin on purpose: no policy lives here. What it guarantees:
   turns a switch's `ports` column into a sorted list of row objects on every access, which
   made each one-port read O(N log N) at N ports (quadratic pod creation). Reads here take the
   committed values (`Row._data`) instead and look ports up by their name index;
+- the IDL copies only the tables and columns we read or write (`MONITORED`): the copy of
+  a whole NB (every column of every table: OVN-Kubernetes' own switches, ports, ACLs...)
+  cost ~5 kB per port, the largest part of the controller's memory at 10,000 pods;
 - `converge` writes several pods at once under load (one transaction, fewer round trips),
   each pod's rows all-or-nothing: when the shared transaction fails, every pod is retried in
   its own, so one bad pod never fails its batch-mates.
@@ -38,6 +41,14 @@ logger = logging.getLogger(__name__)
 SCHEMA_NAME = "OVN_Northbound"
 # How many commands one full-sync transaction carries (hot-path transactions carry one pod).
 SYNC_BATCH = 500
+# What the IDL copies: the columns of `desired.Switch`/`desired.Port` plus the switch's
+# `ports` (and nothing that our ovsdbapp commands would touch beyond these: ls_add, ls_del,
+# lsp_add without a parent, lsp_del, db_set, db_remove on these columns).
+MONITORED: dict[str, tuple[str, ...]] = {
+    "Logical_Switch": ("name", "ports", "external_ids", "other_config"),
+    "Logical_Switch_Port": ("name", "type", "addresses", "port_security", "external_ids",
+                            "options", "tag_request"),
+}
 
 
 def _owned(external_ids: dict[str, str]) -> bool:
@@ -129,7 +140,10 @@ class Northbound:
             if self._api is not None:
                 return
             try:
-                idl = _Idl.from_server(self.remote, SCHEMA_NAME)
+                helper = idlutils.get_schema_helper(self.remote, SCHEMA_NAME)
+                for table, columns in MONITORED.items():
+                    helper.register_columns(table, list(columns))
+                idl = _Idl(self.remote, helper)
                 conn = connection.Connection(idl=idl, timeout=self.timeout)
                 # a class per instance: ovsdbapp stores the connection on the class
                 api_class = type("OvnNbApi", (impl_idl.OvnNbApiIdlImpl,),

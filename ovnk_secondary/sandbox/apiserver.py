@@ -32,8 +32,10 @@ Gaps against a real API server (keep them in mind when a test passes here):
   only `=`, `==`, `!=` on dotted paths (`metadata.name`, `spec.nodeName`, ...);
 - no garbage collection (ownerReferences are ignored), no namespace lifecycle (creating an
   object in a namespace creates the Namespace; deleting it deletes nothing), no defaulting
-  except `status.phase: Pending` on new pods, no `deletecollection`, no pagination
-  (`limit`/`continue` are ignored);
+  except `status.phase: Pending` on new pods, no `deletecollection`;
+- lists are paginated (`limit`, `continue`, objects in namespace/name order), but each page
+  shows the objects as they are when it is asked for, not as they were at the first page
+  (a real server serves every page from the first page's snapshot);
 - no controllers behind the API: pods are never scheduled, started or completed unless a
   test patches them so;
 - objects live in memory only and vanish with the process.
@@ -43,6 +45,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import bisect
 import collections
 import contextlib
 import copy
@@ -106,6 +110,23 @@ _NAMESPACES: ResourceId = ("", "v1", "namespaces")
 EVENT_LOG_SIZE = 200_000
 # kmock's handler records every request for test assertions; a long-running server forgets them.
 _REQUESTS_KEPT = 100
+
+
+def _sort_key(key: ObjectKey | tuple[str, str]) -> tuple[str, str]:
+    return key[0] or "", key[1]
+
+
+def _continue_key(token: str) -> tuple[str, str]:
+    """The (namespace, name) a continue token names: the last object of the previous page."""
+    key = json.loads(base64.urlsafe_b64decode(token))
+    if not (isinstance(key, list) and len(key) == 2 and all(isinstance(k, str) for k in key)):
+        raise ValueError(token)
+    return key[0], key[1]
+
+
+def _object_key(obj: Mapping[str, Any]) -> ObjectKey:
+    metadata = obj.get("metadata") or {}
+    return metadata.get("namespace"), str(metadata.get("name") or "")
 
 
 class _Gone(Exception):
@@ -655,11 +676,36 @@ class Emulator(kmock.KubernetesScaffold):
         params: Mapping[str, str],
     ) -> dict[str, Any]:
         matches = self._matcher(namespace, None, params)
+        objects = self._objects[rid]
+        metadata = {"resourceVersion": str(self._revision)}
+        limit_text, token = params.get("limit"), params.get("continue")
+        if not limit_text and not token:
+            items = [obj for obj in objects.values() if matches(obj)]
+        else:  # a page: in key order, after the key the continue token names
+            try:
+                limit = int(limit_text) if limit_text else 0
+                after = _continue_key(token) if token else None
+            except (ValueError, TypeError) as exc:
+                raise _error(400, "BadRequest", f"limit {limit_text!r} or continue {token!r} "
+                             "is not valid: pass a number and the token of the last page") from exc
+            keys = sorted(objects, key=_sort_key)
+            start = bisect.bisect_right(keys, after, key=_sort_key) if after else 0
+            items = []
+            for key in keys[start:]:
+                obj = objects[key]
+                if not matches(obj):
+                    continue
+                if limit > 0 and len(items) == limit:  # more remain: say where to go on
+                    last = _sort_key(_object_key(items[-1]))
+                    metadata["continue"] = base64.urlsafe_b64encode(
+                        json.dumps(last).encode()).decode()
+                    break
+                items.append(obj)
         return {
             "apiVersion": f"{rid[0]}/{rid[1]}" if rid[0] else rid[1],
             "kind": f"{info.kind or rid[2]}List",
-            "metadata": {"resourceVersion": str(self._revision)},
-            "items": [obj for obj in self._objects[rid].values() if matches(obj)],
+            "metadata": metadata,
+            "items": items,
         }
 
     def _backlog(self, watcher: _Watcher, since: str | None) -> Iterator[bytes]:

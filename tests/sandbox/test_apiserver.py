@@ -145,6 +145,28 @@ async def test_label_and_field_selectors_filter_lists(
     assert [p.metadata.name for p in by_set.items] == ["a"]
 
 
+async def test_lists_are_paginated_with_limit_and_continue(
+    api: apiserver.ApiServer, tmp_path: pathlib.Path
+) -> None:
+    core = kubernetes.client.CoreV1Api(_client(api, tmp_path))
+    for name in ("p3", "p1", "p4", "p2", "p5"):
+        await asyncio.to_thread(core.create_namespaced_pod, "test", _pod(name))
+    names, token, pages = [], None, 0
+    while True:
+        page = await asyncio.to_thread(core.list_pod_for_all_namespaces, limit=2,
+                                       _continue=token)
+        pages += 1
+        assert len(page.items) <= 2
+        names += [p.metadata.name for p in page.items]
+        token = page.metadata._continue
+        if not token:
+            break
+    assert names == ["p1", "p2", "p3", "p4", "p5"] and pages == 3  # each pod once, in order
+    with pytest.raises(kubernetes.client.ApiException) as refused:
+        await asyncio.to_thread(core.list_pod_for_all_namespaces, limit=2, _continue="bogus")
+    assert refused.value.status == 400
+
+
 async def test_watch_from_a_forgotten_version_gets_410(
     api: apiserver.ApiServer, monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
 ) -> None:
