@@ -80,18 +80,20 @@ class CniServer:
             data = await reader.read(-1)  # the plugin half-closes after its request
             if len(data) > MAX_REQUEST:
                 raise protocol.CniError(protocol.DECODE_FAILURE, "request too large")
-            request = protocol.decode_request(data)
-            version = request.cni_version
+            # The plugin forwards the runtime's input unparsed (see cni.wire): validating here
+            # gives the same errors the plugin gives by itself when the agent is down.
+            env, stdin = protocol.unpack_request(data)
+            version = protocol.declared_version(stdin, default=True) or version
+            request = protocol.validate(env, stdin)
             async with self.locks.hold(request.interface_key):
-                result, timings = await self.handler(request)
-            answer = protocol.encode_response(result=result, cni_version=version,
-                                              timings=timings)
+                result, _ = await self.handler(request)
+            answer = protocol.answer(result=result, cni_version=version)
         except protocol.CniError as exc:
             LOG.warning("CNI request failed (code %s): %s %s", exc.code, exc.msg, exc.details)
-            answer = protocol.encode_response(error=exc, cni_version=version)
+            answer = protocol.answer(error=exc, cni_version=version)
         except Exception as exc:  # never let one request take the agent down
             LOG.exception("CNI request crashed")
-            answer = protocol.encode_response(
+            answer = protocol.answer(
                 error=protocol.CniError(protocol.AGENT_FAILURE, f"node agent error: {exc}",
                                         "see the node agent's log"), cni_version=version)
         try:

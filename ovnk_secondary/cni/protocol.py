@@ -3,14 +3,13 @@
 Three layers, all pure values:
 - the CNI request as a runtime (Multus) hands it to the plugin: `CNI_*` environment variables
   and the network config on stdin, validated into a `Request`;
-- the envelope on the unix socket between plugin and agent: `{"env": ..., "config": ...}` one
-  way, `{"result": ..., "error": ..., "timings": ...}` the other way (one JSON document per
-  connection, the writer half-closes when done);
+- what the agent answers on the unix socket: the plugin's exit code and stdout, rendered here
+  (the framing is in `wire`: the plugin forwards and prints bytes without parsing them);
 - CNI error objects and the VERSION answer (results live in `results`, which only the agent
   needs).
 
-Standard library only, and only its cheap part: the plugin imports this module on every
-invocation, once per pod interface, and many pods may start at once.
+Standard library only, and only its cheap part: the plugin imports this module when it has to
+answer by itself (VERSION, the agent unreachable).
 """
 
 from __future__ import annotations
@@ -18,6 +17,8 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+
+from ovnk_secondary.cni import wire
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs start-up time and is needed by the type checker only
@@ -179,35 +180,76 @@ def request_from(env: Mapping[str, str], config: Mapping[str, Any]) -> Request:
                    ifname=ifname, args=args, path=env.get("CNI_PATH", ""), config=dict(config))
 
 
-# --- the socket envelope ---------------------------------------------------------------------
+def validate(env: Mapping[str, str], stdin: bytes | str) -> Request:
+    """Everything the spec lets a plugin refuse up front, in the order the errors matter."""
+    request = request_from(env, parse_config(stdin))
+    if request.command == "CHECK" and request.cni_version == "0.3.1":
+        raise CniError(INCOMPATIBLE_VERSION, "CHECK is not defined for cniVersion 0.3.1",
+                       "CHECK needs cniVersion 0.4.0 or later")
+    return request
 
-def encode_request(env: Mapping[str, str], config: Mapping[str, Any]) -> bytes:
-    cni_env = {k: v for k, v in env.items() if k.startswith("CNI_")}
-    return json.dumps({"env": cni_env, "config": config}).encode()
 
-
-def decode_request(data: bytes) -> Request:
+def declared_version(stdin: bytes | str, *, default: bool = False) -> str | None:
+    """The config's `cniVersion` if it is one we speak; else DEFAULT_VERSION (or None)."""
     try:
-        body = json.loads(data)
-        env, config = body["env"], body["config"]
-    except (ValueError, KeyError, TypeError):
-        raise CniError(DECODE_FAILURE, "the agent received a malformed request",
-                       "the plugin and the agent must be the same ovnk-secondary version") from None
-    if not isinstance(env, dict) or not isinstance(config, dict):
-        raise CniError(DECODE_FAILURE, "the agent received a malformed request",
-                       "env and config must be JSON objects")
-    return request_from(env, config)
+        declared = json.loads(stdin or b"{}").get("cniVersion")
+    except (ValueError, AttributeError):
+        declared = None
+    if declared in SUPPORTED_VERSIONS:
+        return str(declared)
+    return DEFAULT_VERSION if default else None
 
 
-def encode_response(*, result: Mapping[str, Any] | None = None, error: CniError | None = None,
-                    cni_version: str = DEFAULT_VERSION,
-                    timings: Mapping[str, float] | None = None) -> bytes:
-    body: dict[str, Any] = {
-        "result": result,
-        "error": error.to_dict(cni_version) if error else None,
-        "timings": dict(timings or {}),
-    }
-    return json.dumps(body).encode()
+# --- the socket (framing in `wire`) ----------------------------------------------------------
+
+def unpack_request(data: bytes) -> tuple[dict[str, str], bytes]:
+    """(CNI_* variables, stdin) as the plugin forwarded them."""
+    try:
+        return wire.decode_request(data)
+    except wire.MalformedRequest as exc:
+        raise CniError(DECODE_FAILURE, "the agent received a malformed request",
+                       f"{exc}; the plugin and the agent must be the same ovnk-secondary "
+                       "version") from None
+
+
+def render_result(result: Mapping[str, Any] | None) -> bytes:
+    """The plugin's stdout for a success (nothing for DEL)."""
+    return b"" if result is None else json.dumps(result).encode() + b"\n"
+
+
+def render_error(error: CniError, cni_version: str | None = DEFAULT_VERSION) -> bytes:
+    """The plugin's stdout for a failure: a CNI error object."""
+    return json.dumps(error.to_dict(cni_version or DEFAULT_VERSION)).encode() + b"\n"
+
+
+def answer(*, result: Mapping[str, Any] | None = None, error: CniError | None = None,
+           cni_version: str = DEFAULT_VERSION) -> bytes:
+    """What the agent sends back: the plugin's exit code and stdout, ready to print."""
+    if error is not None:
+        return wire.encode_answer(1, render_error(error, cni_version))
+    return wire.encode_answer(0, render_result(result))
+
+
+def unavailable_error(failure: BaseException | None, *, path: str, timeout: float) -> CniError:
+    """Why the agent gave no answer, as the runtime should read it."""
+    if isinstance(failure, wire.ConnectFailed):
+        if isinstance(failure.error, PermissionError):
+            return CniError(IO_FAILURE, f"no permission to connect to {path}",
+                            f"{failure.error.strerror}; the plugin must run as root like the "
+                            "agent")
+        return CniError(TRY_AGAIN_LATER,
+                        "the ovnk-secondary node agent is not running or still starting; "
+                        "try again later",
+                        f"cannot connect to {path}: {failure.error.strerror}; check the "
+                        "node-agent pod on this node")
+    if isinstance(failure, TimeoutError):
+        return CniError(TRY_AGAIN_LATER, f"the node agent did not answer within {timeout:.0f} s",
+                        "the agent may be overloaded; see its log; the runtime will retry")
+    if failure is not None:
+        return CniError(TRY_AGAIN_LATER, f"lost the connection to the node agent: {failure}",
+                        "the agent may have restarted; the runtime will retry")
+    return CniError(TRY_AGAIN_LATER, "the node agent closed the connection without an answer",
+                    "it may have restarted; the runtime will retry")
 
 
 def version_result(requested: str | None) -> dict[str, Any]:

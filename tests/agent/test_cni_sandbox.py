@@ -250,7 +250,9 @@ def test_bridge_mappings_file_changes_are_validated_and_converged(
                              "bridge: br-ex}\n")
         harness.wait_until(lambda: mappings() == "localnet1:br-ex,physnet-admin:br-admin",
                            timeout=20, what="localnet2 to leave ovn-bridge-mappings")
-        assert annotation()["error"] is None
+        # the Node annotation is written after OVS: wait for it too
+        harness.wait_until(lambda: annotation()["error"] is None, timeout=20,
+                           what="the agent to clear the error on its Node")
     finally:
         agent.write_mappings(original)
         harness.wait_until(lambda: mappings().startswith("localnet1:br-ex,")

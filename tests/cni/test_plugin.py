@@ -75,11 +75,13 @@ def test_stale_socket_without_agent_is_try_again_later(env: dict[str, str]) -> N
 
 
 def test_plugin_imports_stay_light() -> None:
-    """The plugin runs once per pod interface: it must not load the agent's heavy libraries."""
+    """The plugin runs once per pod interface: it must not load the agent's heavy libraries,
+    nor (on its way to the agent) even json and socket, which cost more than the rest of it."""
     probe = ("import sys, ovnk_secondary.cni.plugin; "
              "print(sorted({m.split('.')[0] for m in sys.modules} & "
              "{'kopf', 'kubernetes', 'ovsdbapp', 'pyroute2', 'yaml', 'netaddr', 'ovs', "
-             "'typing', 'dataclasses', 'asyncio'}))")
+             "'typing', 'dataclasses', 'asyncio', 'json', 'socket'} | "
+             "({'ovnk_secondary.cni.protocol'} & set(sys.modules))))")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           check=True)
     assert done.stdout.strip() == "[]"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from ovnk_secondary.cni import protocol, results
+from ovnk_secondary.cni import protocol, results, wire
 
 ENV = {
     "CNI_COMMAND": "ADD",
@@ -92,13 +92,19 @@ def test_version_answer_lists_supported_versions() -> None:
         "cniVersion": "0.4.0", "supportedVersions": ["0.3.1", "0.4.0", "1.0.0"]}
 
 
-def test_envelope_round_trip_keeps_only_cni_variables() -> None:
-    data = protocol.encode_request(ENV | {"HOME": "/root"}, {"cniVersion": "0.3.1"})
-    assert "HOME" not in json.loads(data)["env"]
-    assert protocol.decode_request(data).pod_name == "tinypod"
+def test_socket_round_trip_keeps_only_cni_variables_and_stdin_as_is() -> None:
+    stdin = b'{"cniVersion": "0.3.1", "name": "n\\u00e9"}'
+    environb = {k.encode(): v.encode() for k, v in (ENV | {"HOME": "/root"}).items()}
+    env, forwarded = protocol.unpack_request(wire.encode_request(environb, stdin))
+    assert "HOME" not in env and forwarded == stdin
+    assert protocol.validate(env, forwarded).pod_name == "tinypod"
     with pytest.raises(protocol.CniError) as info:
-        protocol.decode_request(b"garbage")
+        protocol.unpack_request(b"garbage")
     assert info.value.code == protocol.DECODE_FAILURE
-    error = json.loads(protocol.encode_response(
-        error=protocol.CniError(11, "later", "why"), cni_version="1.0.0"))["error"]
-    assert error == {"cniVersion": "1.0.0", "code": 11, "msg": "later", "details": "why"}
+    answer = wire.decode_answer(protocol.answer(error=protocol.CniError(11, "later", "why"),
+                                                cni_version="1.0.0"))
+    assert answer is not None and answer[0] == 1
+    assert json.loads(answer[1]) == {"cniVersion": "1.0.0", "code": 11, "msg": "later",
+                                     "details": "why"}
+    assert wire.decode_answer(protocol.answer(result=None)) == (0, b"")
+    assert wire.decode_answer(b"") is None  # the agent went away without answering
