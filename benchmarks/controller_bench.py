@@ -163,17 +163,15 @@ def run(count: int, workdir: pathlib.Path) -> dict[str, float]:
         resync = waited = float("nan")
         changed = ""
         while time.monotonic() < sync_deadline:
-            text = log.read_text()
-            lines = re.findall(r"full sync \d+ done in ([0-9.]+)s \(after ([0-9.]+)s", text)
+            lines = re.findall(r"full sync \d+ done in ([0-9.]+)s \(after ([0-9.]+)s[^)]*\): "
+                               r"(.*)", log.read_text())
             if len(lines) > syncs_before + 1:
-                resync, waited = float(lines[syncs_before + 1][0]), float(
-                    lines[syncs_before + 1][1])
-                last = text.split("full sync")[-3:]
-                changed = " ".join(c.splitlines()[0] for c in last if c.startswith(":"))
+                seconds, after, changed = lines[syncs_before + 1]
+                resync, waited = float(seconds), float(after)
                 break
             time.sleep(0.2)
-        if changed:
-            print(f"warning: the measured resync changed something: {changed}", flush=True)
+        if changed != "nothing to change":
+            print(f"warning: the measured resync changed something: {changed!r}", flush=True)
         rss = peak_rss_mb(controller.pid)
         watcher.stop()
         base = baseline(nb.remote, count)

@@ -80,6 +80,10 @@ async def serve(
     settings.posting.enabled = False  # our own Events say what to fix; kopf's add noise
     settings.watching.server_timeout = 300
     settings.persistence.diffbase_storage = handlers.NoDiffBase()  # no change handlers
+    # kopf keeps a worker per object (its task, queue and last event body) until the object
+    # has been quiet this long (default 5 s): during a burst of pod creations that held
+    # thousands of them. Our handlers return at once, so a short idle time costs nothing.
+    settings.queueing.idle_timeout = 0.2
     runner = await health.start(host=health_host, port=health_port, policy=policy) \
         if health_port else None
     logger.info("controller starting: OVN NB %s, Kubernetes API %s, resync every %gs",

@@ -651,15 +651,15 @@ class Reconciler:
             await self._idle.wait_for(lambda: self._in_flight == 0)
         started = time.monotonic()
         try:
-            await self._full_sync()
+            summary = await self._full_sync()
         finally:
             async with self._idle:
                 self._syncing = False
                 self._idle.notify_all()
         self.sync_count += 1
         self._last_sync = time.monotonic()
-        logger.info("full sync %d done in %.2fs (after %.2fs waiting for pods in flight)",
-                    self.sync_count, self._last_sync - started, started - waiting)
+        logger.info("full sync %d done in %.2fs (after %.2fs waiting for pods in flight): %s",
+                    self.sync_count, self._last_sync - started, started - waiting, summary)
         self.synced.set()
 
     async def _list_pods(self) -> dict[Key, _Pod]:
@@ -686,7 +686,8 @@ class Reconciler:
             self._touched = None
         return listed
 
-    async def _full_sync(self) -> None:
+    async def _full_sync(self) -> str:
+        """The sync itself; returns a summary of what it changed in NB."""
         nad_list, pods = await asyncio.gather(self.api.list(apiclient.NAD_PATH),
                                               self._list_pods())
         if not self.northbound.ready():
@@ -748,8 +749,6 @@ class Reconciler:
         have, foreign = await self._nb(self.northbound.read)
         change = diff.diff(want, have, foreign=foreign)
         await self._report_conflicts(change)
-        if not change.empty:
-            logger.info("full sync: %s", change.summary())
         session = self.northbound.session()
         await self._nb(lambda: self.northbound.apply(change))
         # NB now holds every pod's ports, but for conflicts (never remembered as written)
@@ -760,6 +759,7 @@ class Reconciler:
                 ports = {a.port_name: want.ports[a.port_name] for _, a in found}
                 if conflicting.isdisjoint(ports):
                     written[key] = _fingerprint(desired.State(ports=ports))
+        return change.summary()
 
     async def run_background(self, *, stop: asyncio.Event) -> None:
         """Connect to NB (with backoff), full-sync at start, on reconnection and periodically.
