@@ -29,9 +29,9 @@ from ovnk_secondary.cni import protocol, results
 
 LOG = logging.getLogger(__name__)
 T = TypeVar("T")
-# Plumbing is CPU-bound Python (netlink messages, OVSDB JSON) under one GIL: run a few ADDs at a
-# time, first come first served, so that a burst of pods finishes one by one instead of all at
-# the end (and each ADD's own time stays short).
+# Building interfaces is CPU-bound Python (netlink messages) under one GIL: a few at a time,
+# first come first served, so that a burst of pods finishes one by one instead of all at the
+# end (and each ADD's own time stays short).
 PLUMBING_CONCURRENCY = 4
 
 
@@ -194,10 +194,11 @@ class Attachments:
         try:
             async with self._plumbing:
                 created = await self._run(interfaces.create, spec=spec, host_name=host_name)
-                await self._run(self.switch.plug, name=host_name,
-                                external_ids=port_external_ids(
-                                    request=request, network=network, port_name=port_name,
-                                    mac=pod_network.mac_address, ifindex=created.index))
+            # outside the limit: plugs waiting together are committed together (`ovs`)
+            await self._run(self.switch.plug, name=host_name,
+                            external_ids=port_external_ids(
+                                request=request, network=network, port_name=port_name,
+                                mac=pod_network.mac_address, ifindex=created.index))
         except FileNotFoundError:
             await self._undo(request, host_name)
             raise protocol.CniError(protocol.UNKNOWN_CONTAINER,

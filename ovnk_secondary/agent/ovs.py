@@ -9,12 +9,22 @@ Transactions do not wait for ovs-vswitchd to reconfigure (like `ovs-vsctl --no-w
 wait for `ovn-installed` covers that and concurrent ADDs do not queue behind each other's
 reconfiguration. Deleting a port that is about to be added again is the exception: vswitchd
 must have dropped its handle first, or it keeps a stale one (see environment.md).
+
+ovsdbapp commits one transaction at a time, each a round trip to ovsdb-server: during a burst
+of ADDs the plugs waiting meanwhile go into the next transaction together (a group commit), so
+a burst costs a few round trips instead of one per pod. A failing group is retried one plug
+per transaction, so one bad plug never fails the others. Whether an interface exists and
+whether it is installed are answered from what the IDL last reported (kept by its change
+notifications), without a trip through the connection thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
+import logging
+import queue
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -23,6 +33,8 @@ from ovsdbapp.backend.ovs_idl import command, connection, idlutils, transaction
 from ovsdbapp.schema.open_vswitch import impl_idl
 
 from ovnk_secondary import naming
+
+LOG = logging.getLogger(__name__)
 
 INTEGRATION_BRIDGE = "br-int"
 IFACE_ID = "iface-id"
@@ -109,10 +121,18 @@ class _Api(impl_idl.OvsdbIdl):  # type: ignore[misc]
                                   log_errors=log_errors)
 
 
-# Only what the agent reads or writes: vswitchd rewrites Interface statistics and status
-# every few seconds for every port, which would otherwise keep the IDL busy at scale.
+# Only what the agent and the ovsdbapp commands it runs (add_br, add_port, del_port, list_br,
+# list_ports) read or write. vswitchd rewrites Interface statistics and status every few
+# seconds for every port, and ovn-controller records a conntrack zone per bound port in br-int's
+# external_ids: monitored, each would cost the IDL work per pod (most of the agent's CPU in a
+# burst of ADDs).
 _INTERFACE_COLUMNS = ("name", "type", "options", "external_ids", "ofport", "ifindex", "error")
-_FULL_TABLES = ("Open_vSwitch", "Bridge", "Port")
+_COLUMNS = {
+    "Bridge": ("name", "ports", "datapath_type"),
+    "Port": ("name", "interfaces"),
+    "Interface": _INTERFACE_COLUMNS,
+}
+_FULL_TABLES = ("Open_vSwitch",)  # one row; ovsdbapp's wait for vswitchd reads its cfg columns
 
 
 class _Idl(connection.OvsdbIdl):  # type: ignore[misc]
@@ -204,6 +224,65 @@ class _Read(command.BaseCommand):  # type: ignore[misc]
                            if self.predicate is None or self.predicate(i)]
 
 
+_Plugs = list[tuple["_Plug", "concurrent.futures.Future[list[str]]"]]
+
+
+class _GroupCommit:
+    """Plugs submitted from any thread, committed together by one thread of its own."""
+
+    def __init__(self, api: Any) -> None:
+        self._api = api
+        self._queue: queue.SimpleQueue[tuple[_Plug, concurrent.futures.Future[list[str]]]
+                                       | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="ovs-plugs", daemon=True)
+        self._thread.start()
+
+    def submit(self, plug: _Plug) -> list[str]:
+        """Commit `plug` (with whatever else is waiting); its result, or its error."""
+        future: concurrent.futures.Future[list[str]] = concurrent.futures.Future()
+        self._queue.put((plug, future))
+        return future.result()
+
+    def close(self) -> None:
+        self._queue.put(None)
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            group = [first]
+            while True:  # everything that queued up while the previous group was committed
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._commit(group)
+                    return
+                group.append(item)
+            self._commit(group)
+
+    def _commit(self, group: _Plugs) -> None:
+        if len(group) > 1:
+            try:
+                with self._api.transaction(check_error=True) as txn:
+                    for plug, _ in group:
+                        txn.add(plug)
+            except Exception as exc:  # retried alone below: only the bad plug fails
+                LOG.info("a transaction of %d plugs failed (%s); committing them one by one",
+                         len(group), exc)
+            else:
+                for plug, future in group:
+                    future.set_result(plug.result)
+                return
+        for plug, future in group:
+            try:
+                future.set_result(plug.execute(check_error=True))
+            except Exception as exc:
+                future.set_exception(exc)
+
+
 class LocalOvs:
     """The local OVSDB (one connection, one IDL) and waiters for `ovn-installed`."""
 
@@ -211,17 +290,21 @@ class LocalOvs:
         helper = idlutils.get_schema_helper(remote, "Open_vSwitch")
         for table in _FULL_TABLES:
             helper.register_table(table)
-        helper.register_columns("Interface", list(_INTERFACE_COLUMNS))
+        for table, columns in _COLUMNS.items():
+            helper.register_columns(table, list(columns))
         idl = _Idl(remote, helper)
         idl.on_interface = self._on_interface
         self._waiters: dict[str, set[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
         self._lock = threading.Lock()
         self._by_iface_id = _Index()
         self._by_sandbox = _Index()
+        # interface name -> installed, as the IDL last reported (read from any thread)
+        self._known: dict[str, bool] = {}
         # ovsdbapp keeps the connection in a class attribute: a class per instance keeps two
         # LocalOvs (tests, tools) from silently sharing the first one's database.
         api_class = type("_ApiInstance", (_Api,), {"_ovsdb_connection": None})
         self.api = api_class(connection.Connection(idl, timeout))
+        self._plugs = _GroupCommit(self.api)
 
     # --- waiting for ovn-controller --------------------------------------------------------
 
@@ -231,7 +314,13 @@ class LocalOvs:
         self._by_iface_id.update(name, ids.get(IFACE_ID) or None)
         sandbox = ids.get(SANDBOX)
         self._by_sandbox.update(name, (sandbox, ids.get(IFNAME_KEY, "")) if sandbox else None)
-        if name not in self._waiters or ids.get(OVN_INSTALLED) != "true":
+        installed = ids.get(OVN_INSTALLED) == "true"
+        # before the waiters are looked at: `wait_installed` registers, then reads this
+        if event == "delete":
+            self._known.pop(name, None)
+        else:
+            self._known[name] = installed
+        if name not in self._waiters or not installed:
             return
         with self._lock:
             waiters = self._waiters.pop(name, set())
@@ -247,8 +336,7 @@ class LocalOvs:
             self._waiters.setdefault(name, set()).add(entry)
         try:
             # It may already be installed (before we registered): then no change will come.
-            current = await loop.run_in_executor(None, self.interface, name)
-            if current is not None and current.installed:
+            if self._known.get(name):
                 return True
             await asyncio.wait_for(future, timeout)
             return True
@@ -304,13 +392,12 @@ class LocalOvs:
     def plug(self, *, name: str, external_ids: Mapping[str, str],
              bridge: str = INTEGRATION_BRIDGE) -> list[str]:
         """Add the port; returns the other ports removed because they had the same iface-id."""
-        if self.interface(name) is not None:
+        if name in self._known:
             # Same name again means a re-created NIC: drop vswitchd's handle before re-adding.
             self.api.del_port(name, if_exists=True).execute(check_error=True,
                                                             wait_for_vswitchd=True)
-        removed: list[str] = _Plug(self.api, bridge=bridge, name=name, external_ids=external_ids,
-                                   by_iface_id=self._by_iface_id).execute(check_error=True)
-        return removed
+        return self._plugs.submit(_Plug(self.api, bridge=bridge, name=name,
+                                        external_ids=external_ids, by_iface_id=self._by_iface_id))
 
     def unplug(self, *, name: str, sandbox: str = "", ifname: str = "") -> list[str]:
         """Delete the port by name and by sandbox; returns the ports deleted (maybe none)."""
@@ -329,6 +416,7 @@ class LocalOvs:
               by_iface_id=self._by_iface_id).execute(check_error=True)
 
     def close(self) -> None:
+        self._plugs.close()
         self.api.ovsdb_connection.stop()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 
 from ovnk_secondary import naming
 from ovnk_secondary.agent import ovs
@@ -83,5 +84,30 @@ def test_integration_datapath_type_follows_ovn_controllers_setting(
         local_switch.vsctl("remove", "open", ".", "external_ids", "ovn-bridge-datapath-type")
         harness.wait_until(lambda: switch.integration_datapath_type() == "netdev", timeout=5,
                            what="br-int's own datapath_type to be used")
+    finally:
+        switch.close()
+
+
+def test_concurrent_plugs_are_committed_together_and_a_bad_one_fails_alone(
+        local_switch: conftest.LocalSwitch) -> None:
+    switch = ovs.LocalOvs(remote=local_switch.remote)
+    names = [f"ovkgrp{i}" for i in range(12)]
+
+    def plug(name: str) -> list[str] | Exception:
+        bridge = "br-missing" if name == "ovkgrp5" else ovs.INTEGRATION_BRIDGE
+        try:
+            return switch.plug(name=name, external_ids=_ids(f"grp{name}", name), bridge=bridge)
+        except Exception as exc:  # the outcome is what the test looks at
+            return exc
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
+            outcomes = dict(zip(names, pool.map(plug, names), strict=True))
+        assert isinstance(outcomes.pop("ovkgrp5"), RuntimeError)
+        assert outcomes == {name: [] for name in outcomes}
+        assert sorted(local_switch.vsctl("list-ports", "br-int").split()) == sorted(outcomes)
+        # the installed state comes from the IDL's notifications, not from a read
+        local_switch.vsctl("set", "interface", "ovkgrp0", "external_ids:ovn-installed=true")
+        assert asyncio.run(switch.wait_installed("ovkgrp0", timeout=5))
     finally:
         switch.close()
