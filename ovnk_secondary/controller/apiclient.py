@@ -109,6 +109,19 @@ class ApiClient:
         body = await self._request("GET", path)
         return list(body.get("items") or [])
 
+    async def get(self, path: str) -> dict[str, Any]:
+        body: dict[str, Any] = await self._request("GET", path)
+        return body
+
+    async def create(self, collection: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        created: dict[str, Any] = await self._request("POST", collection, json=body)
+        return created
+
+    async def replace(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """PUT: refused with 409 when `body`'s resourceVersion is no longer the current one."""
+        replaced: dict[str, Any] = await self._request("PUT", path, json=body)
+        return replaced
+
     async def pages(self, path: str, *, limit: int) -> AsyncIterator[Objects]:
         """The list at `path`, `limit` objects at a time (a page is dropped before the next)."""
         token = ""

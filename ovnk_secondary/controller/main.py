@@ -1,7 +1,11 @@
 """`ovnk-secondary controller`: flags, logging, and running kopf with the reconciler.
 
     ovnk-secondary controller --ovn-nb tcp:HOST:6641 [--kubeconfig PATH]
-                              [--resync-period S] [--health-port P]
+                              [--resync-period S] [--health-port P] [--leader-elect ...]
+
+With `--leader-elect`, the controller first waits to hold its Lease (`leaderelection`) and
+works only while it holds it; losing it ends the process (exit code 1) for its Deployment to
+restart it as a candidate. A standby replica is live but not ready.
 """
 
 from __future__ import annotations
@@ -11,11 +15,12 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import Any
 
 import kopf
 
 from ovnk_secondary import errors
-from ovnk_secondary.controller import apiclient, handlers, health, reconciler
+from ovnk_secondary.controller import apiclient, handlers, health, leaderelection, reconciler
 from ovnk_secondary.northbound import client
 
 logger = logging.getLogger(__name__)
@@ -33,6 +38,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="port of /healthz and /readyz (default 8080; 0 disables)")
     parser.add_argument("--nb-timeout", type=float, default=10.0, metavar="S",
                         help="seconds to wait for an NB connection or transaction (default 10)")
+    parser.add_argument("--leader-elect", action="store_true",
+                        help="work only while holding a coordination.k8s.io Lease (run several "
+                        "replicas, one active); the Deployment in manifests/ sets it")
+    parser.add_argument("--leader-elect-namespace", metavar="NS",
+                        help="namespace of the Lease (default: the pod's own namespace, or "
+                        f"{leaderelection.DEFAULT_NAMESPACE})")
+    parser.add_argument("--leader-elect-name", default=leaderelection.DEFAULT_NAME,
+                        metavar="NAME", help="name of the Lease (default %(default)s)")
+    parser.add_argument("--leader-elect-lease-duration", type=float, default=15.0, metavar="S",
+                        help="seconds a standby waits before taking an unrenewed Lease "
+                        "(default 15)")
+    parser.add_argument("--leader-elect-renew-deadline", type=float, default=10.0, metavar="S",
+                        help="seconds the leader keeps trying to renew before it gives up "
+                        "(default 10)")
+    parser.add_argument("--leader-elect-retry-period", type=float, default=2.0, metavar="S",
+                        help="seconds between attempts to take or renew the Lease (default 2)")
     parser.add_argument("--log-level", default="INFO",
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -44,19 +65,31 @@ def run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.log_level != "DEBUG":  # kopf says "Handler ... succeeded" for every pod event
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    election = None
+    if args.leader_elect:
+        try:
+            election = leaderelection.Config(
+                namespace=args.leader_elect_namespace or leaderelection.default_namespace(),
+                name=args.leader_elect_name, lease_duration=args.leader_elect_lease_duration,
+                renew_deadline=args.leader_elect_renew_deadline,
+                retry_period=args.leader_elect_retry_period)
+        except ValueError as exc:
+            raise errors.InvalidConfig(f"--leader-elect-*: {exc}") from None
     credentials = apiclient.load_credentials(args.kubeconfig)
 
-    async def main() -> None:
+    async def main() -> bool:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
+        lost = asyncio.Event()
         await serve(ovn_nb=args.ovn_nb, credentials=credentials,
                     resync_period=args.resync_period, health_port=args.health_port,
-                    nb_timeout=args.nb_timeout, stop=stop)
+                    nb_timeout=args.nb_timeout, stop=stop, election=election,
+                    lost_lease=lost)
+        return lost.is_set()
 
-    asyncio.run(main())
-    return 0
+    return 1 if asyncio.run(main()) else 0
 
 
 async def serve(
@@ -69,8 +102,14 @@ async def serve(
     health_host: str = "0.0.0.0",
     nb_timeout: float = 10.0,
     started: asyncio.Event | None = None,
+    election: leaderelection.Config | None = None,
+    lost_lease: asyncio.Event | None = None,
 ) -> reconciler.Reconciler:
-    """Run until `stop` is set; returns the reconciler (for tests and benchmarks)."""
+    """Run until `stop` is set; returns the reconciler (for tests and benchmarks).
+
+    With `election`, work starts only once the Lease is held, and a lost Lease sets `stop` and
+    `lost_lease`.
+    """
     northbound = client.Northbound(remote=ovn_nb, timeout=nb_timeout)
     api = apiclient.ApiClient(credentials)
     policy = reconciler.Reconciler(northbound=northbound, api=api, resync_period=resync_period)
@@ -90,21 +129,37 @@ async def serve(
                 ovn_nb, credentials.server, resync_period)
     if started is not None:
         started.set()
-    tasks = [
-        asyncio.create_task(kopf.operator(registry=registry, settings=settings,
-                                          clusterwide=True, standalone=True, stop_flag=stop)),
-        asyncio.create_task(policy.run_background(stop=stop)),
-    ]
+    elector = None if election is None else leaderelection.LeaderElector(
+        apiclient.ApiClient(credentials), election)
+    tasks: list[asyncio.Task[Any]] = []
     try:
-        await stop.wait()
+        if elector is not None and not await elector.acquire(stop):
+            return policy  # stopped while standing by: nothing was started
+        tasks = [
+            # standalone: no kopf peering; the Lease (when asked for) keeps replicas apart
+            asyncio.create_task(kopf.operator(registry=registry, settings=settings,
+                                              clusterwide=True, standalone=True,
+                                              stop_flag=stop)),
+            asyncio.create_task(policy.run_background(stop=stop)),
+        ]
+        if elector is not None:
+            held_to_the_end = await elector.hold(stop)
+            if not held_to_the_end and lost_lease is not None:
+                lost_lease.set()
+        else:
+            await stop.wait()
     finally:
         stop.set()
-        done, pending = await asyncio.wait(tasks, timeout=30)
-        for task in pending:
-            task.cancel()
-        for task in done:
-            if not task.cancelled() and task.exception() is not None:
-                logger.error("controller task failed: %r", task.exception())
+        if tasks:
+            done, pending = await asyncio.wait(tasks, timeout=30)
+            for task in pending:
+                task.cancel()
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    logger.error("controller task failed: %r", task.exception())
+        if elector is not None:
+            await elector.release()  # only once nothing of ours writes any more
+            await elector.api.close()
         if runner is not None:
             await runner.cleanup()
         await api.close()

@@ -273,6 +273,9 @@ class Sandbox:
                         f"{CONFIG_IN_CONTAINER}/kubeconfig",
                         "--health-port",
                         "8080",
+                        "--leader-elect",  # as deployed (manifests/controller.yaml)
+                        "--leader-elect-namespace",
+                        "ovnk-secondary",
                     ],
                 )
                 controller.with_volume_mapping(str(REPO_DIR), SOURCE_IN_CONTAINER, "ro")

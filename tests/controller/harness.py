@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import kubernetes
 
-from ovnk_secondary.controller import apiclient, main, reconciler
+from ovnk_secondary.controller import apiclient, leaderelection, main, reconciler
 from ovnk_secondary.sandbox import apiserver
 
 T = TypeVar("T")
@@ -107,7 +107,9 @@ class Controller:
     """`ovnk-secondary controller` in-process: kopf and the reconciler on a loop thread."""
 
     def __init__(self, *, nb_remote: str, kubeconfig: pathlib.Path,
-                 resync_period: float = 300.0, health_port: int = 0) -> None:
+                 resync_period: float = 300.0, health_port: int = 0,
+                 election: leaderelection.Config | None = None) -> None:
+        self.election = election
         self.nb_remote = nb_remote
         self.kubeconfig = kubeconfig
         self.resync_period = resync_period
@@ -128,7 +130,7 @@ class Controller:
         self.future = asyncio.run_coroutine_threadsafe(main.serve(
             ovn_nb=self.nb_remote, credentials=credentials, resync_period=self.resync_period,
             stop=self.stop_flag, health_port=self.health_port, health_host="127.0.0.1",
-            nb_timeout=5, started=started), self.thread.loop)
+            nb_timeout=5, started=started, election=self.election), self.thread.loop)
 
     def stop(self) -> reconciler.Reconciler | None:
         if self.thread is None:

@@ -61,6 +61,7 @@ EXPECTED_PERMISSIONS: dict[str, dict[tuple[str, str, str], set[str]]] = {
         ("cluster", "", "pods"): {"list", "watch", "patch"},
         ("cluster", "", "events"): {"create"},
         ("cluster", "apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+        ("ovnk-secondary", "coordination.k8s.io", "leases"): {"create", "get", "update"},
     },
     "ovnk-secondary-node-agent": {
         ("cluster", "", "pods"): {"get", "list", "watch"},
@@ -343,13 +344,15 @@ def test_the_command_line_check_catches_an_unknown_flag() -> None:
         _parse_command(container)
 
 
-def test_controller_runs_one_replica_with_probes_on_its_health_port() -> None:
+def test_controller_runs_one_active_replica_with_probes_on_its_health_port() -> None:
     deployment = _one("Deployment", "ovnk-secondary-controller")
     assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"]["type"] == "Recreate", (
-        "the old controller must be gone before the new one starts")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     args = _parse_command(container)
+    # replicas overlap during a rolling update: only the Lease holder may work
+    assert args.leader_elect, "the controller must run with --leader-elect"
+    assert (args.leader_elect_namespace or NAMESPACE) == NAMESPACE, (
+        "the Lease must live where the leader-election Role grants it")
     assert args.ovn_nb.startswith(("tcp:", "ssl:", "unix:"))
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
@@ -520,6 +523,8 @@ _CLIENT_RESOURCES = {"pod": ("", "pods"), "node": ("", "nodes"), "event": ("", "
                      "lease": ("coordination.k8s.io", "leases")}
 _KOPF_WATCH_ONLY = {"event", "index"}  # kopf handlers that never patch the object
 _HTTP_VERBS = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
+# the controller's ApiClient methods that take an API path first, and their HTTP method
+_CLIENT_METHODS = {"get": "GET", "create": "POST", "replace": "PUT"}
 # /api/v1/[namespaces/NS/]RESOURCE[/NAME[/SUBRESOURCE]], /apis/GROUP/VERSION/... likewise
 _API_PATH = re.compile(r"^/api(?:/v1|s/(?P<group>[^/]+)/[^/]+)"
                        r"(?:/namespaces/(?P<ns>[^/]+)(?=/))?/(?P<resource>[^/?]+)"
@@ -563,7 +568,10 @@ def _api_calls(source: str, *,
         if isinstance(node, ast.Name | ast.Attribute):
             return constants.get(node.id if isinstance(node, ast.Name) else node.attr)
         if isinstance(node, ast.JoinedStr):  # f"/api/v1/namespaces/{ns}/pods/{name}"
-            return "".join(v.value if isinstance(v, ast.Constant) else "X" for v in node.values)
+            return "".join(
+                v.value if isinstance(v, ast.Constant)
+                else (isinstance(v, ast.FormattedValue) and text(v.value)) or "X"  # {CONSTANT}
+                for v in node.values)
         return None
 
     calls: set[tuple[str, str, str]] = set()
@@ -632,6 +640,8 @@ def _api_calls(source: str, *,
             calls.add(_path_call(str(strings[0]), str(strings[1])))
         elif name == "list" and strings and (strings[0] or "").startswith("/api"):
             calls.add(_path_call("GET", str(strings[0])))
+        elif name in _CLIENT_METHODS and strings and (strings[0] or "").startswith("/api"):
+            calls.add(_path_call(_CLIENT_METHODS[name], str(strings[0])))
     return calls
 
 
@@ -674,6 +684,9 @@ w.stream(core.list_pod_for_all_namespaces)
 api._request("POST", f"/api/v1/namespaces/{ns}/events", json=body)
 api._request("PUT", f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}", json=b)
 api.list("/apis/k8s.cni.cncf.io/v1alpha1/ipamclaims")
+api.get(f"{LEASES}/namespaces/{ns}/leases/{name}")
+api.create(f"/api/v1/namespaces/{ns}/configmaps", body)
+LEASES = "/apis/coordination.k8s.io/v1"
 """
     nad = ("k8s.cni.cncf.io", "network-attachment-definitions")
     assert _api_calls(source) == {
@@ -684,7 +697,8 @@ api.list("/apis/k8s.cni.cncf.io/v1alpha1/ipamclaims")
         ("", "events", "create"),  # kopf's posting (not disabled in this source) and ours
         ("", "pods", "get"), ("", "pods", "watch"),
         ("k8s.cni.cncf.io", "ipamclaims/status", "patch"),
-        ("coordination.k8s.io", "leases", "update"),
+        ("coordination.k8s.io", "leases", "update"), ("coordination.k8s.io", "leases", "get"),
+        ("", "configmaps", "create"),
         ("k8s.cni.cncf.io", "ipamclaims", "list"),
     }
 
