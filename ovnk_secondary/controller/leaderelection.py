@@ -205,8 +205,15 @@ class LeaderElector:
             await _sleep_unless(stop, self.config.retry_period)
             if stop.is_set():
                 break
-            if await self.try_acquire_or_renew():
-                continue
+            # an attempt may not outlast the deadline (an API that hangs must not keep a
+            # replica working that can no longer prove it leads)
+            left = self.config.renew_deadline - (self._clock() - self._last_renewal)
+            try:
+                if left > 0 and await asyncio.wait_for(self.try_acquire_or_renew(), left):
+                    continue
+            except TimeoutError:
+                logger.warning("leader election: no answer from the Kubernetes API within "
+                               "%.1f s", left)
             if not self.leading or \
                     self._clock() - self._last_renewal >= self.config.renew_deadline:
                 self.leading = False

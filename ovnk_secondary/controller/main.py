@@ -142,6 +142,10 @@ async def serve(
                                               stop_flag=stop)),
             asyncio.create_task(policy.run_background(stop=stop)),
         ]
+        for task in tasks:
+            # kopf takes SIGTERM/SIGINT over from us once running and then ends its task: that
+            # end (or a crash of either task) is our stop too, else the Lease is never released
+            task.add_done_callback(lambda _: stop.set())
         if elector is not None:
             held_to_the_end = await elector.hold(stop)
             if not held_to_the_end and lost_lease is not None:

@@ -264,6 +264,8 @@ class Sandbox:
                     role="controller",
                     hostname=CONTROLLER,
                     network=networks["mgmt"],
+                    # as its Deployment would: a controller that lost its Lease exits 1
+                    restart_policy={"Name": "on-failure"},
                     entrypoint=[
                         "/usr/local/bin/ovnk-secondary",
                         "controller",

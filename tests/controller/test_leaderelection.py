@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -154,3 +157,30 @@ def test_a_standby_controller_takes_over_when_the_leader_stops(
         first.stop()
         policy = second.stop()
     assert policy is not None and policy.sync_count >= 1
+
+
+def test_sigterm_stops_the_controller_process_and_releases_its_lease(
+        api: Api, nb_server: servers.NbServer) -> None:
+    """As a Deployment stops a pod: kopf takes SIGTERM over, the process must still end."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ovnk_secondary", "controller", "--ovn-nb", nb_server.remote,
+         "--kubeconfig", str(api.kubeconfig), "--health-port", "0", "--leader-elect",
+         "--leader-elect-namespace", "ovnk-secondary"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        until(lambda: api.stored(LEASE, "ovnk-secondary", leaderelection.DEFAULT_NAME),
+              "the controller did not take the Lease")
+        holder = _lease(api)["holderIdentity"]
+        assert holder
+        api.create_nad("test", "nad-a", name="net-a", topology="layer2")
+        until(lambda: "net.a_ovn_layer2_switch" in nb_server.nbctl(
+            "--bare", "--columns=name", "list", "Logical_Switch"), "the controller did not work")
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, output
+    assert _lease(api)["holderIdentity"] == "", output
+    assert "released Lease" in output
