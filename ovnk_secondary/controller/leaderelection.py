@@ -217,10 +217,11 @@ class LeaderElector:
             if not self.leading or \
                     self._clock() - self._last_renewal >= self.config.renew_deadline:
                 self.leading = False
-                holder = self._seen[1] if self._seen else "?"
-                logger.error("leader election: lost Lease %s/%s (held by %s now, or not "
-                             "renewed for %g s)", self.config.namespace, self.config.name,
-                             holder or "nobody", self.config.renew_deadline)
+                holder = self._seen[1] if self._seen else ""
+                why = (f"could not renew it for {self.config.renew_deadline:g} s"
+                       if holder in ("", self.config.identity) else f"{holder} holds it now")
+                logger.error("leader election: lost Lease %s/%s: %s; stopping",
+                             self.config.namespace, self.config.name, why)
                 return False
         return True
 
