@@ -29,6 +29,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from ovsdbapp import exceptions as ovsdbapp_exceptions
 from ovsdbapp.backend.ovs_idl import command, connection, idlutils, transaction
 from ovsdbapp.schema.open_vswitch import impl_idl
 
@@ -227,6 +228,13 @@ class _Read(command.BaseCommand):  # type: ignore[misc]
 _Plugs = list[tuple["_Plug", "concurrent.futures.Future[list[str]]"]]
 
 
+def _unavailable(exc: Exception) -> bool:
+    """The OVSDB did not answer (timeout, no connection), as opposed to a command failing."""
+    return isinstance(exc, (ovsdbapp_exceptions.TimeoutException,
+                            ovsdbapp_exceptions.OvsdbConnectionUnavailable)) or \
+        str(exc) == "OVS transaction timed out"
+
+
 class _GroupCommit:
     """Plugs submitted from any thread, committed together by one thread of its own."""
 
@@ -269,7 +277,12 @@ class _GroupCommit:
                 with self._api.transaction(check_error=True) as txn:
                     for plug, _ in group:
                         txn.add(plug)
-            except Exception as exc:  # retried alone below: only the bad plug fails
+            except Exception as exc:
+                if _unavailable(exc):  # the database, not a plug: retrying would only wait again
+                    for _, future in group:
+                        future.set_exception(exc)
+                    return
+                # retried alone below: only the bad plug fails
                 LOG.info("a transaction of %d plugs failed (%s); committing them one by one",
                          len(group), exc)
             else:

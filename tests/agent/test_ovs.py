@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 
+from ovsdbapp import exceptions as ovsdbapp_exceptions
+
 from ovnk_secondary import naming
 from ovnk_secondary.agent import ovs
 from tests.agent import conftest, harness
@@ -111,3 +113,11 @@ def test_concurrent_plugs_are_committed_together_and_a_bad_one_fails_alone(
         assert asyncio.run(switch.wait_installed("ovkgrp0", timeout=5))
     finally:
         switch.close()
+
+
+def test_a_group_is_retried_plug_by_plug_only_when_a_command_failed() -> None:
+    # a timeout may still commit later, and retrying N plugs alone would wait N times
+    assert ovs._unavailable(ovsdbapp_exceptions.TimeoutException(
+        commands=[], timeout=30, cause="Result queue is empty"))
+    assert ovs._unavailable(RuntimeError("OVS transaction timed out"))
+    assert not ovs._unavailable(RuntimeError("Bridge br-missing does not exist"))
