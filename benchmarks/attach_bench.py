@@ -181,10 +181,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--pods", type=int, default=100)
     parser.add_argument("--name", default="ovnk-bench")
+    parser.add_argument("--settle", type=float, default=5.0,
+                        help="seconds to let the new sandbox settle before measuring")
     args = parser.parse_args(argv)
     sb = cluster.Sandbox.up(name=args.name, nodes=2, kubernetes=True)
     try:
         scenario.core_api(sb).create_namespace({"metadata": {"name": NS}})
+        # a sandbox just up is still busy starting (ovn-controller's first flows, the agents'
+        # start-up syncs): both measurements start from a settled system, as the baseline
+        # (which runs second) would otherwise alone
+        time.sleep(args.settle)
         ours_figures = ours(sb, args.pods)
         base_figures = baseline(sb, args.pods)
     finally:

@@ -62,6 +62,7 @@ _CLONE_NEWNET = 0x40000000
 _MS_BIND, _MS_REC, _MS_SHARED, _MNT_DETACH = 0x1000, 0x4000, 0x100000, 0x2
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
 _NETNS_DIR_LOCK = threading.Lock()
+_netns_dir_ready = False  # NETNS_DIR is a shared bind mount (under _NETNS_DIR_LOCK)
 
 
 def netns_name(uid: str) -> str:
@@ -91,13 +92,16 @@ def create_netns(name: str) -> None:
     to a thread, so the thread enters a new one, pins it with a bind mount (what `ip netns`
     does), sets its loopback up and comes back.
     """
+    global _netns_dir_ready
     with _NETNS_DIR_LOCK:  # once: concurrent self-binds would stack mounts until ENOSPC
-        os.makedirs(NETNS_DIR, exist_ok=True)
-        if not _is_mount_point(NETNS_DIR):  # as `ip netns`: shared, other mount namespaces see it
-            _check(_LIBC.mount(NETNS_DIR.encode(), NETNS_DIR.encode(), b"none", _MS_BIND, None),
-                   f"mount --bind {NETNS_DIR}")
-            _check(_LIBC.mount(b"", NETNS_DIR.encode(), b"none", _MS_SHARED | _MS_REC, None),
-                   f"mount --make-rshared {NETNS_DIR}")
+        if not _netns_dir_ready:  # (mountinfo grows with every pod: read it once)
+            os.makedirs(NETNS_DIR, exist_ok=True)
+            if not _is_mount_point(NETNS_DIR):  # as `ip netns`: shared, seen by other mount ns
+                _check(_LIBC.mount(NETNS_DIR.encode(), NETNS_DIR.encode(), b"none", _MS_BIND,
+                                   None), f"mount --bind {NETNS_DIR}")
+                _check(_LIBC.mount(b"", NETNS_DIR.encode(), b"none", _MS_SHARED | _MS_REC,
+                                   None), f"mount --make-rshared {NETNS_DIR}")
+            _netns_dir_ready = True
     path = os.path.join(NETNS_DIR, name)
     os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444))  # EEXIST: in use
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
@@ -233,6 +237,11 @@ class Pod:
                    phase=(body.get("status") or {}).get("phase"))
 
 
+def _nad_key(nad: Mapping[str, Any]) -> tuple[str, str]:
+    metadata = nad.get("metadata") or {}
+    return str(metadata.get("namespace")), str(metadata.get("name"))
+
+
 def _json(response: Any) -> Any:
     """The body of a call made with `_preload_content=False`."""
     return json.loads(response.data)
@@ -250,6 +259,9 @@ class Kubelet:
         self.busy: set[str] = set()  # uids a worker is on
         self.failures: dict[str, int] = {}
         self.guard = threading.Lock()
+        # NADs as a watch last showed them, as Multus' informer keeps them: no GET per pod
+        self.nads: dict[tuple[str, str], dict[str, Any]] = {}
+        self.nads_synced = threading.Event()
 
     # -- the watch loop -------------------------------------------------------------------------
 
@@ -274,8 +286,37 @@ class Kubelet:
             if exc.status != 409:
                 raise
 
+    def watch_nads(self) -> None:
+        """Keep `self.nads` current (list, then watch; list again when the watch ends)."""
+        while True:
+            try:
+                listed = _json(self.custom.list_cluster_custom_object(
+                    NAD_GROUP, NAD_VERSION, NAD_PLURAL, _preload_content=False))
+                with self.guard:
+                    self.nads = {_nad_key(nad): nad for nad in listed.get("items") or []}
+                self.nads_synced.set()
+                response = self.custom.list_cluster_custom_object(
+                    NAD_GROUP, NAD_VERSION, NAD_PLURAL, watch=True, timeout_seconds=300,
+                    resource_version=(listed.get("metadata") or {}).get("resourceVersion"),
+                    _preload_content=False)
+                for line in kubernetes.watch.watch.iter_resp_lines(response):  # type: ignore[no-untyped-call]
+                    event = json.loads(line)
+                    if event.get("type") == "ERROR":
+                        raise RuntimeError(f"watch error: {event.get('object')}")
+                    nad = event.get("object") or {}
+                    with self.guard:
+                        if event["type"] == "DELETED":
+                            self.nads.pop(_nad_key(nad), None)
+                        else:
+                            self.nads[_nad_key(nad)] = nad
+            except Exception as exc:
+                logger.warning("watch of NADs ended (%s); listing again", exc)
+                self.nads_synced.clear()
+                time.sleep(1)
+
     def run(self) -> None:
         self.register_node()
+        threading.Thread(target=self.watch_nads, name="nad-watch", daemon=True).start()
         selector = f"spec.nodeName={self.node_name}"
         while True:
             try:
@@ -391,16 +432,19 @@ class Kubelet:
         )
 
     def nad_config(self, namespace: str, name: str) -> dict[str, Any]:
-        try:
-            nad = self.custom.get_namespaced_custom_object(
-                NAD_GROUP, NAD_VERSION, namespace, NAD_PLURAL, name
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                raise CniFailure(
-                    f"NetworkAttachmentDefinition {namespace}/{name} not found"
-                ) from exc
-            raise
+        with self.guard:
+            nad = self.nads.get((namespace, name)) if self.nads_synced.is_set() else None
+        if nad is None:  # not seen (yet): ask the API, as Multus does on a cache miss
+            try:
+                nad = self.custom.get_namespaced_custom_object(
+                    NAD_GROUP, NAD_VERSION, namespace, NAD_PLURAL, name
+                )
+            except ApiException as exc:
+                if exc.status == 404:
+                    raise CniFailure(
+                        f"NetworkAttachmentDefinition {namespace}/{name} not found"
+                    ) from exc
+                raise
         try:
             config: dict[str, Any] = json.loads(nad.get("spec", {}).get("config", ""))
         except json.JSONDecodeError as exc:
