@@ -27,6 +27,8 @@ $(VENV)/.installed: pyproject.toml
 	@[ -x $(VPY) ] || $(PYTHON) -m venv $(VENV) || { echo "make: cannot create a venv with $(PYTHON): apt-get install python3-venv" >&2; exit 1; }
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e '.[test]'
+	@$(VPY) ovn-sandbox/ovs-c-json.py
+	@$(VPY) -c 'import ovs.json; print("ovs JSON parser:", ovs.json.PARSER)'
 	@touch $@
 
 images: host venv
