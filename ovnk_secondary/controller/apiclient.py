@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import json
 import ssl
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -84,7 +85,7 @@ class ApiClient:
                                     self.credentials.private_key_path)
         return context
 
-    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
             headers = {"Authorization": f"Bearer {self.credentials.token}"} \
                 if self.credentials.token else {}
@@ -93,7 +94,10 @@ class ApiClient:
                 connector=aiohttp.TCPConnector(ssl=self._ssl(), limit=32),
                 timeout=aiohttp.ClientTimeout(total=30),
             )
-        async with self._session.request(method, path, **kwargs) as response:
+        return self._session
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        async with self._open().request(method, path, **kwargs) as response:
             body = await response.json(content_type=None)
             if response.status >= 400:
                 message = body.get("message") if isinstance(body, dict) else body
@@ -108,6 +112,32 @@ class ApiClient:
     async def list(self, path: str) -> list[dict[str, Any]]:
         body = await self._request("GET", path)
         return list(body.get("items") or [])
+
+    async def watch(self, path: str, *, resource_version: str = "",
+                    timeout: int = 300) -> AsyncIterator[dict[str, Any]]:
+        """The events of a watch of the collection at `path`, until the server ends it.
+
+        Without `resource_version` the server first sends every existing object as ADDED (a
+        list and a watch in one stream, read as it arrives: no list held in memory whole).
+        """
+        params = {"watch": "true", "timeoutSeconds": str(timeout),
+                  "allowWatchBookmarks": "true"}
+        if resource_version:
+            params["resourceVersion"] = resource_version
+        async with self._open().get(
+            path, params=params,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout + 30),
+        ) as response:
+            if response.status >= 400:
+                raise ApiError(response.status, f"watch {path}: {response.status} "
+                               f"{(await response.text())[:200]}")
+            buffer = b""
+            async for chunk in response.content.iter_any():  # lines may exceed any line limit
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
 
     async def get(self, path: str) -> dict[str, Any]:
         body: dict[str, Any] = await self._request("GET", path)

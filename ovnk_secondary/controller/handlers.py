@@ -1,7 +1,6 @@
 """kopf handlers: thin. Each hands the raw watch event to the reconciler and returns.
 
-A pod event returns at once (the reconciler records the pod and queues it), so kopf's
-per-pod worker and the event's full body are freed right away, however long the queue.
+kopf watches NADs only; pods, the hot path, are watched by `podwatch` without kopf.
 
 Raw event handlers (`kopf.on.event`) rather than change handlers: kopf then keeps no state
 in the objects (no finalizers, no progress annotations), so watching 10,000 pods costs no
@@ -61,11 +60,3 @@ def register(
             await policy.nad_deleted(body)
         else:
             await policy.nad_changed(body)
-
-    @kopf.on.event("", "v1", "pods", registry=registry)
-    async def pod_event(event: kopf.RawEvent, **_: Any) -> None:
-        # Records and queues, never waits: see `workqueues` for why.
-        if event["type"] == "DELETED":
-            policy.pod_deleted(event["object"])
-        else:
-            policy.pod_changed(event["object"])

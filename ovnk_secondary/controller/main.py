@@ -20,7 +20,14 @@ from typing import Any
 import kopf
 
 from ovnk_secondary import errors
-from ovnk_secondary.controller import apiclient, handlers, health, leaderelection, reconciler
+from ovnk_secondary.controller import (
+    apiclient,
+    handlers,
+    health,
+    leaderelection,
+    podwatch,
+    reconciler,
+)
 from ovnk_secondary.northbound import client
 
 logger = logging.getLogger(__name__)
@@ -141,6 +148,7 @@ async def serve(
                                               clusterwide=True, standalone=True,
                                               stop_flag=stop)),
             asyncio.create_task(policy.run_background(stop=stop)),
+            asyncio.create_task(podwatch.run(api, policy, stop)),
         ]
         for task in tasks:
             # kopf takes SIGTERM/SIGINT over from us once running and then ends its task: that
@@ -155,6 +163,7 @@ async def serve(
     finally:
         stop.set()
         if tasks:
+            tasks[-1].cancel()  # the pod watch waits on its stream: nothing to finish
             done, pending = await asyncio.wait(tasks, timeout=30)
             for task in pending:
                 task.cancel()

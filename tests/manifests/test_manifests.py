@@ -638,8 +638,10 @@ def _api_calls(source: str, *,
         elif len(strings) >= 2 and strings[0] in ("GET", *_HTTP_VERBS) and (
                 strings[1] or "").startswith("/api"):
             calls.add(_path_call(str(strings[0]), str(strings[1])))
-        elif name == "list" and strings and (strings[0] or "").startswith("/api"):
+        elif name in ("list", "pages") and strings and (strings[0] or "").startswith("/api"):
             calls.add(_path_call("GET", str(strings[0])))
+        elif name == "watch" and strings and (strings[0] or "").startswith("/api"):
+            calls.add((*_path_call("GET", str(strings[0]))[:2], "watch"))
         elif name in _CLIENT_METHODS and strings and (strings[0] or "").startswith("/api"):
             calls.add(_path_call(_CLIENT_METHODS[name], str(strings[0])))
     return calls
@@ -686,6 +688,8 @@ api._request("PUT", f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}
 api.list("/apis/k8s.cni.cncf.io/v1alpha1/ipamclaims")
 api.get(f"{LEASES}/namespaces/{ns}/leases/{name}")
 api.create(f"/api/v1/namespaces/{ns}/configmaps", body)
+api.watch("/api/v1/nodes", resource_version=v)
+api.pages("/api/v1/services", limit=5)
 LEASES = "/apis/coordination.k8s.io/v1"
 """
     nad = ("k8s.cni.cncf.io", "network-attachment-definitions")
@@ -698,7 +702,7 @@ LEASES = "/apis/coordination.k8s.io/v1"
         ("", "pods", "get"), ("", "pods", "watch"),
         ("k8s.cni.cncf.io", "ipamclaims/status", "patch"),
         ("coordination.k8s.io", "leases", "update"), ("coordination.k8s.io", "leases", "get"),
-        ("", "configmaps", "create"),
+        ("", "configmaps", "create"), ("", "nodes", "watch"), ("", "services", "list"),
         ("k8s.cni.cncf.io", "ipamclaims", "list"),
     }
 
