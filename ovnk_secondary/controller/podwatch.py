@@ -14,16 +14,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import aiohttp
 
-from ovnk_secondary.controller import apiclient, reconciler
+from ovnk_secondary.controller import apiclient
 
 logger = logging.getLogger(__name__)
 
 
-async def run(api: apiclient.ApiClient, policy: reconciler.Reconciler,
-              stop: asyncio.Event) -> None:
+class PodSink(Protocol):
+    """Where pod events go (the reconciler)."""
+
+    def pod_changed(self, body: Mapping[str, Any]) -> None: ...
+
+    def pod_deleted(self, body: Mapping[str, Any]) -> None: ...
+
+
+async def run(api: apiclient.ApiClient, policy: PodSink, stop: asyncio.Event) -> None:
+    """Until `stop` is set (or the task is cancelled: a stream is not interrupted by `stop`)."""
     version = ""
     delay = 0.5
     while not stop.is_set():
