@@ -147,23 +147,22 @@ class Attachments:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: func(**kwargs))
 
-    async def handle(self, request: protocol.Request) -> tuple[dict[str, Any] | None,
-                                                                dict[str, float]]:
-        timings: dict[str, float] = {}
+    async def handle(self, request: protocol.Request) -> dict[str, Any] | None:
         if request.command == "ADD":
-            result = await self.add(request, timings)
-            return results.shape_result(result, request.cni_version), timings
+            result = await self.add(request)
+            return results.shape_result(result, request.cni_version)
         if request.command == "DEL":
             await self.delete(request)
-            return None, timings
+            return None
         if request.command == "CHECK":
             await self.check(request)
-            return None, timings
+            return None
         raise protocol.CniError(protocol.INVALID_ENVIRONMENT,
                                 f"CNI_COMMAND {request.command} is not served by the agent")
 
-    async def add(self, request: protocol.Request, timings: dict[str, float]) -> results.Result:
+    async def add(self, request: protocol.Request) -> results.Result:
         start = time.monotonic()
+        timings: dict[str, float] = {}  # for the log line
         network = network_config(request.config)
         try:
             pod_network = await self.reader.wait_for_network(

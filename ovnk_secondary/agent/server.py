@@ -18,7 +18,7 @@ from typing import Any
 from ovnk_secondary.cni import protocol
 
 LOG = logging.getLogger(__name__)
-Handler = Callable[[protocol.Request], Awaitable[tuple[dict[str, Any] | None, dict[str, float]]]]
+Handler = Callable[[protocol.Request], Awaitable[dict[str, Any] | None]]
 MAX_REQUEST = 4 * 1024 * 1024
 BACKLOG = 1024
 
@@ -86,7 +86,7 @@ class CniServer:
             version = protocol.declared_version(stdin, default=True) or version
             request = protocol.validate(env, stdin)
             async with self.locks.hold(request.interface_key):
-                result, _ = await self.handler(request)
+                result = await self.handler(request)
             answer = protocol.answer(result=result, cni_version=version)
         except protocol.CniError as exc:
             LOG.warning("CNI request failed (code %s): %s %s", exc.code, exc.msg, exc.details)

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         raise errors.InvalidConfig(f"--resync-period {args.resync_period} must be positive")
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.log_level != "DEBUG":  # kopf says "Handler ... succeeded" for every pod event
+    if args.log_level != "DEBUG":  # kopf says "Handler ... succeeded" for every NAD event
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     election = None
     if args.leader_elect:
@@ -126,10 +126,6 @@ async def serve(
     settings.posting.enabled = False  # our own Events say what to fix; kopf's add noise
     settings.watching.server_timeout = 300
     settings.persistence.diffbase_storage = handlers.NoDiffBase()  # no change handlers
-    # kopf keeps a worker per object (its task, queue and last event body) until the object
-    # has been quiet this long (default 5 s): during a burst of pod creations that held
-    # thousands of them. Our handlers return at once, so a short idle time costs nothing.
-    settings.queueing.idle_timeout = 0.2
     runner = await health.start(host=health_host, port=health_port, policy=policy) \
         if health_port else None
     logger.info("controller starting: OVN NB %s, Kubernetes API %s, resync every %gs",

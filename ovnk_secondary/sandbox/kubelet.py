@@ -39,7 +39,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import kubernetes
@@ -242,6 +242,15 @@ def _nad_key(nad: Mapping[str, Any]) -> tuple[str, str]:
     return str(metadata.get("namespace")), str(metadata.get("name"))
 
 
+def _watch_events(response: Any) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(type, object) of each event of a watch made with `_preload_content=False`."""
+    for line in kubernetes.watch.watch.iter_resp_lines(response):  # type: ignore[no-untyped-call]
+        event = json.loads(line)
+        if event.get("type") == "ERROR":
+            raise RuntimeError(f"watch error: {event.get('object')}")
+        yield str(event.get("type")), event.get("object") or {}
+
+
 def _json(response: Any) -> Any:
     """The body of a call made with `_preload_content=False`."""
     return json.loads(response.data)
@@ -299,13 +308,9 @@ class Kubelet:
                     NAD_GROUP, NAD_VERSION, NAD_PLURAL, watch=True, timeout_seconds=300,
                     resource_version=(listed.get("metadata") or {}).get("resourceVersion"),
                     _preload_content=False)
-                for line in kubernetes.watch.watch.iter_resp_lines(response):  # type: ignore[no-untyped-call]
-                    event = json.loads(line)
-                    if event.get("type") == "ERROR":
-                        raise RuntimeError(f"watch error: {event.get('object')}")
-                    nad = event.get("object") or {}
+                for kind, nad in _watch_events(response):
                     with self.guard:
-                        if event["type"] == "DELETED":
+                        if kind == "DELETED":
                             self.nads.pop(_nad_key(nad), None)
                         else:
                             self.nads[_nad_key(nad)] = nad
@@ -332,12 +337,9 @@ class Kubelet:
                     field_selector=selector, watch=True, timeout_seconds=300,
                     resource_version=(listed.get("metadata") or {}).get("resourceVersion"),
                     _preload_content=False)
-                for line in kubernetes.watch.watch.iter_resp_lines(response):  # type: ignore[no-untyped-call]
-                    event = json.loads(line)
-                    if event.get("type") == "ERROR":
-                        raise RuntimeError(f"watch error: {event.get('object')}")
-                    pod = Pod.from_json(event.get("object") or {})
-                    self.submit(pod.uid, None if event["type"] == "DELETED" else pod)
+                for kind, obj in _watch_events(response):
+                    pod = Pod.from_json(obj)
+                    self.submit(pod.uid, None if kind == "DELETED" else pod)
             except Exception as exc:  # the API went away or the watch expired: list again
                 logger.warning("watch of pods on %s ended (%s); listing again", self.node_name, exc)
                 time.sleep(1)

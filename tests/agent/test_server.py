@@ -39,8 +39,7 @@ async def test_results_errors_and_serialisation(tmp_path: pathlib.Path) -> None:
     overlaps: list[tuple[str, str]] = []
     concurrent_pods: set[int] = set()
 
-    async def handler(request: protocol.Request) -> tuple[dict[str, Any] | None,
-                                                         dict[str, float]]:
+    async def handler(request: protocol.Request) -> dict[str, Any] | None:
         key = request.interface_key
         active[key] = active.get(key, 0) + 1
         if active[key] > 1:
@@ -52,7 +51,7 @@ async def test_results_errors_and_serialisation(tmp_path: pathlib.Path) -> None:
             raise protocol.CniError(protocol.BINDING_TIMEOUT, "timed out waiting for OVS port "
                                     "binding", "details")
         result = results.Result(interfaces=(results.Interface(name=request.ifname, mac="m"),))
-        return results.shape_result(result, request.cni_version), {}
+        return results.shape_result(result, request.cni_version)
 
     sock = str(tmp_path / "run" / "cni.sock")
     cni = server.CniServer(path=sock, handler=handler)

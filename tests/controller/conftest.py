@@ -21,6 +21,16 @@ def api(tmp_path: pathlib.Path) -> Iterator[harness.Api]:
 
 
 @pytest.fixture
+def loop() -> Iterator[harness.LoopThread]:
+    """An event loop in a thread, for async code the (sync) tests drive."""
+    thread = harness.LoopThread()
+    try:
+        yield thread
+    finally:
+        thread.close()
+
+
+@pytest.fixture
 def controller(nb_server: servers.NbServer, api: harness.Api) -> Iterator[harness.Controller]:
     running = harness.Controller(nb_remote=nb_server.remote, kubeconfig=api.kubeconfig,
                          resync_period=300)

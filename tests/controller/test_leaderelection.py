@@ -7,7 +7,6 @@ import datetime
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
@@ -57,15 +56,6 @@ def test_config_refuses_timings_that_cannot_work() -> None:
 
 
 # -- electors against the API emulator ------------------------------------------------------------
-
-@pytest.fixture
-def loop() -> Iterator[LoopThread]:
-    thread = LoopThread()
-    try:
-        yield thread
-    finally:
-        thread.close()
-
 
 def _elector(api: Api, identity: str) -> leaderelection.LeaderElector:
     client = apiclient.ApiClient(apiclient.load_credentials(str(api.kubeconfig)))

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
-
-import pytest
 
 from ovnk_secondary.controller import apiclient, podwatch
 from tests.controller.harness import Api, LoopThread, until
@@ -22,15 +20,6 @@ class Recorder:
 
     def pod_deleted(self, body: Mapping[str, Any]) -> None:
         self.deleted.append(body["metadata"]["name"])
-
-
-@pytest.fixture
-def loop() -> Iterator[LoopThread]:
-    thread = LoopThread()
-    try:
-        yield thread
-    finally:
-        thread.close()
 
 
 def test_existing_pods_then_changes_and_a_resumed_stream_miss_nothing(
