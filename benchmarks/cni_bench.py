@@ -29,6 +29,7 @@ import statistics
 import sys
 import textwrap
 import time
+from typing import Any
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -41,7 +42,7 @@ ADD_LINE = re.compile(r"ADD bench/(\S+) net1: .*\(annotation ([\d.]+) s, plumbin
 
 # Runs inside the chassis: N plugin processes at once, as N pods being started by the runtime.
 DRIVER = textwrap.dedent("""
-    import json, subprocess, sys, time
+    import json, resource, subprocess, sys, time
     jobs = json.load(sys.stdin)
     procs = []
     for job in jobs:
@@ -55,8 +56,41 @@ DRIVER = textwrap.dedent("""
         text = proc.stdout.read(); proc.wait()
         out.append({"code": proc.returncode, "seconds": time.monotonic() - started,
                     "output": text.decode()})
-    print(json.dumps(out))
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(json.dumps({"results": out, "plugin_cpu": children.ru_utime + children.ru_stime}))
 """)
+
+# Runs inside the chassis: CPU seconds (user+system) so far of each long-running process, by name.
+CPU = textwrap.dedent("""
+    import json, os
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+            cmd = open(f"/proc/{pid}/cmdline").read().split("\\0")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        name = stat[stat.index("(") + 1:stat.rindex(")")]
+        if "node-agent" in cmd:
+            name = "node-agent"
+        cpu[name] = cpu.get(name, 0) + (int(fields[11]) + int(fields[12])) / tick
+    print(json.dumps(cpu))
+""")
+WATCHED = ("node-agent", "ovs-vswitchd", "ovsdb-server", "ovn-controller")
+
+
+def cpu_snapshot(world: harness.Cluster, node: str) -> dict[str, float]:
+    done = world.sb.exec(node, ["/opt/venv/bin/python", "-c", CPU])
+    return dict(json.loads(done.stdout))
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float], size: int) -> str:
+    """CPU milliseconds per ADD of the long-running processes (those that outlive the batch)."""
+    parts = [f"{name} {(after.get(name, 0) - before.get(name, 0)) / size * 1000:.1f}"
+             for name in WATCHED]
+    return ", ".join(parts)
 
 # Runs inside the chassis: the same plumbing by commands, N jobs at once.
 SHELL = textwrap.dedent("""
@@ -137,13 +171,16 @@ def remove_pods(world: harness.Cluster, pods: list[harness.Pod]) -> None:
 
 
 def run_agent(world: harness.Cluster, agent: harness.Agent,
-              pods: list[harness.Pod]) -> dict[str, list[float]]:
+              pods: list[harness.Pod]) -> dict[str, Any]:
     jobs = [{"env": pod.env("ADD") | {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
              "config": json.dumps(NETWORK.config())} for pod in pods]
+    cpu_before = cpu_snapshot(world, pods[0].node)
     done = world.sb.exec(pods[0].node, ["/opt/venv/bin/python", "-c", DRIVER],
                          input=json.dumps(jobs), timeout=600)
-    results = json.loads(done.stdout)
+    answer = json.loads(done.stdout)
+    results = answer["results"]
     failed = [r for r in results if r["code"] != 0]
+    cpu_after = cpu_snapshot(world, pods[0].node)
     if failed:
         raise SystemExit(f"{len(failed)} ADDs failed, e.g. {failed[0]['output']}")
     binding = {m.group(1): float(m.group(4)) for m in ADD_LINE.finditer(agent.log_text())}
@@ -157,13 +194,17 @@ def run_agent(world: harness.Cluster, agent: harness.Agent,
     world.sb.exec(pods[0].node, ["/opt/venv/bin/python", "-c", DRIVER], input=json.dumps(dels),
                   timeout=600)
     return {"own": own, "installed": installed,
-            "plugin": [r["seconds"] for r in results]}
+            "plugin": [r["seconds"] for r in results],
+            "cpu": cpu_used(cpu_before, cpu_after, len(pods))
+            + f", plugin processes {answer['plugin_cpu'] / len(pods) * 1000:.1f}"}
 
 
-def run_shell(world: harness.Cluster, pods: list[harness.Pod]) -> dict[str, list[float]]:
+def run_shell(world: harness.Cluster, pods: list[harness.Pod]) -> dict[str, Any]:
     lines = "".join(f"sh{i:05d}{len(pods):04d} {p.netns_name} {p.mac} {p.ip} {p.port}\n"
                     for i, p in enumerate(pods))
+    cpu_before = cpu_snapshot(world, pods[0].node)
     done = world.sb.exec(pods[0].node, ["bash", "-c", SHELL], input=lines, timeout=600)
+    cpu_after = cpu_snapshot(world, pods[0].node)
     own, installed = [], []
     for line in done.stdout.split("\n"):
         if line.strip():
@@ -174,7 +215,7 @@ def run_shell(world: harness.Cluster, pods: list[harness.Pod]) -> dict[str, list
                   "ovs-vsctl del-port br-int $p; ip link del $p; done", timeout=600)
     if len(own) != len(pods):
         raise SystemExit(f"shell baseline: {len(own)} of {len(pods)} ADDs finished")
-    return {"own": own, "installed": installed}
+    return {"own": own, "installed": installed, "cpu": cpu_used(cpu_before, cpu_after, len(pods))}
 
 
 def main() -> int:
@@ -218,9 +259,11 @@ def main() -> int:
                 f"  agent  own time       {summary(ours['own'])}",
                 f"  agent  to ovn-install {summary(ours['installed'])}",
                 f"  plugin process (wall) {summary(ours['plugin'])}   (batch {agent_wall:.1f} s)",
+                f"  agent  CPU ms per ADD: {ours['cpu']}",
                 f"  shell  own time       {summary(shell['own'])}",
                 f"  shell  to ovn-install {summary(shell['installed'])}   "
                 f"(batch {shell_wall:.1f} s)",
+                f"  shell  CPU ms per ADD: {shell['cpu']}",
                 f"  own-time ratio agent/shell: p50 {ratio:.2f}, p99 {ratio99:.2f}; "
                 f"to ovn-installed p99 {installed_ratio:.2f}",
             ]

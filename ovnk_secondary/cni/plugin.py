@@ -14,9 +14,7 @@ Overrides for tests and unusual layouts: `OVNK_SECONDARY_CNI_SOCKET` (socket pat
 `OVNK_SECONDARY_CNI_TIMEOUT` (seconds to wait for the agent's answer).
 """
 
-from __future__ import annotations
-
-import os
+import posix  # built in; `os` would also load stat, posixpath and _collections_abc
 import sys
 
 from ovnk_secondary.cni import wire
@@ -32,15 +30,15 @@ DEFAULT_SOCKET = "/var/run/ovnk-secondary/cni.sock"  # protocol.DEFAULT_SOCKET, 
 DEFAULT_TIMEOUT = 150.0
 
 
-def _timeout(env: Mapping[str, str]) -> float:
+def _timeout(env: "Mapping[str, str]") -> float:
     try:
         return float(env.get("OVNK_SECONDARY_CNI_TIMEOUT") or DEFAULT_TIMEOUT)
     except ValueError:
         return DEFAULT_TIMEOUT
 
 
-def run(env: Mapping[str, str], environb: Mapping[bytes, bytes], stdin: bytes,
-        stdout: IO[bytes]) -> int:
+def run(env: "Mapping[str, str]", environb: "Mapping[bytes, bytes]", stdin: bytes,
+        stdout: "IO[bytes]") -> int:
     """One invocation: the agent's answer, or the plugin's own (VERSION, agent unreachable)."""
     if env.get("CNI_COMMAND") == "VERSION":
         return _local(env, stdin, stdout)
@@ -60,7 +58,7 @@ def run(env: Mapping[str, str], environb: Mapping[bytes, bytes], stdin: bytes,
     return _local(env, stdin, stdout, failure=failure, path=path)
 
 
-def _local(env: Mapping[str, str], stdin: bytes, stdout: IO[bytes], *,
+def _local(env: "Mapping[str, str]", stdin: bytes, stdout: "IO[bytes]", *,
            failure: BaseException | None = None, path: str = "") -> int:
     """What the plugin answers by itself: VERSION, or why the agent did not answer.
 
@@ -83,7 +81,11 @@ def _local(env: Mapping[str, str], stdin: bytes, stdout: IO[bytes], *,
 
 
 def main() -> int:
-    return run(os.environ, os.environb, sys.stdin.buffer.read(), sys.stdout.buffer)
+    environb = posix.environ  # bytes, as os.environb; decoded as os.environ decodes it
+    env = {name.decode(wire.ENCODING, "surrogateescape"): value.decode(wire.ENCODING,
+                                                                      "surrogateescape")
+           for name, value in environb.items()}
+    return run(env, environb, sys.stdin.buffer.read(), sys.stdout.buffer)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ Answer:   the plugin's exit code in ASCII, b"\\n", then the plugin's stdout, unc
 Each side half-closes (or closes) the connection after writing.
 """
 
-from __future__ import annotations
-
 import _socket
 
 TYPE_CHECKING = False
@@ -39,7 +37,7 @@ class ConnectFailed(Exception):
         self.error = error
 
 
-def encode_request(environ: Mapping[bytes, bytes], stdin: bytes) -> bytes:
+def encode_request(environ: "Mapping[bytes, bytes]", stdin: bytes) -> bytes:
     """The runtime's `CNI_*` variables (from `os.environb`) and stdin as one request."""
     parts = [MAGIC]
     for name, value in environ.items():

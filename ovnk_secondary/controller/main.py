@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 from typing import Any
@@ -99,6 +100,14 @@ def run(args: argparse.Namespace) -> int:
     return 1 if asyncio.run(main()) else 0
 
 
+def _task_ended(name: str, stop: asyncio.Event, task: asyncio.Task[Any]) -> None:
+    if not stop.is_set():
+        failure = None if task.cancelled() else task.exception()
+        logger.log(logging.ERROR if failure else logging.INFO, "%s ended%s: stopping", name,
+                   f" ({failure!r})" if failure else "")
+    stop.set()
+
+
 async def serve(
     *,
     ovn_nb: str,
@@ -146,10 +155,10 @@ async def serve(
             asyncio.create_task(policy.run_background(stop=stop)),
             asyncio.create_task(podwatch.run(api, policy, stop)),
         ]
-        for task in tasks:
+        for task, name in zip(tasks, ("kopf", "northbound sync", "pod watch"), strict=True):
             # kopf takes SIGTERM/SIGINT over from us once running and then ends its task: that
-            # end (or a crash of either task) is our stop too, else the Lease is never released
-            task.add_done_callback(lambda _: stop.set())
+            # end (or a crash of any task) is our stop too, else the Lease is never released
+            task.add_done_callback(functools.partial(_task_ended, name, stop))
         if elector is not None:
             held_to_the_end = await elector.hold(stop)
             if not held_to_the_end and lost_lease is not None:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 
 import pytest
 
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 PLUGIN = shutil.which("ovn-k8s-cni-overlay", path=os.path.dirname(sys.executable))
 CONFIG = {"cniVersion": "0.3.1", "name": "l2-network", "type": "ovn-k8s-cni-overlay",
           "topology": "layer2", "netAttachDefName": "ns1/l2-network"}
@@ -77,11 +78,12 @@ def test_stale_socket_without_agent_is_try_again_later(env: dict[str, str]) -> N
 def test_plugin_imports_stay_light() -> None:
     """The plugin runs once per pod interface: it must not load the agent's heavy libraries,
     nor (on its way to the agent) even json and socket, which cost more than the rest of it."""
-    probe = ("import sys, ovnk_secondary.cni.plugin; "
+    probe = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import ovnk_secondary.cni.plugin; "
              "print(sorted({m.split('.')[0] for m in sys.modules} & "
              "{'kopf', 'kubernetes', 'ovsdbapp', 'pyroute2', 'yaml', 'netaddr', 'ovs', "
-             "'typing', 'dataclasses', 'asyncio', 'json', 'socket'} | "
+             "'typing', 'dataclasses', 'asyncio', 'json', 'socket', 'os'} | "
              "({'ovnk_secondary.cni.protocol'} & set(sys.modules))))")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          check=True)
+    # as the installed plugin starts: isolated, without site (which would import os itself)
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", probe], capture_output=True,
+                          text=True, check=True)
     assert done.stdout.strip() == "[]"

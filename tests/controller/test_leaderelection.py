@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import signal
 import subprocess
 import sys
@@ -16,8 +17,9 @@ from tests.controller.harness import Api, Controller, LoopThread, until
 
 NOW = datetime.datetime(2026, 11, 28, 12, 0, 0, 123456, tzinfo=datetime.UTC)
 LEASE = ("coordination.k8s.io", "v1", "leases")
-# short enough for tests, in the same proportions as the defaults
-FAST = {"lease_duration": 1.5, "renew_deadline": 1.0, "retry_period": 0.1}
+# short enough for tests, in the same proportions as the defaults; the renew deadline leaves
+# room for a leader's loop that starts kopf and syncs NB while the whole suite loads the machine
+FAST = {"lease_duration": 3.0, "renew_deadline": 2.0, "retry_period": 0.2}
 
 
 # -- the rules ------------------------------------------------------------------------------------
@@ -118,7 +120,8 @@ async def _now() -> float:
 # -- controllers ---------------------------------------------------------------------------------
 
 def test_a_standby_controller_takes_over_when_the_leader_stops(
-        api: Api, nb_server: servers.NbServer) -> None:
+        api: Api, nb_server: servers.NbServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="ovnk_secondary")  # on failure: who led, what ended
     def controller(identity: str) -> Controller:
         return Controller(nb_remote=nb_server.remote, kubeconfig=api.kubeconfig,
                           election=leaderelection.Config(namespace="ovnk-secondary",

@@ -186,10 +186,20 @@ def test_restarts_of_controller_agent_and_nb_while_pods_are_created(sb: cluster.
         9: lambda: sb.restart_nb(down_for=2),
     }
 
+    fault_threads: list[threading.Thread] = []
+    fault_errors: list[BaseException] = []
+
+    def inject(fault: Callable[[], object]) -> None:
+        try:
+            fault()
+        except BaseException as exc:  # reported by the test, not lost in a thread
+            fault_errors.append(exc)
+
     def create_all() -> None:
         for i, name in enumerate(names):
             if i in faults:
-                threading.Thread(target=faults[i]).start()
+                fault_threads.append(threading.Thread(target=inject, args=(faults[i],)))
+                fault_threads[-1].start()
             core.create_namespaced_pod(
                 NS,
                 {
@@ -211,6 +221,9 @@ def test_restarts_of_controller_agent_and_nb_while_pods_are_created(sb: cluster.
     creator.start()
     creator.join()
     try:
+        for thread in fault_threads:  # every fault has run and the component is back
+            thread.join(timeout=120)
+        assert not fault_errors, fault_errors
         scenario.wait_ready(sb, names, timeout=180)
         views = [scenario.view(sb, name) for name in names]
         ips = [v.addresses("net1")[0] for v in views]
