@@ -210,11 +210,15 @@ def run_agent(world: harness.Cluster, agent: harness.Agent,
     own = [wall - binding[pod.name] for pod, wall in zip(pods, walls, strict=True)]
     dels = [{"env": pod.env("DEL") | {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
              "config": json.dumps(NETWORK.config())} for pod in pods]
-    world.sb.exec(pods[0].node, ["/opt/venv/bin/python", "-c", DRIVER], input=json.dumps(dels),
-                  timeout=600)
+    done = world.sb.exec(pods[0].node, ["/opt/venv/bin/python", "-c", DRIVER],
+                         input=json.dumps(dels), timeout=600)
+    deleted = json.loads(done.stdout)["results"]
+    if any(r["code"] != 0 for r in deleted):
+        raise SystemExit(f"DEL failed: {next(r for r in deleted if r['code'] != 0)}")
     return {"own": own, "installed": installed,
             "plugin": [r["seconds"] for r in results],
             "plumbing": [float(logged[pod.name].group(3)) for pod in pods],
+            "del": [r["seconds"] for r in deleted],
             "cpu": cpu_used(cpu_before, cpu_after, len(pods))
             + f", plugin processes {answer['plugin_cpu'] / len(pods) * 1000:.1f}"}
 
@@ -284,6 +288,7 @@ def main() -> int:
                 f"  agent  to ovn-install {summary(ours['installed'])}",
                 f"  plugin process (wall) {summary(ours['plugin'])}   (batch {agent_wall:.1f} s)",
                 f"  inside the agent: plumbing {summary(ours['plumbing'])}",
+                f"  agent  DEL (plugin wall)  {summary(ours['del'])}",
                 f"  agent  CPU ms per ADD: {ours['cpu']}",
                 f"  shell  own time       {summary(shell['own'])}",
                 f"  shell  to ovn-install {summary(shell['installed'])}   "
