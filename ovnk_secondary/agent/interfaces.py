@@ -20,6 +20,7 @@ import ipaddress
 import os
 import socket
 import struct
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
@@ -80,11 +81,35 @@ def host_ifname(*, container_id: str, ifname: str) -> str:
     return f"{HOST_PREFIX}{digest[:12]}"
 
 
-def _ipr(netns: str | None = None) -> IPRoute:
-    """A netlink socket on the node, or in a pod's namespace (never created when missing)."""
-    if not netns:
-        return IPRoute(groups=0)
+def _ipr(netns: str) -> IPRoute:
+    """A netlink socket in a pod's namespace (the namespace is never created when missing)."""
     return _in_netns(netns, lambda: IPRoute(groups=0))
+
+
+_NODE = threading.local()
+
+
+@contextlib.contextmanager
+def _node() -> Iterator[IPRoute]:
+    """This thread's netlink socket on the node, kept for the thread's life.
+
+    A pyroute2 IPRoute is a socket plus its own event loop: making one per call cost about as
+    much CPU as the call itself, and the agent's CPU bounds how fast a burst of ADDs goes.
+    IPRoute is not thread-safe, hence one per (executor) thread. After an error other than the
+    kernel's answer (NetlinkError) or a missing pod namespace, the socket's state is unknown: it
+    is dropped, not reused.
+    """
+    ipr: IPRoute | None = getattr(_NODE, "ipr", None)
+    if ipr is None:
+        ipr = _NODE.ipr = IPRoute(groups=0)
+    try:
+        yield ipr
+    except (NetlinkError, FileNotFoundError):
+        raise
+    except Exception:
+        _NODE.ipr = None
+        ipr.close()
+        raise
 
 
 def _in_netns(netns: str, make: Callable[[], T]) -> T:
@@ -130,7 +155,7 @@ def create(spec: PodInterface, *, host_name: str) -> HostSide:
     the pod's namespace: few netlink round trips, nothing half-named on the node. A pair left
     by an earlier attempt (a retried ADD) is replaced.
     """
-    with _ipr() as host:
+    with _node() as host:
         with _opened(spec.netns) as netns_fd:
             peer = {"ifname": spec.ifname, "net_ns_fd": netns_fd, "mtu": spec.mtu,
                     "address": spec.mac}
@@ -213,7 +238,7 @@ def _delete_link(ipr: IPRoute, name: str) -> bool:
 
 def delete(*, host_name: str, netns: str = "", ifname: str = "") -> bool:
     """Delete the pair (idempotent; also when the namespace is gone). True if anything went."""
-    with _ipr() as host:
+    with _node() as host:
         deleted = _delete_link(host, host_name)
     if not deleted and netns and ifname:
         # The host side can be missing while the pod side survives only in odd cases (a
@@ -228,13 +253,13 @@ def delete(*, host_name: str, netns: str = "", ifname: str = "") -> bool:
 
 def host_index(name: str) -> int | None:
     """The ifindex of a host interface, None when it does not exist."""
-    with _ipr() as host:
+    with _node() as host:
         found = host.link_lookup(ifname=name)
     return found[0] if found else None
 
 
 def host_links() -> set[str]:
-    with _ipr() as host:
+    with _node() as host:
         return {link.get("IFLA_IFNAME") for link in host.get_links()}
 
 
