@@ -187,36 +187,33 @@ def settle(world: harness.Cluster) -> None:
     time.sleep(SETTLE_PAUSE)
 
 
-def run_agent(world: harness.Cluster, agent: harness.Agent,
-              pods: list[harness.Pod]) -> dict[str, Any]:
-    jobs = [{"env": pod.env("ADD") | {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+def run_plugins(world: harness.Cluster, pods: list[harness.Pod], command: str) -> dict[str, Any]:
+    """One plugin process per pod, all at once (DRIVER); exits the benchmark if any failed."""
+    jobs = [{"env": pod.env(command) | {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
              "config": json.dumps(NETWORK.config())} for pod in pods]
-    settle(world)
-    cpu_before = cpu_snapshot(world, pods[0].node)
     done = world.sb.exec(pods[0].node, ["/opt/venv/bin/python", "-c", DRIVER],
                          input=json.dumps(jobs), timeout=600)
-    answer = json.loads(done.stdout)
-    results = answer["results"]
-    failed = [r for r in results if r["code"] != 0]
-    cpu_after = cpu_snapshot(world, pods[0].node)
+    answer: dict[str, Any] = json.loads(done.stdout)
+    failed = [r for r in answer["results"] if r["code"] != 0]
     if failed:
-        raise SystemExit(f"{len(failed)} ADDs failed, e.g. {failed[0]['output']}")
+        raise SystemExit(f"{len(failed)} {command}s failed, e.g. {failed[0]['output']}")
+    return answer
+
+
+def run_agent(world: harness.Cluster, agent: harness.Agent,
+              pods: list[harness.Pod]) -> dict[str, Any]:
+    settle(world)
+    cpu_before = cpu_snapshot(world, pods[0].node)
+    answer = run_plugins(world, pods, "ADD")
+    cpu_after = cpu_snapshot(world, pods[0].node)
     logged = {m.group(1): m for m in ADD_LINE.finditer(agent.log_text())}
-    binding = {name: float(m.group(4)) for name, m in logged.items()}
     # The runtime's view: from the plugin's exec to its exit; own time leaves out only the wait
     # for ovn-installed (as the shell's does), not the plugin process or queueing in the agent.
-    walls = [r["seconds"] for r in results]
-    installed = walls
-    own = [wall - binding[pod.name] for pod, wall in zip(pods, walls, strict=True)]
-    dels = [{"env": pod.env("DEL") | {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-             "config": json.dumps(NETWORK.config())} for pod in pods]
-    done = world.sb.exec(pods[0].node, ["/opt/venv/bin/python", "-c", DRIVER],
-                         input=json.dumps(dels), timeout=600)
-    deleted = json.loads(done.stdout)["results"]
-    if any(r["code"] != 0 for r in deleted):
-        raise SystemExit(f"DEL failed: {next(r for r in deleted if r['code'] != 0)}")
-    return {"own": own, "installed": installed,
-            "plugin": [r["seconds"] for r in results],
+    walls = [r["seconds"] for r in answer["results"]]
+    own = [wall - float(logged[pod.name].group(4))
+           for pod, wall in zip(pods, walls, strict=True)]
+    deleted = run_plugins(world, pods, "DEL")["results"]
+    return {"own": own, "installed": walls, "plugin": walls,
             "plumbing": [float(logged[pod.name].group(3)) for pod in pods],
             "del": [r["seconds"] for r in deleted],
             "cpu": cpu_used(cpu_before, cpu_after, len(pods))
