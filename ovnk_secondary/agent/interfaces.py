@@ -5,7 +5,9 @@ IPs and routes, and the network's MTU. The host side gets a deterministic name o
 characters (the kernel's limit) derived from the sandbox and the interface name, so DEL finds
 it again without any stored state. Deleting the host side deletes the pair.
 
-Everything goes through pyroute2 (netlink) rather than `ip` commands: no fork/exec per step.
+Everything goes through netlink and ioctls rather than `ip` commands: no fork/exec per step.
+The requests of ADD and DEL are pyroute2 messages on a plain socket (`rtnl`); queries that need
+an answer decoded (CHECK, clean-up of a half-done ADD) use pyroute2's IPRoute.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import dataclasses
 import errno
 import fcntl
 import hashlib
-import ipaddress
 import os
 import socket
 import struct
@@ -27,10 +28,15 @@ from typing import TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from ovnk_secondary.agent import rtnl
+
 HOST_PREFIX = "ovk"  # recognisable in `ip link` on the node
 _LIBC = ctypes.CDLL(None, use_errno=True)
 _CLONE_NEWNET = 0x40000000
 _SIOCETHTOOL = 0x8946
+_SIOCGIFINDEX = 0x8933
+_SIOCGIFHWADDR = 0x8927
+_IFREQ_INDEX = struct.Struct("16si")  # struct ifreq: name, ifr_ifindex
 _ETHTOOL_STXCSUM = 0x17
 T = TypeVar("T")
 
@@ -82,7 +88,7 @@ def host_ifname(*, container_id: str, ifname: str) -> str:
 
 
 def _ipr(netns: str) -> IPRoute:
-    """A netlink socket in a pod's namespace (the namespace is never created when missing)."""
+    """pyroute2's IPRoute in a pod's namespace, for queries (the namespace is never created)."""
     return _in_netns(netns, lambda: IPRoute(groups=0))
 
 
@@ -90,26 +96,49 @@ _NODE = threading.local()
 
 
 @contextlib.contextmanager
-def _node() -> Iterator[IPRoute]:
-    """This thread's netlink socket on the node, kept for the thread's life.
+def _node() -> Iterator[rtnl.RouteSocket]:
+    """This thread's rtnetlink socket on the node, kept for the thread's life.
 
-    A pyroute2 IPRoute is a socket plus its own event loop: making one per call cost about as
-    much CPU as the call itself, and the agent's CPU bounds how fast a burst of ADDs goes.
-    IPRoute is not thread-safe, hence one per (executor) thread. After an error other than the
-    kernel's answer (NetlinkError) or a missing pod namespace, the socket's state is unknown: it
-    is dropped, not reused.
+    One per (executor) thread: a socket serves one request at a time. After an error other
+    than the kernel's answer (NetlinkError) or a missing pod namespace, the socket's state is
+    unknown: it is dropped, not reused.
     """
-    ipr: IPRoute | None = getattr(_NODE, "ipr", None)
-    if ipr is None:
-        ipr = _NODE.ipr = IPRoute(groups=0)
+    sock: rtnl.RouteSocket | None = getattr(_NODE, "sock", None)
+    if sock is None:
+        sock = _NODE.sock = rtnl.RouteSocket()
     try:
-        yield ipr
+        yield sock
     except (NetlinkError, FileNotFoundError):
         raise
     except Exception:
-        _NODE.ipr = None
-        ipr.close()
+        _NODE.sock = None
+        sock.close()
         raise
+
+
+class _PodSide(contextlib.AbstractContextManager["_PodSide"]):
+    """Sockets inside a pod's namespace: rtnetlink for requests, an inet one for ioctls.
+
+    Made in one visit to the namespace (see `_in_netns`); both stay in it after the thread
+    has come back.
+    """
+
+    def __init__(self, netns: str) -> None:
+        self.rtnl, self.inet = _in_netns(netns, lambda: (
+            rtnl.RouteSocket(), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)))
+
+    def __exit__(self, *exc: object) -> None:
+        self.rtnl.close()
+        self.inet.close()
+
+    def index(self, ifname: str) -> int:
+        return _index(self.inet, ifname)
+
+    def disable_tx_checksum(self, ifname: str) -> None:
+        """`ethtool -K <ifname> tx off` (SIOCETHTOOL, ETHTOOL_STXCSUM)."""
+        value = ctypes.create_string_buffer(struct.pack("II", _ETHTOOL_STXCSUM, 0))
+        request = struct.pack("16sP", ifname.encode(), ctypes.addressof(value))
+        fcntl.ioctl(self.inet.fileno(), _SIOCETHTOOL, request)
 
 
 def _in_netns(netns: str, make: Callable[[], T]) -> T:
@@ -134,14 +163,6 @@ def _in_netns(netns: str, make: Callable[[], T]) -> T:
         os.close(own)
 
 
-def _disable_tx_checksum(netns: str, ifname: str) -> None:
-    """`ethtool -K <ifname> tx off` in the pod's namespace (SIOCETHTOOL, ETHTOOL_STXCSUM)."""
-    value = ctypes.create_string_buffer(struct.pack("II", _ETHTOOL_STXCSUM, 0))
-    request = struct.pack("16sP", ifname.encode(), ctypes.addressof(value))
-    with _in_netns(netns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) as sock:
-        fcntl.ioctl(sock.fileno(), _SIOCETHTOOL, request)
-
-
 def _setns(fd: int) -> None:
     if _LIBC.setns(fd, _CLONE_NEWNET) != 0:
         code = ctypes.get_errno()
@@ -155,38 +176,48 @@ def create(spec: PodInterface, *, host_name: str) -> HostSide:
     the pod's namespace: few netlink round trips, nothing half-named on the node. A pair left
     by an earlier attempt (a retried ADD) is replaced.
     """
-    with _node() as host:
-        with _opened(spec.netns) as netns_fd:
-            peer = {"ifname": spec.ifname, "net_ns_fd": netns_fd, "mtu": spec.mtu,
-                    "address": spec.mac}
-            try:
-                host.link("add", ifname=host_name, kind="veth", mtu=spec.mtu, state="up",
-                          peer=peer)
-            except NetlinkError as exc:
-                if exc.code != errno.EEXIST:
-                    raise
-                _delete_link(host, host_name)
-                with _ipr(spec.netns) as pod:
-                    _delete_veth(pod, spec.ifname)
-                host.link("add", ifname=host_name, kind="veth", mtu=spec.mtu, state="up",
-                          peer=peer)
+    with _node() as node, _opened(spec.netns) as netns_fd:
+        pair = rtnl.veth(name=host_name, mtu=spec.mtu, peer_name=spec.ifname, peer_mac=spec.mac,
+                         peer_netns_fd=netns_fd)
         try:
+            node.request(pair, rtnl.RTM_NEWLINK, rtnl.CREATE)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+            _delete_link(node, host_name)
             with _ipr(spec.netns) as pod:
-                index = pod.link("get", ifname=spec.ifname)[0]["index"]
-                for cidr in spec.addresses:
-                    address = ipaddress.ip_interface(cidr)
-                    pod.addr("add", index=index, address=str(address.ip),
-                             prefixlen=address.network.prefixlen)
-                if not spec.tx_checksum_offload:
-                    _disable_tx_checksum(spec.netns, spec.ifname)
-                pod.link("set", index=index, state="up")
-                for route in spec.routes:
-                    _add_route(pod, route, index=index)
-            link = host.link("get", ifname=host_name)[0]
-        except BaseException:
-            _delete_link(host, host_name)
-            raise
-    return HostSide(name=host_name, index=int(link["index"]), mac=str(link.get("IFLA_ADDRESS")))
+                _delete_veth(pod, spec.ifname)
+            node.request(pair, rtnl.RTM_NEWLINK, rtnl.CREATE)
+    try:
+        with _PodSide(spec.netns) as pod:
+            index = pod.index(spec.ifname)
+            for cidr in spec.addresses:
+                pod.rtnl.request(rtnl.address(index, cidr), rtnl.RTM_NEWADDR, rtnl.CREATE)
+            if not spec.tx_checksum_offload:
+                pod.disable_tx_checksum(spec.ifname)
+            pod.rtnl.request(rtnl.link_up(index), rtnl.RTM_NEWLINK)
+            for route in spec.routes:
+                _add_route(pod.rtnl, route, index=index)
+        return _host_side(host_name)
+    except BaseException:
+        with _node() as node:
+            _delete_link(node, host_name)
+        raise
+
+
+def _index(sock: socket.socket, ifname: str) -> int:
+    """SIOCGIFINDEX in the socket's namespace (no netlink dump to decode); ENODEV if missing."""
+    answer = fcntl.ioctl(sock.fileno(), _SIOCGIFINDEX, _IFREQ_INDEX.pack(ifname.encode(), 0))
+    return int(_IFREQ_INDEX.unpack(answer)[1])
+
+
+def _host_side(name: str) -> HostSide:
+    """Index and MAC of a node interface, by ioctl."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        answer = fcntl.ioctl(sock.fileno(), _SIOCGIFHWADDR, struct.pack("256s", name.encode()))
+        index = _index(sock, name)
+    mac = ":".join(f"{octet:02x}" for octet in answer[18:24])  # ifr_hwaddr.sa_data
+    return HostSide(name=name, index=index, mac=mac)
 
 
 def _delete_veth(ipr: IPRoute, name: str) -> bool:
@@ -199,7 +230,13 @@ def _delete_veth(ipr: IPRoute, name: str) -> bool:
         raise
     if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") != "veth":
         return False
-    return _delete_link(ipr, name)
+    try:
+        ipr.link("del", index=link["index"])
+    except NetlinkError as exc:
+        if exc.code in (errno.ENODEV, errno.ENOENT):
+            return False
+        raise
+    return True
 
 
 @contextlib.contextmanager
@@ -211,24 +248,17 @@ def _opened(path: str) -> Iterator[int]:
         os.close(fd)
 
 
-def _add_route(pod: IPRoute, route: RouteSpec, *, index: int) -> None:
-    network = ipaddress.ip_network(route.dst, strict=False)
-    kwargs: dict[str, object] = {"dst": str(network.network_address),
-                                 "dst_len": network.prefixlen, "oif": index}
-    if network.version == 6:
-        kwargs["family"] = 10  # AF_INET6
-    if route.gateway:
-        kwargs["gateway"] = route.gateway
+def _add_route(pod: rtnl.RouteSocket, route: RouteSpec, *, index: int) -> None:
     try:
-        pod.route("add", **kwargs)
+        pod.request(rtnl.route(index, route.dst, route.gateway), rtnl.RTM_NEWROUTE, rtnl.CREATE)
     except NetlinkError as exc:
         if exc.code != errno.EEXIST:
             raise
 
 
-def _delete_link(ipr: IPRoute, name: str) -> bool:
+def _delete_link(node: rtnl.RouteSocket, name: str) -> bool:
     try:
-        ipr.link("del", ifname=name)
+        node.request(rtnl.link_named(name), rtnl.RTM_DELLINK)
     except NetlinkError as exc:
         if exc.code in (errno.ENODEV, errno.ENOENT):
             return False
@@ -253,14 +283,18 @@ def delete(*, host_name: str, netns: str = "", ifname: str = "") -> bool:
 
 def host_index(name: str) -> int | None:
     """The ifindex of a host interface, None when it does not exist."""
-    with _node() as host:
-        found = host.link_lookup(ifname=name)
-    return found[0] if found else None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            return _index(sock, name)
+        except OSError as exc:
+            if exc.errno == errno.ENODEV:
+                return None
+            raise
 
 
 def host_links() -> set[str]:
-    with _node() as host:
-        return {link.get("IFLA_IFNAME") for link in host.get_links()}
+    """The names of the node's interfaces."""
+    return {name for _, name in socket.if_nameindex()}
 
 
 def observe(*, netns: str, ifname: str) -> ObservedInterface | None:
