@@ -6,8 +6,8 @@ characters (the kernel's limit) derived from the sandbox and the interface name,
 it again without any stored state. Deleting the host side deletes the pair.
 
 Everything goes through netlink and ioctls rather than `ip` commands: no fork/exec per step.
-The requests of ADD and DEL are pyroute2 messages on a plain socket (`rtnl`); queries that need
-an answer decoded (CHECK, clean-up of a half-done ADD) use pyroute2's IPRoute.
+The requests of ADD and DEL go through `rtnl` (packed here, only the kernel's ack read back);
+queries that need an answer decoded (CHECK, clean-up of a half-done ADD) use pyroute2's IPRoute.
 """
 
 from __future__ import annotations
@@ -180,22 +180,22 @@ def create(spec: PodInterface, *, host_name: str) -> HostSide:
         pair = rtnl.veth(name=host_name, mtu=spec.mtu, peer_name=spec.ifname, peer_mac=spec.mac,
                          peer_netns_fd=netns_fd)
         try:
-            node.request(pair, rtnl.RTM_NEWLINK, rtnl.CREATE)
+            node.request(pair, rtnl.CREATE)
         except NetlinkError as exc:
             if exc.code != errno.EEXIST:
                 raise
             _delete_link(node, host_name)
             with _ipr(spec.netns) as pod:
                 _delete_veth(pod, spec.ifname)
-            node.request(pair, rtnl.RTM_NEWLINK, rtnl.CREATE)
+            node.request(pair, rtnl.CREATE)
     try:
         with _PodSide(spec.netns) as pod:
             index = pod.index(spec.ifname)
             for cidr in spec.addresses:
-                pod.rtnl.request(rtnl.address(index, cidr), rtnl.RTM_NEWADDR, rtnl.CREATE)
+                pod.rtnl.request(rtnl.address(index, cidr), rtnl.CREATE)
             if not spec.tx_checksum_offload:
                 pod.disable_tx_checksum(spec.ifname)
-            pod.rtnl.request(rtnl.link_up(index), rtnl.RTM_NEWLINK)
+            pod.rtnl.request(rtnl.link_up(index))
             for route in spec.routes:
                 _add_route(pod.rtnl, route, index=index)
         return _host_side(host_name)
@@ -250,7 +250,7 @@ def _opened(path: str) -> Iterator[int]:
 
 def _add_route(pod: rtnl.RouteSocket, route: RouteSpec, *, index: int) -> None:
     try:
-        pod.request(rtnl.route(index, route.dst, route.gateway), rtnl.RTM_NEWROUTE, rtnl.CREATE)
+        pod.request(rtnl.route(index, route.dst, route.gateway), rtnl.CREATE)
     except NetlinkError as exc:
         if exc.code != errno.EEXIST:
             raise
@@ -258,7 +258,7 @@ def _add_route(pod: rtnl.RouteSocket, route: RouteSpec, *, index: int) -> None:
 
 def _delete_link(node: rtnl.RouteSocket, name: str) -> bool:
     try:
-        node.request(rtnl.link_named(name), rtnl.RTM_DELLINK)
+        node.request(rtnl.link_delete(name))
     except NetlinkError as exc:
         if exc.code in (errno.ENODEV, errno.ENOENT):
             return False

@@ -1,12 +1,15 @@
-"""rtnetlink requests on a plain socket: pyroute2 encodes the message, the kernel's ack is all
-that is read back.
+"""The rtnetlink requests of a pod's ADD and DEL, encoded here and sent on a plain socket.
 
 pyroute2's `IPRoute` runs every call through its request pipeline (argument filters, its own
-event loop, a full decode of every answer): a pod's ADD spent most of the agent's CPU there,
-and the agent's CPU is what bounds a burst of ADDs on a node. The requests on that path (create
-the veth pair, add addresses and routes, bring a link up, delete a link) need nothing back but
-the kernel's yes or no, so they are built with pyroute2's message classes and sent here. Queries
-that need an answer decoded (CHECK, clean-up paths) still use `IPRoute`.
+event loop, a full decode of every answer), and even its message classes take a few hundred
+microseconds to encode one request: in a burst of ADDs that was most of the node agent's CPU,
+and the agent's CPU bounds how fast a node starts pods. The requests here (create the veth pair,
+add addresses and routes, bring a link up, delete a link) have fixed layouts from
+`linux/rtnetlink.h` and `linux/if_link.h` and need nothing back but the kernel's ack, so they
+are packed with `struct`; `tests/agent/test_rtnl.py` checks every one byte for byte against
+pyroute2's encoding of the same message. Queries whose answers need decoding (CHECK, clean-up
+of a half-done ADD) still go through pyroute2's `IPRoute`, and errors are pyroute2's
+`NetlinkError`, as `IPRoute` raises them.
 """
 
 from __future__ import annotations
@@ -14,23 +17,48 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from typing import Any
+from typing import NamedTuple
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NLMSG_ERROR
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK, RTM_NEWROUTE
-from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP, ifinfmsg
-from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
-_HEADER = struct.Struct("=IHHII")  # struct nlmsghdr: length, type, flags, sequence, port id
-_ERROR = struct.Struct("=i")  # struct nlmsgerr starts with the (negative) errno; 0 is an ack
+# linux/netlink.h
+NLM_F_REQUEST = 0x1
+NLM_F_ACK = 0x4
+NLM_F_EXCL = 0x200
+NLM_F_CREATE = 0x400
+CREATE = NLM_F_CREATE | NLM_F_EXCL  # "add": EEXIST rather than replace
+NLMSG_ERROR = 2
+# linux/rtnetlink.h
+RTM_NEWLINK, RTM_DELLINK = 16, 17
+RTM_NEWADDR = 20
+RTM_NEWROUTE = 24
 RT_TABLE_MAIN = 254
 RTPROT_BOOT = 3  # what `ip route add` sets
-RT_SCOPE_UNIVERSE = 0
-RT_SCOPE_LINK = 253
+RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
 RTN_UNICAST = 1
-CREATE = NLM_F_CREATE | NLM_F_EXCL  # "add": fail with EEXIST rather than replace
+RTA_DST, RTA_OIF, RTA_GATEWAY = 1, 4, 5
+# linux/if_link.h, linux/veth.h, linux/if_addr.h
+IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINKINFO, IFLA_NET_NS_FD = 1, 3, 4, 18, 28
+IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
+VETH_INFO_PEER = 1
+IFA_ADDRESS, IFA_LOCAL = 1, 2
+IFF_UP = 0x1
+
+_NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
+_NLMSGERR = struct.Struct("=i")  # the negative errno; 0 is an ack
+_IFINFOMSG = struct.Struct("=BxHiII")  # family, type, index, flags, change
+_IFADDRMSG = struct.Struct("=BBBBI")  # family, prefixlen, flags, scope, index
+_RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope,
+#                                       type, flags
+_NLATTR = struct.Struct("=HH")  # length, type
+_U32 = struct.Struct("=I")
+
+
+class Request(NamedTuple):
+    """One request: its message type and its body (the part after the netlink header)."""
+
+    kind: int
+    body: bytes
 
 
 class RouteSocket:
@@ -54,92 +82,80 @@ class RouteSocket:
     def close(self) -> None:
         self._sock.close()
 
-    def request(self, msg: Any, kind: int, flags: int = 0) -> None:
-        """Send `msg` as a `kind` request and wait for the kernel's ack; NetlinkError if it says
-        no (`code` is the errno, as pyroute2 raises it)."""
+    def request(self, request: Request, flags: int = 0) -> None:
+        """Send the request and wait for the kernel's ack; NetlinkError (with the errno as its
+        `code`) when the kernel says no."""
         self._sequence = self._sequence % 0xFFFFFFFF + 1
-        header = msg["header"]
-        header["type"] = kind
-        header["flags"] = NLM_F_REQUEST | NLM_F_ACK | flags
-        header["sequence_number"] = self._sequence
-        header["pid"] = 0
-        msg.encode()
-        self._sock.send(msg.data)
-        while True:  # answers to an earlier request that was interrupted are skipped
+        self._sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(request.body), request.kind,
+                                       NLM_F_REQUEST | NLM_F_ACK | flags, self._sequence, 0)
+                        + request.body)
+        while True:  # answers to an earlier, interrupted request are skipped
             data = self._sock.recv(65536)
             offset = 0
-            while offset + _HEADER.size <= len(data):
-                length, got, _, sequence, _ = _HEADER.unpack_from(data, offset)
-                if got == NLMSG_ERROR and sequence == self._sequence:
-                    (code,) = _ERROR.unpack_from(data, offset + _HEADER.size)
+            while offset + _NLMSGHDR.size <= len(data):
+                length, kind, _, sequence, _ = _NLMSGHDR.unpack_from(data, offset)
+                if kind == NLMSG_ERROR and sequence == self._sequence:
+                    (code,) = _NLMSGERR.unpack_from(data, offset + _NLMSGHDR.size)
                     if code:
                         raise NetlinkError(-code)
                     return
-                if length < _HEADER.size:
+                if length < _NLMSGHDR.size:
                     break
                 offset += (length + 3) & ~3
 
 
-def veth(*, name: str, mtu: int, peer_name: str, peer_mac: str, peer_netns_fd: int) -> Any:
-    """A veth pair, this end up on the node, the peer (down) in the namespace of the fd."""
-    peer = {"attrs": [("IFLA_IFNAME", peer_name), ("IFLA_MTU", mtu), ("IFLA_ADDRESS", peer_mac),
-                      ("IFLA_NET_NS_FD", peer_netns_fd)]}
-    msg = ifinfmsg()
-    msg["flags"] = msg["change"] = IFF_UP
-    msg["attrs"] = [("IFLA_IFNAME", name), ("IFLA_MTU", mtu), ("IFLA_LINKINFO", {"attrs": [
-        ("IFLA_INFO_KIND", "veth"),
-        ("IFLA_INFO_DATA", {"attrs": [("VETH_INFO_PEER", peer)]})]})]
-    return msg
+def _attr(kind: int, payload: bytes) -> bytes:
+    length = _NLATTR.size + len(payload)
+    return _NLATTR.pack(length, kind) + payload + b"\0" * (-length % 4)
 
 
-def link_up(index: int) -> Any:
-    msg = ifinfmsg()
-    msg["index"] = index
-    msg["flags"] = msg["change"] = IFF_UP
-    return msg
+def _name(value: str) -> bytes:
+    return value.encode() + b"\0"
 
 
-def link_named(name: str) -> Any:
-    """A link by name (for RTM_DELLINK)."""
-    msg = ifinfmsg()
-    msg["attrs"] = [("IFLA_IFNAME", name)]
-    return msg
+def veth(*, name: str, mtu: int, peer_name: str, peer_mac: str, peer_netns_fd: int) -> Request:
+    """A veth pair: this end on the node and up, the peer (down) in the fd's namespace."""
+    mtu_attr = _attr(IFLA_MTU, _U32.pack(mtu))
+    peer = (_IFINFOMSG.pack(0, 0, 0, 0, 0) + _attr(IFLA_IFNAME, _name(peer_name)) + mtu_attr
+            + _attr(IFLA_ADDRESS, bytes.fromhex(peer_mac.replace(":", "")))
+            + _attr(IFLA_NET_NS_FD, _U32.pack(peer_netns_fd)))
+    info = (_attr(IFLA_INFO_KIND, _name("veth"))
+            + _attr(IFLA_INFO_DATA, _attr(VETH_INFO_PEER, peer)))
+    return Request(RTM_NEWLINK, _IFINFOMSG.pack(0, 0, 0, IFF_UP, IFF_UP)
+                   + _attr(IFLA_IFNAME, _name(name)) + mtu_attr + _attr(IFLA_LINKINFO, info))
 
 
-def address(index: int, cidr: str) -> Any:
+def link_up(index: int) -> Request:
+    """`ip link set INDEX up`."""
+    return Request(RTM_NEWLINK, _IFINFOMSG.pack(0, 0, index, IFF_UP, IFF_UP))
+
+
+def link_delete(name: str) -> Request:
+    """`ip link del NAME`."""
+    return Request(RTM_DELLINK, _IFINFOMSG.pack(0, 0, 0, 0, 0) + _attr(IFLA_IFNAME, _name(name)))
+
+
+def address(index: int, cidr: str) -> Request:
     """`ip address add CIDR dev INDEX`."""
     interface = ipaddress.ip_interface(cidr)
-    msg = ifaddrmsg()
-    msg["index"] = index
-    msg["prefixlen"] = interface.network.prefixlen
-    ip = str(interface.ip)
+    packed = interface.ip.packed
     if interface.version == 4:
-        msg["family"] = socket.AF_INET
-        msg["attrs"] = [("IFA_LOCAL", ip), ("IFA_ADDRESS", ip)]
+        family, attrs = socket.AF_INET, _attr(IFA_LOCAL, packed) + _attr(IFA_ADDRESS, packed)
     else:
-        msg["family"] = socket.AF_INET6
-        msg["attrs"] = [("IFA_ADDRESS", ip)]
-    return msg
+        family, attrs = socket.AF_INET6, _attr(IFA_ADDRESS, packed)
+    return Request(RTM_NEWADDR,
+                   _IFADDRMSG.pack(family, interface.network.prefixlen, 0, 0, index) + attrs)
 
 
-def route(index: int, dst: str, gateway: str | None) -> Any:
+def route(index: int, dst: str, gateway: str | None) -> Request:
     """`ip route add DST [via GATEWAY] dev INDEX` in the main table."""
     network = ipaddress.ip_network(dst, strict=False)
-    msg = rtmsg()
-    msg["family"] = socket.AF_INET if network.version == 4 else socket.AF_INET6
-    msg["dst_len"] = network.prefixlen
-    msg["table"] = RT_TABLE_MAIN
-    msg["proto"] = RTPROT_BOOT
-    msg["scope"] = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
-    msg["type"] = RTN_UNICAST
-    attrs: list[tuple[str, object]] = [("RTA_OIF", index)]
+    family = socket.AF_INET if network.version == 4 else socket.AF_INET6
+    scope = RT_SCOPE_UNIVERSE if gateway else RT_SCOPE_LINK
+    body = (_RTMSG.pack(family, network.prefixlen, 0, 0, RT_TABLE_MAIN, RTPROT_BOOT, scope,
+                        RTN_UNICAST, 0) + _attr(RTA_OIF, _U32.pack(index)))
     if network.prefixlen:
-        attrs.append(("RTA_DST", str(network.network_address)))
+        body += _attr(RTA_DST, network.network_address.packed)
     if gateway:
-        attrs.append(("RTA_GATEWAY", gateway))
-    msg["attrs"] = attrs
-    return msg
-
-
-__all__ = ["CREATE", "RTM_DELLINK", "RTM_NEWADDR", "RTM_NEWLINK", "RTM_NEWROUTE", "NetlinkError",
-           "RouteSocket", "address", "link_named", "link_up", "route", "veth"]
+        body += _attr(RTA_GATEWAY, ipaddress.ip_address(gateway).packed)
+    return Request(RTM_NEWROUTE, body)
