@@ -37,6 +37,7 @@ from typing import Any
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from ovnk_secondary.sandbox import cluster, smoke
+from tests import served
 from tests.agent import harness
 
 NETWORK = harness.Network("bench-net", "layer2", "bench/nad-bench", subnet="10.200.0.0/16")
@@ -252,8 +253,7 @@ def main() -> int:
     own_sandbox = args.sandbox is None
     sb = (cluster.Sandbox.up(name="ovnk-bench", nodes=1) if own_sandbox
           else cluster.Sandbox.attach(args.sandbox))
-    api = harness.ThreadedApiServer(host=sb.host_address)
-    api.start()
+    api = served.ServedApi(host=sb.host_address)
     nb = smoke.nb_api(sb.nb_connection)
     world = harness.Cluster(sb, api, nb)
     agent = harness.Agent(sb, args.node, kubeconfig=api.kubeconfig_text(),
@@ -299,7 +299,7 @@ def main() -> int:
         sb.exec(args.node, f"rm -rf {harness.AGENT_DIR}", check=False)
         nb.ls_del(NETWORK.switch, if_exists=True).execute(check_error=True)
         nb.ovsdb_connection.stop()
-        api.stop()
+        api.close()
         if own_sandbox:
             sb.down()
     print("\n".join(report))

@@ -18,6 +18,7 @@ import pytest
 
 from ovnk_secondary.agent import ovs
 from ovnk_secondary.sandbox import smoke
+from tests import served
 from tests.agent import harness
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, OVS)")
@@ -128,8 +129,7 @@ def agent_cluster(sandbox: Any) -> Iterator[harness.Cluster]:
               if getattr(sandbox, "kubeconfig", None) is not None]
     for node in paused:
         sandbox.stop_service(node, "node-agent")
-    api = harness.ThreadedApiServer(host=sandbox.host_address)
-    api.start()
+    api = served.ServedApi(host=sandbox.host_address)
     nb = smoke.nb_api(sandbox.nb_connection)
     started: list[harness.Agent] = []
     world = harness.Cluster(sandbox, api, nb)
@@ -154,7 +154,7 @@ def agent_cluster(sandbox: Any) -> Iterator[harness.Cluster]:
                          "-- remove open . external_ids ovnk-secondary.io/bridge-mappings",
                          check=False)
         nb.ovsdb_connection.stop()
-        api.stop()
+        api.close()
         for node in paused:
             sandbox.start_service(node, "node-agent")
 

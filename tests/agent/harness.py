@@ -9,11 +9,9 @@ the NAD config on stdin, inside the node's container).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import shlex
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -23,7 +21,8 @@ from kubernetes import client
 
 from ovnk_secondary import naming
 from ovnk_secondary.agent import interfaces
-from ovnk_secondary.sandbox import apiserver, cluster
+from ovnk_secondary.sandbox import cluster
+from tests import served
 
 AGENT_DIR = "/run/ovnk-agent-test"
 SOCKET = f"{AGENT_DIR}/sock/cni.sock"
@@ -40,58 +39,6 @@ def wait_until(predicate: Callable[[], Any], *, timeout: float, what: str,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
-
-
-class ThreadedApiServer:
-    """The Kubernetes API emulator on its own event loop thread (tests here are synchronous)."""
-
-    def __init__(self, *, host: str) -> None:
-        self.host = host
-        self.url = ""
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._error: BaseException | None = None
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            async with apiserver.ApiServer(host=self.host, port=0) as api:
-                self.url = api.url
-                self._ready.set()
-                await self._stop.wait()
-
-        try:
-            asyncio.run(main())
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
-
-    def start(self) -> None:
-        self._thread.start()
-        self._ready.wait(30)
-        if self._error is not None or not self.url:
-            raise RuntimeError(f"the API emulator did not start: {self._error}")
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    def kubeconfig_text(self) -> str:
-        return json.dumps({
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "t", "cluster": {"server": self.url}}],
-            "users": [{"name": "t", "user": {"token": "t"}}],
-            "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}],
-            "current-context": "t"})
-
-    def core(self) -> Any:  # the client's stubs do not take the plain dicts used here
-        configuration = client.Configuration()
-        configuration.host = self.url
-        return client.CoreV1Api(client.ApiClient(configuration))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,7 +120,7 @@ class CniOutcome:
 class Cluster:
     """The sandbox with agents running, plus the cluster-side writes the tests make."""
 
-    def __init__(self, sb: cluster.Sandbox, api: ThreadedApiServer, nb: Any) -> None:
+    def __init__(self, sb: cluster.Sandbox, api: served.ServedApi, nb: Any) -> None:
         self.sb = sb
         self.api = api
         self.core: Any = api.core()

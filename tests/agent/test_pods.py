@@ -13,23 +13,23 @@ import pytest
 
 from ovnk_secondary import errors
 from ovnk_secondary.agent import pods
+from tests import served
 from tests.agent import harness
 
 NAD = "ns1/l2-network"
 
 
 @pytest.fixture
-def api() -> Iterator[harness.ThreadedApiServer]:
-    server = harness.ThreadedApiServer(host="127.0.0.1")
-    server.start()
+def api() -> Iterator[served.ServedApi]:
+    server = served.ServedApi()
     try:
         yield server
     finally:
-        server.stop()
+        server.close()
 
 
 @pytest.fixture
-def reader(api: harness.ThreadedApiServer, tmp_path: pathlib.Path) -> Iterator[pods.PodReader]:
+def reader(api: served.ServedApi, tmp_path: pathlib.Path) -> Iterator[pods.PodReader]:
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(api.kubeconfig_text())
     executor = futures.ThreadPoolExecutor(4)
@@ -42,7 +42,7 @@ def reader(api: harness.ThreadedApiServer, tmp_path: pathlib.Path) -> Iterator[p
         executor.shutdown(wait=False)
 
 
-def _create(api: harness.ThreadedApiServer, name: str, annotations: dict[str, str]) -> str:
+def _create(api: served.ServedApi, name: str, annotations: dict[str, str]) -> str:
     core = api.core()
     core.create_namespaced_pod("ns1", {
         "apiVersion": "v1", "kind": "Pod",
@@ -56,7 +56,7 @@ ENTRY = {NAD: {"ip_addresses": ["10.100.0.5/24"], "mac_address": "0a:58:0a:64:00
                "role": "secondary"}}
 
 
-def test_annotation_written_later_is_seen_promptly(api: harness.ThreadedApiServer,
+def test_annotation_written_later_is_seen_promptly(api: served.ServedApi,
                                                    reader: pods.PodReader) -> None:
     uid = _create(api, "late", {})
     harness.wait_until(lambda: reader.watch is not None and reader.watch.get("ns1", "late"),
@@ -80,7 +80,7 @@ def test_annotation_written_later_is_seen_promptly(api: harness.ThreadedApiServe
 
 
 def test_missing_annotation_times_out_and_recreated_pod_is_refused(
-        api: harness.ThreadedApiServer, reader: pods.PodReader) -> None:
+        api: served.ServedApi, reader: pods.PodReader) -> None:
     uid = _create(api, "never", {"k8s.ovn.org/pod-networks": json.dumps(ENTRY)})
 
     async def scenario() -> object:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from ovnk_secondary.northbound import servers
+from tests import served
 from tests.controller import harness
 
 
@@ -21,9 +22,9 @@ def api(tmp_path: pathlib.Path) -> Iterator[harness.Api]:
 
 
 @pytest.fixture
-def loop() -> Iterator[harness.LoopThread]:
+def loop() -> Iterator[served.LoopThread]:
     """An event loop in a thread, for async code the (sync) tests drive."""
-    thread = harness.LoopThread()
+    thread = served.LoopThread()
     try:
         yield thread
     finally:

@@ -5,52 +5,33 @@ from __future__ import annotations
 import asyncio
 import json
 import pathlib
-import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import kubernetes
 
 from ovnk_secondary.controller import apiclient, leaderelection, main, reconciler
 from ovnk_secondary.sandbox import apiserver
+from tests.served import LoopThread, ServedApi
 
 T = TypeVar("T")
 NAD_GROUP, NAD_VERSION, NAD_PLURAL = apiserver.NAD_RESOURCE
-
-
-class LoopThread:
-    """An asyncio loop in a daemon thread, for servers the (sync) tests talk to."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coroutine: Coroutine[Any, Any, T], timeout: float = 60) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 class Api:
     """The emulator, served from its own loop thread, plus an official client for tests."""
 
     def __init__(self, tmp_path: pathlib.Path) -> None:
-        self.thread = LoopThread()
-        self.server = apiserver.ApiServer()
-        self.thread.run(self.server.__aenter__())
+        self.served = ServedApi()
+        self.thread, self.server = self.served.thread, self.served.server
         self.kubeconfig = self.server.write_kubeconfig(tmp_path / "kubeconfig")
         client = kubernetes.config.new_client_from_config(config_file=str(self.kubeconfig))
         self.core = kubernetes.client.CoreV1Api(client)
         self.custom = kubernetes.client.CustomObjectsApi(client)
 
     def close(self) -> None:
-        self.thread.run(self.server.__aexit__(None, None, None))
-        self.thread.close()
+        self.served.close()
 
     def stored(self, resource: apiserver.ResourceId, namespace: str | None,
                name: str) -> dict[str, Any] | None:

@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ovnk_secondary.controller import apiclient, podwatch
-from tests.controller.harness import Api, LoopThread, until
+from tests.controller.harness import Api, until
+from tests.served import LoopThread
 
 
 class Recorder:
