@@ -54,12 +54,7 @@ class ServedApi:
         self.thread.close()
 
     def kubeconfig_text(self) -> str:
-        return json.dumps({
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [{"name": "t", "cluster": {"server": self.url}}],
-            "users": [{"name": "t", "user": {"token": "t"}}],
-            "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}],
-            "current-context": "t"})
+        return json.dumps(apiserver.kubeconfig(server=self.url))
 
     def core(self) -> Any:  # the client's stubs do not take the plain dicts tests use
         configuration = client.Configuration()

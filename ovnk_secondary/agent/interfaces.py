@@ -225,7 +225,7 @@ def _delete_veth(ipr: IPRoute, name: str) -> bool:
     try:
         link = ipr.link("get", ifname=name)[0]
     except NetlinkError as exc:
-        if exc.code in (errno.ENODEV, errno.ENOENT):
+        if _gone(exc):
             return False
         raise
     if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") != "veth":
@@ -233,7 +233,7 @@ def _delete_veth(ipr: IPRoute, name: str) -> bool:
     try:
         ipr.link("del", index=link["index"])
     except NetlinkError as exc:
-        if exc.code in (errno.ENODEV, errno.ENOENT):
+        if _gone(exc):
             return False
         raise
     return True
@@ -260,10 +260,15 @@ def _delete_link(node: rtnl.RouteSocket, name: str) -> bool:
     try:
         node.request(rtnl.link_delete(name))
     except NetlinkError as exc:
-        if exc.code in (errno.ENODEV, errno.ENOENT):
+        if _gone(exc):
             return False
         raise
     return True
+
+
+def _gone(exc: NetlinkError) -> bool:
+    """The kernel's answer for a link that does not exist (any more)."""
+    return exc.code in (errno.ENODEV, errno.ENOENT)
 
 
 def delete(*, host_name: str, netns: str = "", ifname: str = "") -> bool:

@@ -826,10 +826,10 @@ class ApiServer:
         return write_kubeconfig(path, server=server or self.url)
 
 
-def write_kubeconfig(path: str | pathlib.Path, *, server: str) -> pathlib.Path:
-    """A kubeconfig with one context `ovnk-sandbox` pointing at `server` (JSON is valid YAML)."""
+def kubeconfig(*, server: str) -> dict[str, Any]:
+    """A kubeconfig with one context `ovnk-sandbox` pointing at `server`."""
     name = "ovnk-sandbox"
-    config = {
+    return {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": name, "cluster": {"server": server}}],
@@ -839,9 +839,13 @@ def write_kubeconfig(path: str | pathlib.Path, *, server: str) -> pathlib.Path:
         ],
         "current-context": name,
     }
+
+
+def write_kubeconfig(path: str | pathlib.Path, *, server: str) -> pathlib.Path:
+    """`kubeconfig` written to `path` (JSON is valid YAML), readable by its owner only."""
     target = pathlib.Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(config, indent=2) + "\n")
+    target.write_text(json.dumps(kubeconfig(server=server), indent=2) + "\n")
     target.chmod(0o600)
     return target
 
