@@ -2,7 +2,10 @@
 
 A network's pool is every address of its `subnets` minus `excludeSubnets`, minus the network
 address of each subnet and the broadcast address of IPv4 subnets. A pod on a NAD (an
-*owner*, named by its logical switch port) gets one address from each subnet.
+`Owner`: the exact namespace/name of both, never a name derived from them: OVN-K's port names
+map `-` and `/` to `.` and two NADs can share one) gets one address from each subnet.
+`Holders` keeps what else must be unique on a network: MACs, and static IPs on networks
+without subnets.
 
 Allocation must stay cheap at tens of thousands of pods: each subnet hands out fresh
 addresses from a cursor that only moves forward (skipping excluded ranges by bisection and
@@ -18,7 +21,7 @@ import dataclasses
 import heapq
 import ipaddress
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 import netaddr
 
@@ -28,6 +31,18 @@ _ADDRESS_CLASSES: dict[int, type[ipaddress.IPv4Address] | type[ipaddress.IPv6Add
     4: ipaddress.IPv4Address,
     6: ipaddress.IPv6Address,
 }
+
+
+@dataclasses.dataclass(frozen=True, slots=True, order=True)
+class Owner:
+    """Who holds addresses: a pod on a NAD, by their exact keys."""
+
+    nad_key: str  # "<nad namespace>/<nad name>"
+    namespace: str  # the pod's
+    name: str
+
+    def __str__(self) -> str:
+        return f"pod {self.namespace}/{self.name} (NAD {self.nad_key})"
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -146,20 +161,20 @@ class Pool:
     ) -> None:
         self.network = network
         self._subnets = [_subnet(s, exclude_subnets) for s in subnets]
-        self._owners: dict[str, tuple[tuple[int, int], ...]] = {}  # owner -> (subnet, address)
-        self._holders: dict[tuple[int, int], str] = {}  # (subnet, address) -> owner
+        self._owners: dict[Hashable, tuple[tuple[int, int], ...]] = {}  # -> (subnet, address)
+        self._holders: dict[tuple[int, int], Hashable] = {}  # (subnet, address) -> owner
 
     def __len__(self) -> int:
         """How many owners hold addresses."""
         return len(self._owners)
 
-    def addresses_of(self, owner: str) -> tuple[str, ...] | None:
+    def addresses_of(self, owner: Hashable) -> tuple[str, ...] | None:
         held = self._owners.get(owner)
         if held is None:
             return None
         return tuple(self._subnets[index].text(address) for index, address in held)
 
-    def allocate(self, *, owner: str) -> tuple[str, ...]:
+    def allocate(self, *, owner: Hashable) -> tuple[str, ...]:
         """One address from each subnet for `owner` (the same ones again if it holds some)."""
         held = self.addresses_of(owner)
         if held is not None:
@@ -172,13 +187,14 @@ class Pool:
                     self._subnets[taken_index].free(taken_address)
                 raise errors.IpamError(
                     f"network {self.network}: no free address left in subnet {subnet.cidr} "
-                    f"for {owner}; add a subnet to the NAD or delete pods on the network"
+                    f"for {owner}; the pod gets one as soon as another pod on the network "
+                    "releases its own (delete pods there), or use a network with a larger subnet"
                 )
             taken.append((index, address))
         self._record(owner, taken)
         return tuple(self._subnets[index].text(address) for index, address in taken)
 
-    def reserve(self, *, owner: str, addresses: Sequence[str]) -> None:
+    def reserve(self, *, owner: Hashable, addresses: Sequence[str]) -> None:
         """Mark `addresses` (CIDR strings) as `owner`'s, e.g. from a pod annotation."""
         if self._owners.get(owner) is not None:
             if set(self.addresses_of(owner) or ()) == set(addresses):
@@ -213,7 +229,7 @@ class Pool:
             self._subnets[index].used.add(address)
         self._record(owner, wanted)
 
-    def release(self, *, owner: str) -> tuple[str, ...]:
+    def release(self, *, owner: Hashable) -> tuple[str, ...]:
         """Give `owner`'s addresses back; returns them (empty when it held none)."""
         held = self._owners.pop(owner, ())
         for index, address in held:
@@ -221,10 +237,64 @@ class Pool:
             self._subnets[index].free(address)
         return tuple(self._subnets[index].text(address) for index, address in held)
 
-    def owners(self) -> list[str]:
+    def owners(self) -> list[Hashable]:
         return list(self._owners)
 
-    def _record(self, owner: str, held: Sequence[tuple[int, int]]) -> None:
+    def _record(self, owner: Hashable, held: Sequence[tuple[int, int]]) -> None:
         self._owners[owner] = tuple(held)
         for key in held:
             self._holders[key] = owner
+
+
+def _address(text: str) -> str:
+    """'10.0.0.5/24' or '10.0.0.5' -> '10.0.0.5' (canonical text); ValueError when invalid."""
+    return ipaddress.ip_interface(text).ip.compressed
+
+
+class Holders:
+    """Values that must be unique on one network (MACs, static IPs) and who holds each.
+
+    A claim is all or nothing: when any value is held by another owner, `claim` raises
+    `errors.IpamError` naming that holder and records nothing. Static IPs are compared as
+    addresses, whatever their prefix length (10.0.0.1/24 and 10.0.0.1/16 are one address).
+    """
+
+    def __init__(self, *, network: str) -> None:
+        self.network = network
+        self._held: dict[tuple[str, str], Hashable] = {}  # (kind, value) -> owner
+        self._by_owner: dict[Hashable, tuple[tuple[str, str], ...]] = {}
+
+    def holder(self, kind: str, value: str) -> Hashable | None:
+        return self._held.get((kind, _canonical(kind, value)))
+
+    def claim(self, owner: Hashable, *, macs: Iterable[str] = (),
+              ips: Iterable[str] = ()) -> None:
+        wanted = tuple([("MAC", _canonical("MAC", m)) for m in macs]
+                       + [("IP", _canonical("IP", i)) for i in ips])
+        held = self._by_owner.get(owner)
+        if held is not None and set(held) == set(wanted):
+            return
+        for key in wanted:
+            holder = self._held.get(key)
+            if holder is not None and holder != owner:
+                raise errors.IpamError(f"network {self.network}: {key[0]} {key[1]} is already "
+                                       f"used by {holder}; choose another {key[0]}")
+        self.release(owner)
+        for key in wanted:
+            self._held[key] = owner
+        self._by_owner[owner] = wanted
+
+    def release(self, owner: Hashable) -> bool:
+        """Free what `owner` holds; False when it held nothing."""
+        held = self._by_owner.pop(owner, None)
+        for key in held or ():
+            if self._held.get(key) == owner:
+                del self._held[key]
+        return held is not None
+
+    def owners(self) -> list[Hashable]:
+        return list(self._by_owner)
+
+
+def _canonical(kind: str, value: str) -> str:
+    return value.lower() if kind == "MAC" else _address(value)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import netaddr
@@ -257,3 +257,28 @@ def describe(config: NetworkConfig, field: str) -> str:
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value) or "(none)"
     return "(none)" if value is None else str(value)
+
+
+def check_gateways(network: NetworkConfig, gateways: Sequence[str], *,
+                   static_ips: Sequence[str] = ()) -> None:
+    """A pod's `default-route` gateways must be on-link on the network.
+
+    With `subnets`, each gateway lies in one of them (and is not its network address); without,
+    in the subnet of one of the pod's static `ips` of its family. Raises InvalidConfig naming
+    the gateway and where it should lie. (Network Plumbing WG multi-net-spec, 4.1.2.1.9: the
+    gateway of the default route is on the attachment's network.)
+    """
+    for text in gateways:
+        gateway = netaddr.IPAddress(text)
+        if network.has_ipam:
+            ranges = [s for s in network.subnets if s.version == gateway.version]
+            where = f"the network's subnets ({', '.join(str(s) for s in network.subnets)})"
+        else:
+            ranges = [netaddr.IPNetwork(i).cidr for i in static_ips
+                      if netaddr.IPNetwork(i).version == gateway.version]
+            where = (f"the subnets of the pod's static ips ({', '.join(static_ips)})"
+                     if static_ips else "a subnet: the network has no subnets and the pod no "
+                     "static ips")
+        if not any(gateway in r and gateway != r.network for r in ranges):
+            raise errors.InvalidConfig(f"default-route gateway {gateway} is not in {where}; use a "
+                                "gateway on that network")

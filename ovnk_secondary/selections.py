@@ -162,17 +162,34 @@ def parse(annotation: str | None, *, pod_namespace: str, pod_name: str) -> tuple
 
 
 def _check_unique(pod: str, selections: Sequence[NetworkSelection]) -> None:
+    """One port per NAD, one interface name per element (given or generated), one default route.
+
+    Interface names are compared after Multus' defaults are applied (`interface_names`): an
+    explicit `net1` on the second element collides with the first element's generated `net1`.
+    More than one element with `default-route` is invalid (Network Plumbing WG
+    multi-net-spec, section 4.1.2.1.9: "only one network attachment selection object ...").
+    """
     seen_nads: set[str] = set()
-    seen_interfaces: set[str] = set()
     for selection in selections:
         if selection.nad_key in seen_nads:
             raise _fail(pod, f"NAD {selection.nad_key} is selected twice; one pod has one "
                              "port per NAD")
         seen_nads.add(selection.nad_key)
-        if selection.interface is not None:
-            if selection.interface in seen_interfaces:
-                raise _fail(pod, f"interface {selection.interface} is requested twice")
-            seen_interfaces.add(selection.interface)
+    holders: dict[str, int] = {}
+    for index, selection in enumerate(selections, 1):
+        interface = selection.interface or f"net{index}"
+        if interface in holders:
+            first = selections[holders[interface] - 1]
+            how = "also requested by" if first.interface else "generated for"
+            raise _fail(pod, f"interface {interface} of NAD {selection.nad_key} (element "
+                             f"{index}) is {how} NAD {first.nad_key} (element "
+                             f"{holders[interface]}); interface names of a pod must be unique: "
+                             "set another interface")
+        holders[interface] = index
+    routed = [s.nad_key for s in selections if s.default_route]
+    if len(routed) > 1:
+        raise _fail(pod, f"default-route is set on {len(routed)} elements ({', '.join(routed)});"
+                         " a pod has one default route: keep it on one element")
 
 
 def interface_names(selections: Sequence[NetworkSelection]) -> dict[str, str]:

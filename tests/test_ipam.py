@@ -106,3 +106,29 @@ def test_never_a_duplicate_nor_an_excluded_network_or_broadcast_address(
         for address in addresses:
             assert address not in (subnet.network_address, subnet.broadcast_address)
             assert not any(address in e for e in excludes), f"{address} is excluded"
+
+
+def test_owners_are_exact_even_when_port_names_collide() -> None:
+    # NADs q-m/x and q/m-x give one port name prefix (q.m.x_): their owners stay distinct
+    pool = ipam.Pool(network="s", subnets=[netaddr.IPNetwork("10.253.2.0/29")])
+    first = ipam.Owner(nad_key="q-m/x", namespace="q", name="q1")
+    second = ipam.Owner(nad_key="q/m-x", namespace="q", name="q1")
+    assert pool.allocate(owner=first) != pool.allocate(owner=second)
+    pool.release(owner=second)
+    assert pool.addresses_of(first) == ("10.253.2.1/29",)
+    assert str(first) == "pod q/q1 (NAD q-m/x)"
+
+
+def test_holders_refuse_a_value_held_by_another_owner_and_claim_all_or_nothing() -> None:
+    holders = ipam.Holders(network="flat")
+    holders.claim("a", macs=["02:00:00:00:BE:EF"], ips=["10.254.6.1/24"])
+    with pytest.raises(errors.IpamError, match=r"MAC 02:00:00:00:be:ef is already used by a"):
+        holders.claim("b", macs=["02:00:00:00:be:ef"], ips=["10.254.6.2/24"])
+    with pytest.raises(errors.IpamError, match=r"IP 10\.254\.6\.1 is already used by a"):
+        holders.claim("b", macs=["02:00:00:00:00:02"], ips=["10.254.6.1/16"])
+    assert holders.holder("IP", "10.254.6.2") is None  # nothing of a refused claim is kept
+    holders.claim("a", macs=["02:00:00:00:be:ef"], ips=["10.254.6.1/24"])  # idempotent
+    holders.release("a")
+    holders.claim("b", macs=["02:00:00:00:be:ef"], ips=["10.254.6.1/24"])
+    assert holders.holder("MAC", "02:00:00:00:BE:EF") == "b"
+    assert holders.owners() == ["b"]

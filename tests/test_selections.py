@@ -50,6 +50,10 @@ def test_no_annotation_selects_nothing() -> None:
     ("[{\"name\": \"a\", \"default-route\": [\"x\"]}]", "is not an IP address"),
     ("a@averyveryverylongname", "not a valid Linux interface name"),
     ("a,a", "selected twice"),
+    ("a,b@net1", "interface net1 of NAD ns1/b \\(element 2\\) is generated for NAD ns1/a"),
+    ("a@eth1,b@eth1", "is also requested by NAD ns1/a"),
+    ("[{\"name\": \"a\", \"default-route\": [\"10.0.0.1\"]}, "
+     "{\"name\": \"b\", \"default-route\": [\"10.0.1.1\"]}]", "default-route is set on 2"),
     ("Bad_Name", "not a valid object name"),
     ("[{\"name\": \"a\"", "not valid JSON"),
     ("[1]", "must be an object"),
@@ -73,3 +77,6 @@ def test_parser_raises_nothing_but_invalid_config(text: str) -> None:
     except errors.InvalidConfig:
         return
     assert len({s.nad_key for s in parsed}) == len(parsed)
+    names = selections.interface_names(parsed)
+    assert len(set(names.values())) == len(parsed), "two elements share an interface name"
+    assert sum(1 for s in parsed if s.default_route) <= 1

@@ -1,9 +1,18 @@
 """Pod attachments: what ADD, DEL and CHECK do to connect one pod interface to OVN.
 
-ADD: wait for the pod's `k8s.ovn.org/pod-networks` entry of the NAD, build the veth pair with
-the annotated MAC/IPs/routes and the NAD's MTU, plug the host side into br-int with OVN-K's
-external_ids, wait for `ovn-installed`; on any failure undo everything. DEL removes the port
-and the veth and succeeds when they are already gone. CHECK reports every difference.
+ADD: refuse a localnet NAD whose physical network the node does not map, wait for the pod's
+`k8s.ovn.org/pod-networks` entry of the NAD, build the veth pair with the annotated
+MAC/IPs/routes and the NAD's MTU, plug the host side into br-int with OVN-K's external_ids, wait
+for `ovn-installed`; on any failure undo what it made. DEL removes the port and the veth and
+succeeds when they are already gone. CHECK reports every difference.
+
+No two attachments ever merge. An attachment is (sandbox, CNI_IFNAME, NAD); the names derived
+from it (the host side `ovk...`, the logical switch port as iface-id) can be shared by a
+misconfigured pod (Multus giving two NADs the same CNI_IFNAME, a NAD selected twice, two NADs
+whose names map to one port name). An ADD whose names are held by another attachment, or by an
+interface this plugin did not create, fails with INTERFACE_IN_USE and leaves the holder as it
+is; a retried ADD of the same attachment replaces its own pair. A DEL removes only the ports of
+its own NAD (Multus sends one for the NAD whose ADD failed, under the same names).
 
 At start-up, `reconcile` looks at the ports a previous run plugged: ports of pods that no longer
 exist (or whose sandbox is gone) are removed, and a host interface re-created under the same
@@ -17,14 +26,14 @@ import dataclasses
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent import futures
 from typing import Any, TypeVar
 
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ovnk_secondary import errors, nads, naming, podnetworks
-from ovnk_secondary.agent import interfaces, ovs, pods
+from ovnk_secondary.agent import bridgemappings, interfaces, mtus, ovs, pods
 from ovnk_secondary.cni import protocol, results
 
 LOG = logging.getLogger(__name__)
@@ -55,6 +64,73 @@ def network_config(config: Mapping[str, Any]) -> nads.NetworkConfig:
                                 f"network config of type {config.get('type')!r} is not "
                                 f"{nads.CNI_TYPE}", "this plugin serves only its own NADs")
     return network
+
+
+def declared_nad(config: Mapping[str, Any]) -> str:
+    """The NAD a request is for (its `netAttachDefName`), read leniently for DEL: "" when the
+    config does not say (then DEL goes by the host side's name and the sandbox alone)."""
+    try:
+        return network_config(config).nad_key
+    except protocol.CniError:
+        value = config.get("netAttachDefName")
+        plugins = config.get("plugins")
+        if value is None and isinstance(plugins, list) and plugins and isinstance(
+                plugins[0], Mapping):
+            value = plugins[0].get("netAttachDefName")
+        return value if isinstance(value, str) else ""
+
+
+def unmapped_network_error(network: nads.NetworkConfig, *, mappings: str,
+                           node_name: str) -> protocol.CniError | None:
+    """The error for a localnet NAD whose physical network is not in the node's
+    `ovn-bridge-mappings` (`mappings`, the Open_vSwitch row's value): OVN would leave its
+    localnet port unconnected and the pod without traffic. None when mapped, or not localnet."""
+    if network.topology != naming.LOCALNET:
+        return None
+    physnet = network.physical_network
+    if bridgemappings.parse_value(mappings).get(physnet):
+        return None
+    return protocol.CniError(
+        protocol.UNMAPPED_PHYSICAL_NETWORK,
+        f"physical network {physnet} of NAD {network.nad_key} is not mapped on node {node_name} "
+        f"(ovn-bridge-mappings: {mappings or 'none'}); add it to the bridge-mappings file of "
+        f"the node agent (physicalNetworkName: {physnet}, with the bridge that reaches it)",
+        "or set the NAD's physicalNetworkName to a network mapped on every node its pods run "
+        "on; the agent re-reads the file every 5 s and the runtime retries the ADD")
+
+
+IN_USE_DETAILS = ("each network of a pod needs its own interface name (the \"interface\" of its "
+                  "network selection element; Multus numbers net1, net2, ... when none is given), "
+                  "and a pod attaches to a NAD once")
+
+
+def not_created_here(*, request: protocol.Request, network: nads.NetworkConfig,
+                     taken: interfaces.InterfaceExists) -> str:
+    """The message for a CNI_IFNAME that some other plugin (or the runtime) made."""
+    kind = f"a {taken.pod_side} interface" if taken.pod_side else "an interface"
+    return (f"interface {request.ifname} already exists in {request.netns} ({kind}) and was not "
+            f"created by ovn-k8s-cni-overlay for NAD {network.nad_key} of pod "
+            f"{request.pod_namespace}/{request.pod_name}; it is left alone")
+
+
+def occupant(*, request: protocol.Request, network: nads.NetworkConfig,
+             taken: interfaces.InterfaceExists, holders: Sequence[ovs.PortState]) -> str | None:
+    """Why the names an ADD found taken are not its own (a message for the runtime), or None:
+    they are this attachment's own pair (a retried ADD), which the ADD replaces.
+
+    `holders`: the OVS interfaces named like the host side, or recorded with CNI_IFNAME in this
+    namespace as their pod side. Without any record, only a pair of the host side's name can be
+    this attachment's (a veth pair's two ends live and die together).
+    """
+    for holder in holders:
+        if ovs.relation(holder.external_ids, nad_key=network.nad_key,
+                        sandbox=request.container_id, ifname=request.ifname) != ovs.SAME:
+            return (f"interface {request.ifname} of pod {request.pod_namespace}/"
+                    f"{request.pod_name} for NAD {network.nad_key} is taken: it is already "
+                    f"{ovs.describe(holder.name, holder.external_ids)}; it is left alone")
+    if holders or taken.host_side:
+        return None
+    return not_created_here(request=request, network=network, taken=taken)
 
 
 def desired_interface(*, request: protocol.Request, network: nads.NetworkConfig,
@@ -136,10 +212,11 @@ class Attachments:
     """Serves CNI requests (the server serialises requests per pod interface)."""
 
     def __init__(self, *, settings: Settings, switch: ovs.LocalOvs, reader: pods.PodReader,
-                 executor: futures.Executor) -> None:
+                 executor: futures.Executor, keeper: mtus.MtuKeeper | None = None) -> None:
         self.settings = settings
         self.switch = switch
         self.reader = reader
+        self.keeper = keeper  # applies NAD mtu edits to plugged interfaces
         self._executor = executor
         self._plumbing = asyncio.Semaphore(PLUMBING_CONCURRENCY)
 
@@ -164,6 +241,12 @@ class Attachments:
         start = time.monotonic()
         timings: dict[str, float] = {}  # for the log line
         network = network_config(request.config)
+        if network.topology == naming.LOCALNET:  # before anything is made or waited for
+            unmapped = unmapped_network_error(
+                network, mappings=await self._run(bridgemappings.read, switch=self.switch),
+                node_name=self.settings.node_name)
+            if unmapped is not None:
+                raise unmapped
         try:
             pod_network = await self.reader.wait_for_network(
                 namespace=request.pod_namespace, name=request.pod_name, uid=request.pod_uid,
@@ -190,29 +273,47 @@ class Attachments:
                                            ifname=request.ifname)
         spec = desired_interface(request=request, network=network, pod_network=pod_network,
                                  tx_checksum_offload=self.settings.tx_checksum_offload)
+        created: interfaces.HostSide | None = None
         try:
             async with self._plumbing:
-                created = await self._run(interfaces.create, spec=spec, host_name=host_name)
+                created = await self._run(self._create, request=request, network=network,
+                                          spec=spec, host_name=host_name)
             # outside the limit: plugs waiting together are committed together (`ovs`)
-            await self._run(self.switch.plug, name=host_name,
-                            external_ids=port_external_ids(
-                                request=request, network=network, port_name=port_name,
-                                mac=pod_network.mac_address, ifindex=created.index))
+            plugged = await self._run(self.switch.plug, name=host_name,
+                                      external_ids=port_external_ids(
+                                          request=request, network=network, port_name=port_name,
+                                          mac=pod_network.mac_address, ifindex=created.index))
+        except protocol.CniError:  # the names are somebody else's: nothing was made
+            raise
         except FileNotFoundError:
-            await self._undo(request, host_name)
+            if created is not None:
+                await self._undo(network, host_name)
             raise protocol.CniError(protocol.UNKNOWN_CONTAINER,
                                     f"network namespace {request.netns} does not exist",
                                     "the sandbox is gone; the runtime will retry") from None
+        except ovs.PortInUse as exc:
+            await self._undo(network, host_name)
+            raise protocol.CniError(protocol.INTERFACE_IN_USE,
+                                    f"cannot plug {request.ifname} of pod "
+                                    f"{request.pod_namespace}/{request.pod_name} for NAD "
+                                    f"{network.nad_key}: {exc}; it is left alone",
+                                    IN_USE_DETAILS) from None
         except Exception as exc:  # netlink, OVSDB (also its timeouts): never leave half a pod
-            await self._undo(request, host_name)
+            if created is not None:
+                await self._undo(network, host_name)
             raise protocol.CniError(protocol.AGENT_FAILURE,
                                     f"cannot plug {request.ifname} of pod "
                                     f"{request.pod_namespace}/{request.pod_name}: {exc}") from None
+        if plugged.removed or plugged.unbound:
+            LOG.info("ADD %s/%s %s: replaced the port(s) of older sandboxes %s; took iface-id %s "
+                     "from interface(s) not plugged by the agent: %s", request.pod_namespace,
+                     request.pod_name, request.ifname, ", ".join(plugged.removed) or "none",
+                     port_name, ", ".join(plugged.unbound) or "none")
         plumbed = time.monotonic()
         timings["plumbing"] = plumbed - annotated
         if not await self.switch.wait_installed(host_name,
                                                 timeout=self.settings.binding_timeout):
-            await self._undo(request, host_name)
+            await self._undo(network, host_name)
             raise protocol.CniError(
                 protocol.BINDING_TIMEOUT,
                 f"timed out waiting for OVS port binding (ovn-installed) of logical switch port "
@@ -222,35 +323,58 @@ class Attachments:
                 "this node and that ovn-controller runs here (ovn-appctl -t ovn-controller "
                 "connection-status)")
         timings["binding"] = time.monotonic() - plumbed
+        if self.keeper is not None:  # the NAD's mtu may have been edited since Multus read it
+            self.keeper.plugged(nad_key=network.nad_key, mtu=spec.mtu)
         LOG.info("ADD %s/%s %s: port %s on %s (annotation %.3f s, plumbing %.3f s, binding "
                  "%.3f s)", request.pod_namespace, request.pod_name, request.ifname, port_name,
                  host_name, timings["annotation"], timings["plumbing"], timings["binding"])
         return cni_result(spec=spec, host_name=host_name, host_mac=created.mac,
                           pod_network=pod_network)
 
-    async def _undo(self, request: protocol.Request, host_name: str) -> None:
+    def _create(self, *, request: protocol.Request, network: nads.NetworkConfig,
+                spec: interfaces.PodInterface, host_name: str) -> interfaces.HostSide:
+        """The veth pair; names already taken are replaced only when they are this attachment's
+        own (see `occupant`), else CniError INTERFACE_IN_USE and nothing is touched."""
         try:
-            await self._run(self.switch.unplug, name=host_name)
-            await self._run(interfaces.delete, host_name=host_name, netns=request.netns,
-                            ifname=request.ifname)
+            return interfaces.create(spec, host_name=host_name)
+        except interfaces.InterfaceExists as exc:
+            taken = exc
+        holders = self.switch.holders(name=host_name, netns=request.netns, ifname=request.ifname)
+        problem = occupant(request=request, network=network, taken=taken, holders=holders)
+        if problem is None:
+            try:
+                return interfaces.create(spec, host_name=host_name, replace=True)
+            except interfaces.InterfaceExists as exc:  # our old pair was not all that was there
+                problem = not_created_here(request=request, network=network, taken=exc)
+        raise protocol.CniError(protocol.INTERFACE_IN_USE, problem, IN_USE_DETAILS)
+
+    async def _undo(self, network: nads.NetworkConfig, host_name: str) -> None:
+        """Remove what a failed ADD made: its pair, and its port (never another NAD's)."""
+        try:
+            await self._run(self.switch.unplug, name=host_name, nad_key=network.nad_key)
+            await self._run(interfaces.delete, host_name=host_name)
         except Exception:  # the original error is what the user needs to see
             LOG.exception("undoing a failed ADD of %s left something behind", host_name)
 
     async def delete(self, request: protocol.Request) -> None:
         host_name = interfaces.host_ifname(container_id=request.container_id,
                                            ifname=request.ifname)
+        nad_key = declared_nad(request.config)
         try:
-            removed = await self._run(self.switch.unplug, name=host_name,
-                                      sandbox=request.container_id, ifname=request.ifname)
-            await self._run(interfaces.delete, host_name=host_name, netns=request.netns,
-                            ifname=request.ifname)
+            unplugged = await self._run(self.switch.unplug, name=host_name,
+                                        sandbox=request.container_id, ifname=request.ifname,
+                                        nad_key=nad_key)
+            if host_name not in unplugged.kept:  # else the pair is another NAD's
+                await self._run(interfaces.delete, host_name=host_name)
         except (NetlinkError, OSError, RuntimeError) as exc:
             raise protocol.CniError(protocol.AGENT_FAILURE,
                                     f"cannot delete {request.ifname} of sandbox "
                                     f"{request.container_id}: {exc}", "the runtime will retry"
                                     ) from None
-        LOG.info("DEL %s/%s %s: removed OVS port(s) %s", request.pod_namespace,
-                 request.pod_name, request.ifname, ", ".join(removed) or "none")
+        LOG.info("DEL %s/%s %s: removed OVS port(s) %s%s", request.pod_namespace,
+                 request.pod_name, request.ifname, ", ".join(unplugged.removed) or "none",
+                 f"; left {', '.join(unplugged.kept)}: not of NAD {nad_key or '(unknown)'}"
+                 if unplugged.kept else "")
 
     async def check(self, request: protocol.Request) -> None:
         network = network_config(request.config)

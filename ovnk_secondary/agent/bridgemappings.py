@@ -242,6 +242,12 @@ class _EnsureBridge(command.BaseCommand):  # type: ignore[misc]
         self.result = True
 
 
+def read(switch: ovs.LocalOvs) -> str:
+    """The node's ovn-bridge-mappings value as OVN reads it (whoever wrote it); "" if unset."""
+    ids = switch.api.db_get("Open_vSwitch", ".", "external_ids").execute(check_error=True)
+    return str(ids.get(MAPPINGS_KEY) or "")
+
+
 def apply(switch: ovs.LocalOvs, mappings: Sequence[BridgeMapping], *, links: Iterable[str],
           source: str) -> str:
     """Converge bridges, uplink ports and ovn-bridge-mappings in one transaction.

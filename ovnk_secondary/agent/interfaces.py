@@ -3,11 +3,15 @@
 The container side carries the name the runtime asked for (`CNI_IFNAME`), the annotated MAC,
 IPs and routes, and the network's MTU. The host side gets a deterministic name of at most 15
 characters (the kernel's limit) derived from the sandbox and the interface name, so DEL finds
-it again without any stored state. Deleting the host side deletes the pair.
+it again without any stored state. Deleting the host side deletes the pair; nothing here ever
+deletes an interface by its pod-side name, which may belong to another plugin. A name that is
+already taken is reported (`InterfaceExists`), and replaced only when the caller has found it
+to be this attachment's own pair (a retried ADD).
 
 Everything goes through netlink and ioctls rather than `ip` commands: no fork/exec per step.
 The requests of ADD and DEL go through `rtnl` (packed here, only the kernel's ack read back);
-queries that need an answer decoded (CHECK, clean-up of a half-done ADD) use pyroute2's IPRoute.
+queries that need an answer decoded (CHECK, what holds a taken name) use pyroute2's IPRoute.
+MTUs are read and set by ioctl.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ _CLONE_NEWNET = 0x40000000
 _SIOCETHTOOL = 0x8946
 _SIOCGIFINDEX = 0x8933
 _SIOCGIFHWADDR = 0x8927
-_IFREQ_INDEX = struct.Struct("16si")  # struct ifreq: name, ifr_ifindex
+_SIOCGIFMTU, _SIOCSIFMTU = 0x8921, 0x8922
+_IFREQ_INT = struct.Struct("16si")  # struct ifreq: name, ifr_ifindex or ifr_mtu
 _ETHTOOL_STXCSUM = 0x17
 T = TypeVar("T")
 
@@ -70,6 +75,20 @@ class ObservedInterface:
     mtu: int
     addresses: frozenset[str]
     up: bool
+
+
+class InterfaceExists(Exception):
+    """A name of the pair is taken: the host side's on the node, or `CNI_IFNAME` in the pod.
+
+    `host_side`: the host side's name exists on the node. `pod_side`: the kind (`veth`,
+    `macvlan`, ...; "" for none, e.g. a physical NIC) of the pod namespace's interface of that
+    name, None when there is none.
+    """
+
+    def __init__(self, *, host_side: bool, pod_side: str | None) -> None:
+        super().__init__(f"host side exists: {host_side}, pod side: {pod_side}")
+        self.host_side = host_side
+        self.pod_side = pod_side
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -169,25 +188,17 @@ def _setns(fd: int) -> None:
         raise OSError(code, f"setns: {os.strerror(code)}")
 
 
-def create(spec: PodInterface, *, host_name: str) -> HostSide:
+def create(spec: PodInterface, *, host_name: str, replace: bool = False) -> HostSide:
     """Create the veth pair and configure the pod side; returns the host side.
 
     Both ends are born with their final names, MTU and (pod side) MAC, the pod side directly in
-    the pod's namespace: few netlink round trips, nothing half-named on the node. A pair left
-    by an earlier attempt (a retried ADD) is replaced.
+    the pod's namespace: few netlink round trips, nothing half-named on the node. When a name is
+    taken, InterfaceExists; with `replace`, a pair with this host side name is deleted first
+    (its pod end goes with it) and only what is still in the way then is reported.
     """
-    with _node() as node, _opened(spec.netns) as netns_fd:
-        pair = rtnl.veth(name=host_name, mtu=spec.mtu, peer_name=spec.ifname, peer_mac=spec.mac,
-                         peer_netns_fd=netns_fd)
-        try:
-            node.request(pair, rtnl.CREATE)
-        except NetlinkError as exc:
-            if exc.code != errno.EEXIST:
-                raise
-            _delete_link(node, host_name)
-            with _ipr(spec.netns) as pod:
-                _delete_veth(pod, spec.ifname)
-            node.request(pair, rtnl.CREATE)
+    if not _create_pair(spec, host_name=host_name, replace=replace):
+        raise InterfaceExists(host_side=host_index(host_name) is not None,
+                              pod_side=_kind(spec.netns, spec.ifname))
     try:
         with _PodSide(spec.netns) as pod:
             index = pod.index(spec.ifname)
@@ -205,10 +216,44 @@ def create(spec: PodInterface, *, host_name: str) -> HostSide:
         raise
 
 
+def _create_pair(spec: PodInterface, *, host_name: str, replace: bool) -> bool:
+    """The veth pair in one request; False when a name is taken (see `create`)."""
+    with _node() as node, _opened(spec.netns) as netns_fd:
+        pair = rtnl.veth(name=host_name, mtu=spec.mtu, peer_name=spec.ifname, peer_mac=spec.mac,
+                         peer_netns_fd=netns_fd)
+        if _created(node, pair):
+            return True
+        # without a pair of this host side in the way, the pod side's name is somebody else's
+        return replace and _delete_link(node, host_name) and _created(node, pair)
+
+
+def _created(node: rtnl.RouteSocket, request: rtnl.Request) -> bool:
+    """Send a create request; False when the kernel says EEXIST."""
+    try:
+        node.request(request, rtnl.CREATE)
+    except NetlinkError as exc:
+        if exc.code != errno.EEXIST:
+            raise
+        return False
+    return True
+
+
+def _kind(netns: str, ifname: str) -> str | None:
+    """The kind of `ifname` in `netns` ("" for none), None when it does not exist."""
+    try:
+        with _ipr(netns) as pod:
+            link = pod.link("get", ifname=ifname)[0]
+    except NetlinkError as exc:
+        if _gone(exc):
+            return None
+        raise
+    return str(link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") or "")
+
+
 def _index(sock: socket.socket, ifname: str) -> int:
     """SIOCGIFINDEX in the socket's namespace (no netlink dump to decode); ENODEV if missing."""
-    answer = fcntl.ioctl(sock.fileno(), _SIOCGIFINDEX, _IFREQ_INDEX.pack(ifname.encode(), 0))
-    return int(_IFREQ_INDEX.unpack(answer)[1])
+    answer = fcntl.ioctl(sock.fileno(), _SIOCGIFINDEX, _IFREQ_INT.pack(ifname.encode(), 0))
+    return int(_IFREQ_INT.unpack(answer)[1])
 
 
 def _host_side(name: str) -> HostSide:
@@ -218,25 +263,6 @@ def _host_side(name: str) -> HostSide:
         index = _index(sock, name)
     mac = ":".join(f"{octet:02x}" for octet in answer[18:24])  # ifr_hwaddr.sa_data
     return HostSide(name=name, index=index, mac=mac)
-
-
-def _delete_veth(ipr: IPRoute, name: str) -> bool:
-    """Delete `name` if it is a veth (never the runtime's own interfaces)."""
-    try:
-        link = ipr.link("get", ifname=name)[0]
-    except NetlinkError as exc:
-        if _gone(exc):
-            return False
-        raise
-    if link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") != "veth":
-        return False
-    try:
-        ipr.link("del", index=link["index"])
-    except NetlinkError as exc:
-        if _gone(exc):
-            return False
-        raise
-    return True
 
 
 @contextlib.contextmanager
@@ -271,19 +297,42 @@ def _gone(exc: NetlinkError) -> bool:
     return exc.code in (errno.ENODEV, errno.ENOENT)
 
 
-def delete(*, host_name: str, netns: str = "", ifname: str = "") -> bool:
-    """Delete the pair (idempotent; also when the namespace is gone). True if anything went."""
+def delete(*, host_name: str) -> bool:
+    """Delete the pair by its host side (idempotent; the pod side goes with it, also when its
+    namespace is gone). True if it existed."""
     with _node() as host:
-        deleted = _delete_link(host, host_name)
-    if not deleted and netns and ifname:
-        # The host side can be missing while the pod side survives only in odd cases (a
-        # half-done ADD); the veth kind check keeps us off the runtime's own interfaces.
-        try:
-            with _ipr(netns) as pod:
-                deleted = _delete_veth(pod, ifname)
-        except (FileNotFoundError, OSError):
-            pass
-    return deleted
+        return _delete_link(host, host_name)
+
+
+def mtus(*, host_name: str, netns: str, ifname: str) -> tuple[int | None, int | None]:
+    """(host side, pod side) MTU of a pair; None for a side that is missing."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        host = _mtu(sock, host_name)
+    try:
+        pod_socket = _in_netns(netns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    except FileNotFoundError:
+        return host, None
+    with pod_socket:
+        return host, _mtu(pod_socket, ifname)
+
+
+def set_mtu(*, host_name: str, netns: str, ifname: str, mtu: int) -> None:
+    """Set both ends of a pair to `mtu` (SIOCSIFMTU); OSError (ENODEV, ENOENT) when gone."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        fcntl.ioctl(sock.fileno(), _SIOCSIFMTU, _IFREQ_INT.pack(host_name.encode(), mtu))
+    with _in_netns(netns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) as sock:
+        fcntl.ioctl(sock.fileno(), _SIOCSIFMTU, _IFREQ_INT.pack(ifname.encode(), mtu))
+
+
+def _mtu(sock: socket.socket, ifname: str) -> int | None:
+    """SIOCGIFMTU in the socket's namespace; None when the interface does not exist."""
+    try:
+        answer = fcntl.ioctl(sock.fileno(), _SIOCGIFMTU, _IFREQ_INT.pack(ifname.encode(), 0))
+    except OSError as exc:
+        if exc.errno == errno.ENODEV:
+            return None
+        raise
+    return int(_IFREQ_INT.unpack(answer)[1])
 
 
 def host_index(name: str) -> int | None:

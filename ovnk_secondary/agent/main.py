@@ -1,9 +1,10 @@
 """`ovnk-secondary node-agent`: the per-node daemon behind the `ovn-k8s-cni-overlay` plugin.
 
 Start-up order matters: connect to the local OVSDB and the Kubernetes API, converge the
-bridge-mappings file, clean up or re-plug the ports of a previous run, and only then open the
-CNI socket (until then the plugin answers "try again later", code 11). Running pods keep their
-traffic across a restart: nothing is torn down on exit.
+bridge-mappings file, clean up or re-plug the ports of a previous run, start keeping the pods'
+MTUs equal to their NADs' (`mtus`), and only then open the CNI socket (until then the plugin
+answers "try again later", code 11). Running pods keep their traffic across a restart: nothing
+is torn down on exit.
 """
 
 from __future__ import annotations
@@ -18,7 +19,15 @@ from concurrent import futures
 from typing import Any
 
 from ovnk_secondary import errors
-from ovnk_secondary.agent import attachments, bridgemappings, interfaces, ovs, pods, server
+from ovnk_secondary.agent import (
+    attachments,
+    bridgemappings,
+    interfaces,
+    mtus,
+    ovs,
+    pods,
+    server,
+)
 from ovnk_secondary.cni import protocol
 
 LOG = logging.getLogger("ovnk_secondary.agent")
@@ -159,13 +168,15 @@ async def _serve(args: argparse.Namespace) -> None:
         offload = datapath != "netdev"
         LOG.info("br-int datapath type %s: tx checksum offload on pod interfaces %s", datapath,
                  "on" if offload else "off")
+    keeper = mtus.MtuKeeper(api_client=reader.core.api_client, switch=switch)
     agent = attachments.Attachments(
         settings=attachments.Settings(node_name=args.node_name,
                                       annotation_timeout=args.annotation_timeout,
                                       binding_timeout=args.binding_timeout,
                                       tx_checksum_offload=offload),
-        switch=switch, reader=reader, executor=executor)
+        switch=switch, reader=reader, executor=executor, keeper=keeper)
     await agent.reconcile()
+    keeper.start()  # after the clean-up: ports of vanished pods are gone
     cni = server.CniServer(path=args.socket, handler=agent.handle)
     await cni.start()
     stop = asyncio.Event()
@@ -181,6 +192,7 @@ async def _serve(args: argparse.Namespace) -> None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        keeper.stop()
         switch.close()
         reader.close()
         executor.shutdown(wait=False, cancel_futures=True)

@@ -5,6 +5,13 @@ A pod interface becomes an OVS port on the integration bridge whose Interface ca
 then sets `external_ids:ovn-installed=true` (the flows are in place). The keys follow OVN-K
 (conventions section 4); ours (`ovnk-secondary.io/...`) let a restarted agent find its ports.
 
+Ports are never merged: a plug replaces only this attachment's own port (a retried ADD, a
+re-created NIC) or the port of an older sandbox of the same pod on the same NAD; a port of
+another attachment (another NAD, or the same NAD as another interface of the sandbox) makes the
+plug fail (`PortInUse`) and stays as it is; a port the agent did not plug that carries the same
+iface-id only loses that key, as OVN-K does (OVN binds one interface per logical port). An
+unplug for a NAD leaves the ports of other NADs alone.
+
 Transactions do not wait for ovs-vswitchd to reconfigure (like `ovs-vsctl --no-wait`): the
 wait for `ovn-installed` covers that and concurrent ADDs do not queue behind each other's
 reconfiguration. Deleting a port that is about to be added again is the exception: vswitchd
@@ -27,14 +34,14 @@ import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from ovs.db import data, types
 from ovsdbapp import exceptions as ovsdbapp_exceptions
 from ovsdbapp.backend.ovs_idl import command, connection, idlutils, transaction
 from ovsdbapp.schema.open_vswitch import impl_idl
 
-from ovnk_secondary import naming
+from ovnk_secondary import errors, naming
 
 LOG = logging.getLogger(__name__)
 
@@ -51,6 +58,54 @@ IFNAME_KEY = "ovnk-secondary.io/ifname"
 # The kernel ifindex the agent plugged. OVS's own `ifindex` column follows a re-created NIC of
 # the same name while vswitchd keeps reading the old one, so only our record tells them apart.
 IFINDEX_KEY = "ovnk-secondary.io/ifindex"
+
+
+# How an existing OVS interface stands to an attachment (see `relation`).
+SAME, STALE, OTHER, FOREIGN = "same", "stale", "other", "foreign"
+
+
+class PortInUse(errors.OvnkSecondaryError):
+    """The port name or the iface-id of a plug is held by another attachment's port."""
+
+
+class Plugged(NamedTuple):
+    """What a plug did to other interfaces carrying its iface-id."""
+
+    removed: tuple[str, ...] = ()  # ports of older sandboxes of the same attachment, deleted
+    unbound: tuple[str, ...] = ()  # interfaces the agent did not plug: their iface-id removed
+
+
+class Unplugged(NamedTuple):
+    removed: tuple[str, ...] = ()  # ports deleted
+    kept: tuple[str, ...] = ()  # found by name or sandbox, but another NAD's or not ours
+
+
+def relation(existing: Mapping[str, str], *, nad_key: str, sandbox: str, ifname: str) -> str:
+    """How an OVS interface (its external_ids) stands to the attachment (NAD, sandbox, ifname).
+
+    SAME: this attachment's own port (a retried ADD, a re-created NIC). STALE: the same NAD's
+    port of another sandbox (found by iface-id: the same pod, whose sandbox the runtime
+    re-created). OTHER: another attachment's: another NAD, or the same NAD as another interface
+    of this sandbox. FOREIGN: not plugged by the agent (no ownership marker).
+    """
+    if existing.get(naming.OWNER_KEY) != naming.OWNER_VALUE:
+        return FOREIGN
+    if existing.get(naming.NAD_KEY) != nad_key:
+        return OTHER
+    if existing.get(SANDBOX) != sandbox:
+        return STALE
+    if existing.get(IFNAME_KEY) != ifname:
+        return OTHER
+    return SAME
+
+
+def describe(name: str, external_ids: Mapping[str, str]) -> str:
+    """An OVS interface as the holder of a pod interface, for messages."""
+    if external_ids.get(naming.OWNER_KEY) != naming.OWNER_VALUE:
+        return f"OVS interface {name}, not plugged by ovnk-secondary"
+    return (f"{external_ids.get(IFNAME_KEY, '?')} of pod {external_ids.get(POD_KEY, '?')} on NAD "
+            f"{external_ids.get(naming.NAD_KEY, '?')} (logical switch port "
+            f"{external_ids.get(IFACE_ID, '?')}, OVS port {name})")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -187,7 +242,8 @@ def _delete_port(api: Any, port: Any) -> None:
 
 
 class _Plug(command.BaseCommand):  # type: ignore[misc]
-    """Add (or refresh) a port on a bridge; drop every other interface with the same iface-id."""
+    """Add (or refresh) a port on a bridge, unless its name or its iface-id is another
+    attachment's; replace older sandboxes' ports with the same iface-id (see the module)."""
 
     def __init__(self, api: Any, *, bridge: str, name: str, external_ids: Mapping[str, str],
                  by_iface_id: _Index):
@@ -198,33 +254,65 @@ class _Plug(command.BaseCommand):  # type: ignore[misc]
         self.by_iface_id = by_iface_id  # maintained on the connection thread, where this runs
 
     def run_idl(self, txn: Any) -> None:
-        duplicates = self.by_iface_id.names(self.external_ids[IFACE_ID]) - {self.name}
-        removed = _delete_ports_of(self.api, txn, sorted(duplicates))
+        ids = self.external_ids
+        attachment = {"nad_key": ids.get(naming.NAD_KEY, ""), "sandbox": ids.get(SANDBOX, ""),
+                      "ifname": ids.get(IFNAME_KEY, "")}
         existing = idlutils.row_by_value(self.api.idl, "Interface", "name", self.name, None)
+        if existing is not None and relation(existing.external_ids, **attachment) != SAME:
+            raise PortInUse(f"OVS port {self.name} is already "
+                            f"{describe(self.name, existing.external_ids)}")
+        doomed: list[Any] = []  # rows
+        unbound: list[Any] = []
+        for name in sorted(self.by_iface_id.names(ids[IFACE_ID]) - {self.name}):
+            row = idlutils.row_by_value(self.api.idl, "Interface", "name", name, None)
+            if row is None:
+                continue
+            kind = relation(row.external_ids, **attachment)
+            if kind == OTHER:
+                raise PortInUse(f"logical switch port {ids[IFACE_ID]} is already plugged as "
+                                f"{describe(name, row.external_ids)}")
+            (unbound if kind == FOREIGN else doomed).append(row)
+        for row in unbound:  # checked them all first: a refused plug changes nothing
+            row.delkey("external_ids", IFACE_ID)
+        removed = _delete_ports_of(self.api, txn, [row.name for row in doomed])
         if existing is None:
             self.api.add_port(self.bridge, self.name, may_exist=True,
-                              external_ids=self.external_ids).run_idl(txn)
+                              external_ids=ids).run_idl(txn)
         else:
-            existing.external_ids = self.external_ids
-        self.result = removed
+            existing.external_ids = ids
+        self.result = Plugged(removed=tuple(removed), unbound=tuple(r.name for r in unbound))
 
 
 class _Unplug(command.BaseCommand):  # type: ignore[misc]
-    """Delete a port by name and any of ours left by the same sandbox and interface."""
+    """Delete a port by name and any of ours left by the same sandbox and interface; with a NAD,
+    only ports of that NAD (Multus undoes another NAD's failed ADD under the same names)."""
 
-    def __init__(self, api: Any, *, name: str, sandbox: str, ifname: str,
+    def __init__(self, api: Any, *, name: str, sandbox: str, ifname: str, nad_key: str,
                  by_sandbox: _Index):
         super().__init__(api)
         self.name = name
         self.sandbox = sandbox
         self.ifname = ifname
+        self.nad_key = nad_key
         self.by_sandbox = by_sandbox  # maintained on the connection thread, where this runs
 
     def run_idl(self, txn: Any) -> None:
-        doomed = {self.name}
+        found = {self.name}
         if self.sandbox:
-            doomed |= self.by_sandbox.names((self.sandbox, self.ifname))
-        self.result = _delete_ports_of(self.api, txn, sorted(doomed))
+            found |= self.by_sandbox.names((self.sandbox, self.ifname))
+        doomed, kept = [], []
+        for name in sorted(found):
+            row = idlutils.row_by_value(self.api.idl, "Interface", "name", name, None)
+            if row is None:
+                continue
+            ids = row.external_ids
+            if ids.get(naming.OWNER_KEY) != naming.OWNER_VALUE or (
+                    self.nad_key and ids.get(naming.NAD_KEY) != self.nad_key):
+                kept.append(name)
+            else:
+                doomed.append(name)
+        self.result = Unplugged(removed=tuple(_delete_ports_of(self.api, txn, doomed)),
+                                kept=tuple(kept))
 
 
 class _Read(command.BaseCommand):  # type: ignore[misc]
@@ -248,7 +336,7 @@ class _Read(command.BaseCommand):  # type: ignore[misc]
                            if self.predicate is None or self.predicate(i)]
 
 
-_Plugs = list[tuple["_Plug", "concurrent.futures.Future[list[str]]"]]
+_Plugs = list[tuple["_Plug", "concurrent.futures.Future[Plugged]"]]
 
 
 def _unavailable(exc: Exception) -> bool:
@@ -263,14 +351,14 @@ class _GroupCommit:
 
     def __init__(self, api: Any) -> None:
         self._api = api
-        self._queue: queue.SimpleQueue[tuple[_Plug, concurrent.futures.Future[list[str]]]
+        self._queue: queue.SimpleQueue[tuple[_Plug, concurrent.futures.Future[Plugged]]
                                        | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ovs-plugs", daemon=True)
         self._thread.start()
 
-    def submit(self, plug: _Plug) -> list[str]:
+    def submit(self, plug: _Plug) -> Plugged:
         """Commit `plug` (with whatever else is waiting); its result, or its error."""
-        future: concurrent.futures.Future[list[str]] = concurrent.futures.Future()
+        future: concurrent.futures.Future[Plugged] = concurrent.futures.Future()
         self._queue.put((plug, future))
         return future.result()
 
@@ -297,7 +385,8 @@ class _GroupCommit:
     def _commit(self, group: _Plugs) -> None:
         if len(group) > 1:
             try:
-                with self._api.transaction(check_error=True) as txn:
+                # not logged here: the ADD reports the error (e.g. PortInUse) to the runtime
+                with self._api.transaction(check_error=True, log_errors=False) as txn:
                     for plug, _ in group:
                         txn.add(plug)
             except Exception as exc:
@@ -314,7 +403,7 @@ class _GroupCommit:
                 return
         for plug, future in group:
             try:
-                future.set_result(plug.execute(check_error=True))
+                future.set_result(plug.execute(check_error=True, log_errors=False))
             except Exception as exc:
                 future.set_exception(exc)
 
@@ -334,8 +423,8 @@ class LocalOvs:
         self._lock = threading.Lock()
         self._by_iface_id = _Index()
         self._by_sandbox = _Index()
-        # interface name -> installed, as the IDL last reported (read from any thread)
-        self._known: dict[str, bool] = {}
+        # interface name -> external_ids, as the IDL last reported (read from any thread)
+        self._ids: dict[str, Mapping[str, str]] = {}
         # ovsdbapp keeps the connection in a class attribute: a class per instance keeps two
         # LocalOvs (tests, tools) from silently sharing the first one's database.
         api_class = type("_ApiInstance", (_Api,), {"_ovsdb_connection": None})
@@ -353,9 +442,9 @@ class LocalOvs:
         installed = ids.get(OVN_INSTALLED) == "true"
         # before the waiters are looked at: `wait_installed` registers, then reads this
         if event == "delete":
-            self._known.pop(name, None)
+            self._ids.pop(name, None)
         else:
-            self._known[name] = installed
+            self._ids[name] = ids
         if name not in self._waiters or not installed:
             return
         with self._lock:
@@ -372,7 +461,7 @@ class LocalOvs:
             self._waiters.setdefault(name, set()).add(entry)
         try:
             # It may already be installed (before we registered): then no change will come.
-            if self._known.get(name):
+            if self._ids.get(name, {}).get(OVN_INSTALLED) == "true":
                 return True
             await asyncio.wait_for(future, timeout)
             return True
@@ -396,6 +485,17 @@ class LocalOvs:
         found: list[PortState] = _Read(
             self.api, predicate=lambda i: i.external_ids.get(IFACE_ID) == iface_id
         ).execute(check_error=True)
+        return found
+
+    def holders(self, *, name: str, netns: str, ifname: str) -> list[PortState]:
+        """The interface `name` and every one whose pod side, by our records, is `ifname` in
+        `netns`: who may hold those names (scans every interface: for the error path only)."""
+        def holds(iface: Any) -> bool:
+            ids = iface.external_ids
+            return bool(iface.name == name or (ids.get(NETNS_KEY) == netns
+                                               and ids.get(IFNAME_KEY) == ifname))
+
+        found: list[PortState] = _Read(self.api, predicate=holds).execute(check_error=True)
         return found
 
     def our_interfaces(self) -> list[PortState]:
@@ -426,20 +526,29 @@ class LocalOvs:
     # --- writes ------------------------------------------------------------------------------
 
     def plug(self, *, name: str, external_ids: Mapping[str, str],
-             bridge: str = INTEGRATION_BRIDGE) -> list[str]:
-        """Add the port; returns the other ports removed because they had the same iface-id."""
-        if name in self._known:
+             bridge: str = INTEGRATION_BRIDGE) -> Plugged:
+        """Add the port (see the module for what it replaces); PortInUse when the name or the
+        iface-id is another attachment's."""
+        previous = self._ids.get(name)
+        if previous is not None and relation(
+                previous, nad_key=external_ids.get(naming.NAD_KEY, ""),
+                sandbox=external_ids.get(SANDBOX, ""),
+                ifname=external_ids.get(IFNAME_KEY, "")) == SAME:
             # Same name again means a re-created NIC: drop vswitchd's handle before re-adding.
+            # (Another attachment's port of this name is refused by _Plug, untouched.)
             self.api.del_port(name, if_exists=True).execute(check_error=True,
                                                             wait_for_vswitchd=True)
         return self._plugs.submit(_Plug(self.api, bridge=bridge, name=name,
                                         external_ids=external_ids, by_iface_id=self._by_iface_id))
 
-    def unplug(self, *, name: str, sandbox: str = "", ifname: str = "") -> list[str]:
-        """Delete the port by name and by sandbox; returns the ports deleted (maybe none)."""
-        removed: list[str] = _Unplug(self.api, name=name, sandbox=sandbox, ifname=ifname,
-                                     by_sandbox=self._by_sandbox).execute(check_error=True)
-        return removed
+    def unplug(self, *, name: str, sandbox: str = "", ifname: str = "",
+               nad_key: str = "") -> Unplugged:
+        """Delete the port by name and by sandbox (only ours; with `nad_key`, only that NAD's);
+        says which were deleted and which belong to others."""
+        done: Unplugged = _Unplug(self.api, name=name, sandbox=sandbox, ifname=ifname,
+                                  nad_key=nad_key, by_sandbox=self._by_sandbox
+                                  ).execute(check_error=True)
+        return done
 
     def replug(self, state: PortState, *, ifindex: int,
                bridge: str = INTEGRATION_BRIDGE) -> None:

@@ -3,9 +3,10 @@
 The controller allocates each pod's MAC and IPs per NAD and writes them into the pod annotation
 (conventions section 3); the node agent only reads it. An ADD waits (bounded) for the entry of
 its NAD, because Multus may call the plugin before the controller has written it. The agent
-watches this node's pods (list + watch, like an informer) so that a burst of ADDs costs no API
-round trips and learns of an annotation when it is written; a direct GET now and then covers a
-pod not yet seen by the watch. This module is the thin Kubernetes adapter of the CNI path.
+watches this node's pods (list + watch, an informer: see `watches`) so that a burst of ADDs costs
+no API round trips and learns of an annotation when it is written; a direct GET now and then
+covers a pod not yet seen by the watch. This module is the thin Kubernetes adapter of the CNI
+path.
 """
 
 from __future__ import annotations
@@ -16,17 +17,16 @@ import dataclasses
 import json
 import logging
 import os
-import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from concurrent import futures
 from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client import exceptions as k8s_exceptions
-from kubernetes.watch import watch as k8s_watch
 
 from ovnk_secondary import errors, podnetworks
+from ovnk_secondary.agent import watches
 
 LOG = logging.getLogger(__name__)
 ANNOTATION = podnetworks.ANNOTATION
@@ -45,106 +45,31 @@ def network_for(annotations: Mapping[str, str],
     return podnetworks.decode(annotations.get(ANNOTATION)).get(nad_key)
 
 
-class PodWatch:
-    """This node's pods as the API last reported them: list, then watch (an informer).
+class PodWatch(watches.Watch[Pod]):
+    """This node's pods as the API last reported them (an informer, see `watches`).
 
-    Runs on its own thread; readers get plain values. Waiters for one pod are woken when that
-    pod changes, so an ADD learns of its annotation as soon as the controller writes it,
-    without polling the API once per pending ADD.
+    Waiters for one pod are woken when that pod changes, so an ADD learns of its annotation as
+    soon as the controller writes it, without polling the API once per pending ADD.
     """
 
+    what = "this node's pods"
+
     def __init__(self, *, core: client.CoreV1Api, node_name: str) -> None:
+        super().__init__(thread_name="pod-watch")
         self.core = core
         self.selector = f"spec.nodeName={node_name}"
-        self.synced = threading.Event()
-        self._pods: dict[tuple[str, str], Pod] = {}
-        self._waiters: dict[tuple[str, str], set[tuple[asyncio.AbstractEventLoop,
-                                                       asyncio.Event]]] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pod-watch", daemon=True)
 
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def get(self, namespace: str, name: str) -> Pod | None:
-        with self._lock:
-            return self._pods.get((namespace, name))
-
-    def subscribe(self, key: tuple[str, str]) -> asyncio.Event:
-        event = asyncio.Event()
-        with self._lock:
-            self._waiters.setdefault(key, set()).add((asyncio.get_running_loop(), event))
-        return event
-
-    def unsubscribe(self, key: tuple[str, str], event: asyncio.Event) -> None:
-        with self._lock:
-            waiters = self._waiters.get(key, set())
-            waiters.difference_update({w for w in waiters if w[1] is event})
-            if not waiters:
-                self._waiters.pop(key, None)
-
-    def _changed(self, keys: Iterable[tuple[str, str]]) -> None:
-        with self._lock:
-            woken = [w for key in keys for w in self._waiters.get(key, ())]
-        for loop, event in woken:
-            loop.call_soon_threadsafe(event.set)
-
-    def _run(self) -> None:
-        failures = 0
-        while not self._stop.is_set():
-            try:
-                version = self._list()
-                self.synced.set()
-                failures = 0
-                self._watch(version)
-            except Exception as exc:  # API down or restarted: list again after a pause
-                self.synced.clear()
-                pause = min(30.0, 2.0 ** failures)
-                failures += 1
-                LOG.warning("watching this node's pods failed (%s); listing again in %.0f s",
-                            exc, pause)
-                self._stop.wait(pause)
-
-    def _list(self) -> str:
-        response: Any = self.core.list_pod_for_all_namespaces(
+    def list_objects(self) -> Any:
+        return self.core.list_pod_for_all_namespaces(
             field_selector=self.selector, _preload_content=False, _request_timeout=30)
-        body = json.loads(response.data)
-        pods = {_key(item): _pod(item) for item in body.get("items") or ()}
-        with self._lock:
-            changed = set(self._pods) | set(pods)
-            self._pods = pods
-        self._changed(changed)
-        return str((body.get("metadata") or {}).get("resourceVersion") or "")
 
-    def _watch(self, version: str) -> None:
-        response: Any = self.core.list_pod_for_all_namespaces(
+    def watch_objects(self, version: str) -> Any:
+        return self.core.list_pod_for_all_namespaces(
             field_selector=self.selector, watch=True, resource_version=version,
             timeout_seconds=300, _preload_content=False, _request_timeout=(10, 330))
-        try:
-            for line in k8s_watch.iter_resp_lines(response):  # type: ignore[no-untyped-call]
-                if self._stop.is_set():
-                    return
-                if not line.strip():
-                    continue
-                event = json.loads(line)
-                kind, obj = event.get("type"), event.get("object") or {}
-                if kind == "ERROR":  # e.g. 410 Gone: our version is too old
-                    raise errors.Unavailable(f"pod watch error: {obj.get('message')}")
-                if kind not in ("ADDED", "MODIFIED", "DELETED"):
-                    continue
-                key = _key(obj)
-                with self._lock:
-                    if kind == "DELETED":
-                        self._pods.pop(key, None)
-                    else:
-                        self._pods[key] = _pod(obj)
-                self._changed([key])
-        finally:
-            response.release_conn()
+
+    def convert(self, obj: Mapping[str, Any]) -> Pod:
+        return _pod(obj)
 
 
 def _network_of(pod: Pod | None, *, key: tuple[str, str], uid: str,
@@ -156,11 +81,6 @@ def _network_of(pod: Pod | None, *, key: tuple[str, str], uid: str,
             f"pod {key[0]}/{key[1]} now has uid {pod.uid}, not {uid} of this sandbox: it was "
             "re-created; the runtime will tear this sandbox down")
     return network_for(pod.annotations, nad_key)
-
-
-def _key(obj: Mapping[str, Any]) -> tuple[str, str]:
-    metadata = obj.get("metadata") or {}
-    return (str(metadata.get("namespace") or ""), str(metadata.get("name") or ""))
 
 
 def _pod(obj: Mapping[str, Any]) -> Pod:

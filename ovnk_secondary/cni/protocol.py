@@ -38,11 +38,13 @@ IO_FAILURE = 5
 DECODE_FAILURE = 6
 INVALID_CONFIG = 7
 TRY_AGAIN_LATER = 11
-# Ours (the spec leaves 100 and up to plugins).
+# Ours (the spec leaves 100 and up to plugins); the README's table says what to do for each.
 ANNOTATION_TIMEOUT = 100
 BINDING_TIMEOUT = 101
 CHECK_FAILED = 102
 AGENT_FAILURE = 103
+INTERFACE_IN_USE = 104  # CNI_IFNAME or the logical switch port is another attachment's
+UNMAPPED_PHYSICAL_NETWORK = 105  # a localnet NAD's physical network has no bridge on the node
 
 # CNI spec: container ids are alphanumerics plus `_ . -`; interface names follow the kernel.
 _CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")

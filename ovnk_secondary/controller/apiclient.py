@@ -172,6 +172,14 @@ class ApiClient:
             headers={"Content-Type": "application/merge-patch+json"},
         )
 
+    async def annotate_nad(self, *, namespace: str, name: str, key: str, value: str) -> None:
+        await self._request(
+            "PATCH", f"/apis/k8s.cni.cncf.io/v1/namespaces/{namespace}/"
+                     f"network-attachment-definitions/{name}",
+            json={"metadata": {"annotations": {key: value}}},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+
     async def post_event(
         self, *, involved: Mapping[str, Any], event_type: str, reason: str, message: str
     ) -> None:

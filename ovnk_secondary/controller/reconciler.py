@@ -38,6 +38,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import json
 import logging
 import sys
 import time
@@ -59,7 +60,14 @@ NETWORK_CONFLICT = "NetworkConflict"
 CHANGE_REFUSED = "ChangeRefused"
 NETWORK_NOT_FOUND = "NetworkNotFound"
 IPAM_FAILED = "IPAMFailed"
+ADDRESS_IN_USE = "AddressInUse"
 NB_CONFLICT = "NorthboundConflict"
+# On each NAD of ours: the spec.config in force (accepted). A change of the network's identity
+# (name, topology, subnets, excludeSubnets) is refused while pods are attached; keeping what
+# was accepted on the NAD itself makes the refusal survive full syncs and restarts.
+ACCEPTED_CONFIG = "ovnk-secondary.io/accepted-config"
+# Fields whose change is refused while pods are attached to the NAD.
+IDENTITY_FIELDS = ("name", "topology", "subnets", "exclude_subnets")
 
 Key = tuple[str, str]  # (namespace, name)
 # At most this many pods per NB transaction of the hot path.
@@ -122,6 +130,34 @@ def _pod(body: Mapping[str, Any]) -> _Pod:
     )
 
 
+def _network_name(body: Mapping[str, Any]) -> str | None:
+    """The network a NAD names, None when it is not ours or invalid."""
+    try:
+        config = nads.parse_nad(body)
+    except errors.InvalidConfig:
+        return None
+    return config.name if config is not None else None
+
+
+def _pod_of_port(port: str, external_ids: Mapping[str, str]) -> Key | None:
+    """The pod a pod port of ours belongs to: exact, from its NAD and namespace keys.
+
+    The port name is `naming.pod_port_name(nad, namespace, pod)`; knowing the NAD and the
+    namespace, the pod's name is what follows them (checked by deriving the name again).
+    """
+    nad_key, namespace = external_ids.get(naming.NAD_KEY), external_ids.get("namespace")
+    if not nad_key or not namespace:
+        return None
+    head = naming.pod_port_name(nad_key, namespace, "")
+    name = port[len(head):]
+    return (namespace, name) if name and port.startswith(head) else None
+
+
+def _split(nad_key: str) -> Key:
+    namespace, _, name = nad_key.partition("/")
+    return namespace, name
+
+
 def _key(body: Mapping[str, Any]) -> Key:
     metadata = body.get("metadata") or {}
     return str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
@@ -139,8 +175,31 @@ def _fingerprint(state: desired.State) -> bytes:
 @dataclasses.dataclass(kw_only=True)
 class _Nad:
     body: dict[str, Any]
-    config: nads.NetworkConfig | None  # None: not ours or invalid
+    config: nads.NetworkConfig | None  # in force; None: not ours or invalid
     problem: str | None = None  # why it is not applied, for pods that select it
+    reason: str | None = None  # the Event reason of `problem` (or of a refused change)
+    accepted_text: str | None = None  # the spec.config text of `config`, once accepted
+    pending: bool = False  # accepted, but ACCEPTED_CONFIG is not yet written: no pods yet
+
+    @property
+    def applied(self) -> bool:
+        return self.config is not None and self.problem is None
+
+
+def _accepted(body: Mapping[str, Any]) -> str | None:
+    annotations = (body.get("metadata") or {}).get("annotations") or {}
+    text = annotations.get(ACCEPTED_CONFIG)
+    return text if isinstance(text, str) else None
+
+
+def _spec_config(body: Mapping[str, Any]) -> str | None:
+    spec = body.get("spec") or {}
+    text = spec.get("config") if isinstance(spec, Mapping) else None
+    return text if isinstance(text, str) else None
+
+
+def _identity_changed(old: nads.NetworkConfig, new: nads.NetworkConfig) -> bool:
+    return any(getattr(old, f) != getattr(new, f) for f in IDENTITY_FIELDS)
 
 
 class Reconciler:
@@ -170,6 +229,11 @@ class Reconciler:
         self._touched: set[Key] | None = None
         self._nb_writes: batches.Batcher[desired.State, client.Outcome] = batches.Batcher(
             flush=self._flush_nb_writes, limit=NB_BATCH)
+        # switch names whose network rows (switch, localnet port) are to converge
+        self._switch_writes: batches.Batcher[str, client.Outcome] = batches.Batcher(
+            flush=self._flush_switch_writes, limit=NB_BATCH)
+        # NAD key -> the pods whose selection names it
+        self._selecting: dict[str, set[Key]] = collections.defaultdict(set)
         # per pod, a fingerprint of the ports NB holds since we wrote them, valid for one NB
         # session
         self._written: dict[Key, bytes] = {}
@@ -177,7 +241,19 @@ class Reconciler:
         # per pod, its pod-networks annotation text and what it decodes to (decoding
         # validates every address: a full sync of 10,000 pods paid ~0.7 s for it)
         self._decoded: dict[Key, tuple[str | None, dict[str, podnetworks.PodNetwork]]] = {}
-        self._pools: dict[str, ipam.Pool] = {}
+        self._pools: dict[str, ipam.Pool] = {}  # network name -> its IPs (networks with subnets)
+        # network name -> MACs (and static IPs, without subnets) in use on it
+        self._holders: dict[str, ipam.Holders] = {}
+        # logical switch name -> the network using it: names are lossy (OVN-K maps '-' and '/'
+        # to '.'), so two networks may derive one name; the first keeps it, others are refused
+        self._switch_owner: dict[str, str] = {}
+        # network name -> pods waiting for an address or a MAC there (IPAMFailed, AddressInUse)
+        self._waiting: dict[str, set[Key]] = collections.defaultdict(set)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._repair_networks: asyncio.Task[None] | None = None
+        self._drifted: set[str] = set()  # switch names whose network rows changed behind us
+        self._tasks: set[asyncio.Future[None]] = set()
+        northbound.on_change = self._nb_row_changed
         self._posted: collections.OrderedDict[tuple[str, str, str], None] = (
             collections.OrderedDict())
         self._in_flight = 0
@@ -194,7 +270,8 @@ class Reconciler:
         return await asyncio.get_running_loop().run_in_executor(self._nb_thread, function)
 
     async def _flush_nb_writes(self, parts: list[desired.State]) -> list[client.Outcome]:
-        return await self._nb(functools.partial(self.northbound.converge, parts))
+        return await self._nb(functools.partial(
+            self.northbound.converge, [client.Part(want=p) for p in parts]))
 
     def _written_now(self) -> dict[Key, bytes]:
         """The memo of written ports, emptied whenever the NB connection changed."""
@@ -234,38 +311,32 @@ class Reconciler:
 
     # -- NADs -----------------------------------------------------------------------------
 
-    def _record_nad(self, body: dict[str, Any]) -> tuple[_Nad, str | None]:
-        """Parse and store a NAD; returns it and an error message (None when fine)."""
+    def _decide_nad(self, body: dict[str, Any]) -> tuple[_Nad, str | None]:
+        """Record a NAD; returns it and the message of a refused change (else None)."""
         key = _key(body)
         try:
             config = nads.parse_nad(body)
         except errors.InvalidConfig as exc:
-            nad = _Nad(body=body, config=None, problem=str(exc))
-            self._forget_nad(key)
-            self._nads[key] = nad
-            return nad, str(exc)
-        nad = _Nad(body=body, config=config)
+            return self._store_nad(key, _Nad(body=body, config=None, problem=str(exc),
+                                             reason=INVALID_CONFIG)), None
         if config is None:
-            self._forget_nad(key)
-            self._nads[key] = nad
-            return nad, None
-        previous = self._nads.get(key)
-        accepted_before = (previous is not None and previous.config is not None
-                           and previous.problem is None)
+            return self._store_nad(key, _Nad(body=body, config=None)), None
+        text = _spec_config(body)
+        refused = None
+        accepted, accepted_text = self._accepted_before(key, body)
+        if accepted is not None and _identity_changed(accepted, config):
+            attached = self._attached_count(accepted.nad_key)
+            if attached:
+                refused = (f"NAD {config.nad_key}: changing the network name, topology, "
+                           f"subnets or excludeSubnets is refused while {attached} pod(s) "
+                           f"are attached; the accepted config stays in force (annotation "
+                           f"{ACCEPTED_CONFIG}); delete the pods first or create a new NAD")
+                # the identity stays; what may change in place (mtu, vlanID) follows the NAD
+                config = dataclasses.replace(
+                    config, **{f: getattr(accepted, f) for f in IDENTITY_FIELDS})
+                text = accepted_text
         network = self._networks.get(config.name)
         others = [n for n in self._network_nads.get(config.name, []) if n != config.nad_key]
-        if accepted_before and previous is not None and previous.config is not None:
-            old = previous.config
-            if old.name != config.name or old.topology != config.topology or (
-                old.subnets != config.subnets or old.exclude_subnets != config.exclude_subnets
-            ):
-                attached = self._attached_count(old.nad_key)
-                if attached:
-                    message = (f"NAD {config.nad_key}: changing the network name, topology, "
-                               f"subnets or excludeSubnets is refused while {attached} pod(s) "
-                               "are attached; delete the pods first or create a new NAD")
-                    self._nads[key] = dataclasses.replace(previous, body=body)
-                    return previous, message
         if network is not None and others:
             differing = nads.disagreements(network, config)
             if differing:
@@ -274,106 +345,248 @@ class Reconciler:
                     for f in differing)
                 message = (f"NAD {config.nad_key} disagrees with NAD(s) {', '.join(others)} "
                            f"of network {config.name} on {fields}; make them equal")
-                nad.problem = message
-                self._forget_nad(key)
-                self._nads[key] = nad
-                return nad, message
+                return self._store_nad(key, _Nad(body=body, config=config, problem=message,
+                                                 reason=NETWORK_CONFLICT)), refused
+        switch = desired.switch_name(config)
+        holder = self._switch_owner.get(switch)
+        if holder is not None and holder != config.name:
+            message = (f"network {config.name!r} of NAD {config.nad_key} would use logical "
+                       f"switch {switch}, which network {holder!r} (NAD(s) "
+                       f"{', '.join(self._network_nads.get(holder, [])) or 'none'}) already "
+                       "uses: OVN-Kubernetes' names map '-' and '/' to '.', so OVN cannot "
+                       "tell the two networks apart; rename one of them")
+            return self._store_nad(key, _Nad(body=body, config=config, problem=message,
+                                             reason=NETWORK_CONFLICT)), refused
+        nad = self._store_nad(key, _Nad(
+            body=body, config=config, reason=CHANGE_REFUSED if refused else None,
+            accepted_text=text, pending=text != _accepted(body)))
+        self._network_nads[config.name].append(config.nad_key)
+        effective = dataclasses.replace(config, nad_key=(others[0] if others else config.nad_key))
+        if network != effective and (network is None or not others):
+            self._set_network(effective)
+        return nad, refused
+
+    def _accepted_before(
+        self, key: Key, body: Mapping[str, Any]
+    ) -> tuple[nads.NetworkConfig | None, str | None]:
+        """The config in force for this NAD before this event: ours in memory, else the one
+        its ACCEPTED_CONFIG annotation records (after a restart); (None, None) when none."""
+        previous = self._nads.get(key)
+        if previous is not None and previous.applied:
+            return previous.config, previous.accepted_text
+        text = _accepted(body)
+        if text is None:
+            return None, None
+        try:
+            return nads.parse_config(json.loads(text), nad_key=f"{key[0]}/{key[1]}"), text
+        except (errors.InvalidConfig, ValueError, RecursionError):
+            return None, None
+
+    def _store_nad(self, key: Key, nad: _Nad) -> _Nad:
         self._forget_nad(key)
         self._nads[key] = nad
-        self._network_nads[config.name].append(config.nad_key)
-        if network is None or not others or network != config:
-            self._networks[config.name] = dataclasses.replace(
-                config, nad_key=(others[0] if others else config.nad_key))
-        if config.has_ipam and config.name not in self._pools:
-            self._pools[config.name] = ipam.Pool(network=config.name, subnets=config.subnets,
-                                                 exclude_subnets=config.exclude_subnets)
-        return nad, None
+        return nad
+
+    def _set_network(self, config: nads.NetworkConfig) -> None:
+        """Make `config` the network's config in force: its switch name, pool and MAC book."""
+        name = config.name
+        old = self._networks.get(name)
+        self._networks[name] = config
+        if old is not None:
+            old_switch = desired.switch_name(old)
+            if self._switch_owner.get(old_switch) == name:
+                del self._switch_owner[old_switch]
+        self._switch_owner[desired.switch_name(config)] = name
+        self._holders.setdefault(name, ipam.Holders(network=name))
+        pool = self._pools.get(name)
+        if not config.has_ipam:
+            self._pools.pop(name, None)
+        elif pool is None or old is None or (old.subnets, old.exclude_subnets) != (
+                config.subnets, config.exclude_subnets):
+            # a new pool: the next pod gets an address of the subnets now in force
+            self._pools[name] = ipam.Pool(network=name, subnets=config.subnets,
+                                          exclude_subnets=config.exclude_subnets)
+            if pool is not None:
+                for pod in self._pods.values():
+                    self._reserve_recorded(pod, self._recorded(pod)[1], network=name)
 
     def _forget_nad(self, key: Key) -> None:
         nad = self._nads.pop(key, None)
-        if nad is None or nad.config is None or nad.problem is not None:
+        if nad is None or not nad.applied or nad.config is None:
             return
-        name = nad.config.name
-        accepted = self._network_nads.get(name, [])
+        accepted = self._network_nads.get(nad.config.name, [])
         if nad.config.nad_key in accepted:
             accepted.remove(nad.config.nad_key)
 
     def _attached_count(self, nad_key: str) -> int:
-        count = 0
-        for pod in self._pods.values():
-            annotation = pod.pod_networks
-            if annotation and f'"{nad_key}"' in annotation and not pod.finished:
-                count += 1
-        return count
+        return sum(1 for pod in self._pods.values()
+                   if not pod.finished and pod.pod_networks and f'"{nad_key}"' in
+                   pod.pod_networks and nad_key in self._recorded(pod)[1])
 
-    def _drop_unused_networks(self) -> list[nads.NetworkConfig]:
-        gone = [cfg for name, cfg in self._networks.items() if not self._network_nads.get(name)]
+    def _drop_unused_networks(self, names: Iterable[str | None]) -> list[nads.NetworkConfig]:
+        """Forget the networks among `names` that no accepted NAD names any more."""
+        gone = [self._networks[n] for n in set(names)
+                if n is not None and n in self._networks and not self._network_nads.get(n)]
         for config in gone:
             del self._networks[config.name]
             self._pools.pop(config.name, None)
+            self._holders.pop(config.name, None)
             self._network_nads.pop(config.name, None)
+            self._waiting.pop(config.name, None)
+            switch = desired.switch_name(config)
+            if self._switch_owner.get(switch) == config.name:
+                del self._switch_owner[switch]
         return gone
 
+    async def _write_accepted(self, nad: _Nad) -> bool:
+        """Record the config in force on the NAD (ACCEPTED_CONFIG); False when it failed."""
+        namespace, name = _key(nad.body)
+        try:
+            await self.api.annotate_nad(namespace=namespace, name=name, key=ACCEPTED_CONFIG,
+                                        value=nad.accepted_text or "")
+        except apiclient.ApiError as exc:
+            if exc.status == 404:
+                return False  # deleted meanwhile: its deletion event follows
+            logger.warning("could not annotate NAD %s/%s, a full sync will retry: %s",
+                           namespace, name, exc)
+            self._needs_sync = True
+            return False
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            logger.warning("could not annotate NAD %s/%s, a full sync will retry: %s",
+                           namespace, name, exc)
+            self._needs_sync = True
+            return False
+        nad.pending = False
+        return True
+
     async def nad_changed(self, body: dict[str, Any]) -> None:
+        # after the first full sync: an event of a NAD it did not list must not be lost
+        await self.synced.wait()
         key = _key(body)
-        self._written.clear()  # rare; the network's rows may change under the pods' ports
         before = self._nads.get(key)
-        nad, problem = self._record_nad(body)
-        if problem is not None:
-            reason = INVALID_CONFIG if nad.config is None else (
-                CHANGE_REFUSED if before is not None and nad is before else NETWORK_CONFLICT)
-            await self._warn(body, reason, problem)
-        gone = self._drop_unused_networks()
-        if not self.synced.is_set():
-            return  # the first full sync applies everything
-        await self._pod_work(lambda: self._apply_networks(gone))
-        if nad.config is not None and nad.problem is None:
-            for key, pod in self._pods.items():
-                if self._selects(pod, nad.config.nad_key):
-                    self._pod_queue.add(key)
+        old_network = (self._networks.get(before.config.name)
+                       if before is not None and before.config is not None else None)
+        nad, refused = self._decide_nad(body)
+        if refused is not None:
+            await self._warn(body, CHANGE_REFUSED, refused)
+        if nad.problem is not None and nad.reason is not None:
+            await self._warn(body, nad.reason, nad.problem)
+        if (before is not None and before.config == nad.config and before.problem ==
+                nad.problem and not nad.pending and old_network is not None
+                and nad.config is not None and self._networks.get(nad.config.name)
+                == old_network):
+            return  # nothing of ours changed (e.g. the echo of our own annotation)
+        names = {c.name for c in (old_network, before and before.config, nad.config) if c}
+        gone = self._drop_unused_networks(names)
+        switches = {desired.switch_name(c) for c in (old_network, *gone) if c is not None}
+        if nad.config is not None and nad.config.name in self._networks:
+            switches.add(desired.switch_name(self._networks[nad.config.name]))
+        await self._converge_switches(switches)
+        if gone:
+            await self._retry_conflicted()
+        # pods are allocated on the config in force only once it is recorded on the NAD
+        if nad.pending and not await self._write_accepted(nad):
+            return
+        if nad.applied and nad.config is not None:
+            self._queue_selecting({nad.config.nad_key})
+
+    def _soon(self, work: Awaitable[None]) -> None:
+        """Run `work` as a task of its own (outside the caller's pod work), logging failures."""
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+
+        def done(finished: asyncio.Future[None]) -> None:
+            self._tasks.discard(task)
+            if not finished.cancelled() and finished.exception() is not None:
+                logger.warning("%s failed, a full sync will retry: %s", work,
+                               finished.exception())
+                self._needs_sync = True
+
+        task.add_done_callback(done)
+
+    def _queue_selecting(self, nad_keys: set[str]) -> None:
+        """Queue the pods that select any of the NADs (their ports may have to change)."""
+        for nad_key in nad_keys:
+            for key in self._selecting.get(nad_key, ()):
+                self._written.pop(key, None)
+                self._pod_queue.add(key)
+
+    async def _retry_conflicted(self) -> None:
+        """NADs refused for a conflict with another network: decide again (it may be gone)."""
+        for key, nad in [(k, n) for k, n in self._nads.items() if n.reason == NETWORK_CONFLICT]:
+            if self._nads.get(key) is nad:
+                await self.nad_changed(nad.body)
 
     async def nad_deleted(self, body: dict[str, Any]) -> None:
+        await self.synced.wait()
         key = _key(body)
-        self._written.clear()
         nad = self._nads.get(key)
         self._forget_nad(key)
-        gone = self._drop_unused_networks()
-        if not self.synced.is_set() or nad is None or nad.config is None:
+        gone = self._drop_unused_networks([nad.config.name if nad and nad.config else None])
+        if nad is None or nad.config is None or not nad.applied:
             return
         nad_key = nad.config.nad_key
         network = nad.config.name
+        # release by the exact NAD key (owners are exact: never by a derived name's prefix)
         pool = self._pools.get(network)
-        prefix = naming.prefix(nad_key)
-        if pool is not None:
-            for owner in pool.owners():
-                if owner.startswith(prefix):
-                    pool.release(owner=owner)
+        holders = self._holders.get(network)
+        for owner in [*(pool.owners() if pool else ()), *(holders.owners() if holders else ())]:
+            if isinstance(owner, ipam.Owner) and owner.nad_key == nad_key:
+                self._release_owner(network, owner)
 
-        async def work() -> None:
-            await self._apply_networks(gone)
-            if network in self._networks:  # other NADs keep the network: drop this NAD's ports
+        await self._converge_switches({desired.switch_name(c) for c in gone})
+        if network in self._networks:  # other NADs keep the network: drop this NAD's ports
+            async def work() -> None:
                 have, _ = await self._nb(self.northbound.read)
                 stale = {n: p for n, p in have.ports.items()
                          if p.external_ids.get(naming.NAD_KEY) == nad_key}
                 await self._nb(lambda: self.northbound.apply(
                     diff.diff(desired.State(), desired.State(ports=stale))))
 
-        await self._pod_work(work)
+            await self._pod_work(work)
+        if gone:
+            await self._retry_conflicted()
 
-    async def _apply_networks(self, gone: Iterable[nads.NetworkConfig]) -> None:
-        """Converge the switches (and localnet ports) of all networks; delete gone ones."""
-        want = desired.state(self._networks.values(), [])
-        names = set(want.switches) | {desired.switch_name(c) for c in gone}
-        port_names = set(want.ports) | {naming.localnet_port_name(c.name) for c in gone}
-        have, foreign = await self._nb(
-            lambda: self.northbound.read_some(switches=names, ports=port_names))
-        change = diff.diff(want, have, foreign=foreign)
-        await self._report_conflicts(change)
-        try:
-            await self._nb(lambda: self.northbound.apply(change))
-        except errors.NorthboundError as exc:
-            logger.warning("NB write failed, a full sync will retry: %s", exc)
-            self._needs_sync = True
+    def _release_owner(self, network: str, owner: ipam.Owner) -> None:
+        """Give back what `owner` holds on `network`; pods waiting there get another turn."""
+        pool = self._pools.get(network)
+        released = bool(pool.release(owner=owner)) if pool is not None else False
+        holders = self._holders.get(network)
+        if holders is not None and holders.release(owner):
+            released = True
+        if released:
+            for key in self._waiting.pop(network, ()):
+                self._pod_queue.add(key)
+
+    async def _converge_switches(self, switches: Iterable[str]) -> None:
+        """Make NB hold, for each switch name, the rows of the network holding it now
+        (`_switch_owner`), or nothing. Names of one burst share transactions (`Batcher`); a
+        name's rows are read, compared and written inside its transaction, so a name is
+        created in exactly one transaction and a retried batch repeats nothing."""
+        outcomes = await asyncio.gather(*(self._switch_writes.submit(n) for n in switches))
+        for outcome in outcomes:
+            if outcome.error is not None:
+                logger.warning("NB write of a network failed, a full sync will retry: %s",
+                               outcome.error)
+                self._needs_sync = True
+            elif outcome.change is not None:
+                await self._report_conflicts(outcome.change)
+
+    async def _flush_switch_writes(self, names: list[str]) -> list[client.Outcome]:
+        unique = list(dict.fromkeys(names))  # one part per name: never two creations of one
+        parts = []
+        for name in unique:
+            network = self._networks.get(self._switch_owner.get(name, ""))
+            want = desired.network_state(network) if network is not None else desired.State()
+            parts.append(client.Part(want=want, switches=frozenset({name})))
+        outcomes: list[client.Outcome] = []
+
+        async def write() -> None:
+            outcomes.extend(await self._nb(functools.partial(self.northbound.converge, parts)))
+
+        await self._pod_work(write)  # never while a full sync computes its diff
+        by_name = dict(zip(unique, outcomes, strict=True))
+        return [by_name[n] for n in names]
 
     # -- pods -----------------------------------------------------------------------------
 
@@ -395,6 +608,7 @@ class Reconciler:
         if previous is not None and previous.uid != pod.uid:
             self._note_gone(key, previous)  # same name, new pod
         self._pods[key] = pod
+        self._index(previous, pod)
         self._queue_pod(key)
 
     def pod_deleted(self, body: Mapping[str, Any]) -> None:
@@ -404,8 +618,24 @@ class Reconciler:
         current = self._pods.get(key)
         if current is not None and current.uid == pod.uid:
             del self._pods[key]
+            self._index(current, None)
         self._note_gone(key, pod)
         self._queue_pod(key)
+
+    def _index(self, before: _Pod | None, after: _Pod | None) -> None:
+        """Keep `_selecting` (NAD key -> pods naming it) up to date for one pod."""
+        if before is not None and after is not None and before.networks == after.networks:
+            return
+        for pod, change in ((before, set.discard), (after, set.add)):
+            if pod is None or not pod.networks:
+                continue
+            try:
+                chosen = selections.parse(pod.networks, pod_namespace=pod.namespace,
+                                          pod_name=pod.name)
+            except errors.InvalidConfig:
+                continue
+            for selection in chosen:
+                change(self._selecting[selection.nad_key], pod.key)
 
     def _note_gone(self, key: Key, pod: _Pod) -> None:
         gone = self._gone.setdefault(key, [])
@@ -449,12 +679,14 @@ class Reconciler:
             current.uid != uid else set()
         port_names = set()
         for nad_key in recorded:
-            port = naming.pod_port_name(nad_key, namespace, name)
-            port_names.add(port)
-            if nad_key in kept:
-                continue
-            for pool in self._pools.values():
-                pool.release(owner=port)
+            port_names.add(naming.pod_port_name(nad_key, namespace, name))
+            nad = self._nads.get(_split(nad_key))
+            if nad_key in kept or nad is None or not nad.applied or nad.config is None:
+                continue  # a deleted NAD released its owners already
+            self._release_owner(nad.config.name, ipam.Owner(nad_key=nad_key,
+                                                            namespace=namespace, name=name))
+            if nad.reason == CHANGE_REFUSED:  # maybe its last pod: decide the change again
+                self._soon(self.nad_changed(nad.body))
         if not port_names:
             return
         have, _ = await self._nb(
@@ -470,31 +702,49 @@ class Reconciler:
                 self._needs_sync = True
 
     def _reserve_recorded(
-        self, pod: _Pod, recorded: dict[str, podnetworks.PodNetwork]
+        self, pod: _Pod, recorded: dict[str, podnetworks.PodNetwork], *,
+        network: str | None = None,
     ) -> None:
-        """Reserve the addresses a live pod's annotation records (the rebuild after restart)."""
+        """Reserve what a live pod's annotation records: its IPs, its MAC and static IPs
+        (the rebuild after a restart); only on `network` when given."""
         if pod.finished or not pod.node:
             return
         namespace, name = pod.key
         for nad_key, entry in recorded.items():
-            nad_namespace, _, nad_name = nad_key.partition("/")
-            nad = self._nads.get((nad_namespace, nad_name))
-            if nad is None or nad.config is None or nad.problem is not None:
+            nad = self._nads.get(_split(nad_key))
+            if nad is None or not nad.applied or nad.config is None:
                 continue
-            pool = self._pools.get(nad.config.name)
-            if pool is None or not entry.ip_addresses:
+            if network is not None and nad.config.name != network:
                 continue
             try:
-                pool.reserve(owner=naming.pod_port_name(nad_key, namespace, name),
-                             addresses=entry.ip_addresses)
+                self._reserve(nad.config.name, ipam.Owner(nad_key=nad_key, namespace=namespace,
+                                                          name=name), entry)
             except errors.IpamError as exc:
                 logger.warning("pod %s/%s: %s", namespace, name, exc)
+
+    def _reserve(self, network: str, owner: ipam.Owner, entry: podnetworks.PodNetwork) -> None:
+        """Mark a recorded entry's addresses as `owner`'s; IpamError when another holds one."""
+        pool = self._pools.get(network)
+        if pool is not None and entry.ip_addresses:
+            pool.reserve(owner=owner, addresses=entry.ip_addresses)
+        holders = self._holders.get(network)
+        if holders is not None:
+            holders.claim(owner, macs=[entry.mac_address],
+                          ips=() if pool is not None else entry.ip_addresses or ())
 
     def _attachments(
         self, pod: _Pod, recorded: dict[str, podnetworks.PodNetwork],
         problems: list[tuple[str, str]],
     ) -> list[tuple[nads.NetworkConfig, desired.Attachment]]:
-        """Decide the pod's attachments, allocating what is missing (updates `recorded`)."""
+        """Decide the pod's attachments, allocating what is missing (updates `recorded`).
+
+        Refused, each with a problem for a Warning Event: an invalid selection annotation
+        (nothing is attached), and per element a missing, invalid, conflicting or pending
+        NAD, two NADs giving the pod one port name, static ips on a network with subnets, a
+        gateway outside the network's subnets, no free address (IPAMFailed), a MAC or static
+        IP held by another pod of the network (AddressInUse). Pods refused for an address
+        wait for one to be released on that network.
+        """
         namespace, name, uid, node = pod.namespace, pod.name, pod.uid, pod.node
         annotation = pod.networks
         if not node or not annotation or pod.finished or pod.deleting:
@@ -505,11 +755,13 @@ class Reconciler:
             problems.append((INVALID_CONFIG, str(exc)))
             return []
         result = []
+        ports: dict[str, str] = {}  # port name -> NAD key, within this pod
         for selection in chosen:
             nad = self._nads.get((selection.namespace, selection.name))
             if nad is None:
+                others = " (the pod's other networks are attached)" if len(chosen) > 1 else ""
                 problems.append((NETWORK_NOT_FOUND, f"NAD {selection.nad_key} does not exist; "
-                                 "create it (the pod's other networks are attached)"))
+                                 f"create it{others}"))
                 continue
             if nad.config is None:
                 if nad.problem is not None:
@@ -520,39 +772,67 @@ class Reconciler:
                 problems.append((NETWORK_CONFLICT, f"NAD {selection.nad_key} is not applied: "
                                                    f"{nad.problem}"))
                 continue
+            if nad.pending:
+                continue  # queued again once its accepted config is recorded
             network = self._networks[nad.config.name]
             port = naming.pod_port_name(selection.nad_key, namespace, name)
+            if port in ports:
+                problems.append((NETWORK_CONFLICT, f"NADs {ports[port]} and {selection.nad_key} "
+                                 f"would both give the pod logical switch port {port} "
+                                 "(OVN-Kubernetes' names map '-' and '/' to '.'); select only "
+                                 f"one of them: {selection.nad_key} is not attached"))
+                continue
+            ports[port] = selection.nad_key
+            owner = ipam.Owner(nad_key=selection.nad_key, namespace=namespace, name=name)
             entry = recorded.get(selection.nad_key)
-            pool = self._pools.get(network.name)
             if entry is None:
-                if network.has_ipam and selection.ips:
-                    problems.append((INVALID_CONFIG, f"static ips {', '.join(selection.ips)} "
-                                     f"are only accepted on networks without subnets; NAD "
-                                     f"{selection.nad_key} has subnets: remove ips"))
+                problem = self._allocate(pod, network, selection, owner)
+                if isinstance(problem, tuple):
+                    problems.append(problem)
                     continue
+                entry = recorded[selection.nad_key] = problem
+            else:
                 try:
-                    ips = pool.allocate(owner=port) if pool is not None else (
-                        selection.ips or None)
+                    self._reserve(network.name, owner, entry)
                 except errors.IpamError as exc:
-                    problems.append((IPAM_FAILED, str(exc)))
-                    continue
-                entry = podnetworks.PodNetwork(
-                    ip_addresses=ips,
-                    mac_address=podnetworks.mac_address(
-                        ips or (), requested=selection.mac, seed=f"{uid}/{selection.nad_key}"),
-                    gateway_ips=selection.default_route,
-                )
-                recorded[selection.nad_key] = entry
-            elif pool is not None and entry.ip_addresses:
-                try:
-                    pool.reserve(owner=port, addresses=entry.ip_addresses)
-                except errors.IpamError as exc:
-                    problems.append((IPAM_FAILED, f"recorded addresses of {port}: {exc}"))
+                    problems.append((IPAM_FAILED, f"recorded addresses of {owner}: {exc}"))
             result.append((network, desired.Attachment(
                 nad_key=selection.nad_key, pod_namespace=namespace, pod_name=name,
                 pod_uid=uid, node=str(node), mac=entry.mac_address, ips=entry.ip_addresses,
             )))
         return result
+
+    def _allocate(
+        self, pod: _Pod, network: nads.NetworkConfig, selection: selections.NetworkSelection,
+        owner: ipam.Owner,
+    ) -> podnetworks.PodNetwork | tuple[str, str]:
+        """A new entry for the pod on a NAD, or the (reason, message) of why there is none."""
+        if network.has_ipam and selection.ips:
+            return (INVALID_CONFIG, f"static ips {', '.join(selection.ips)} are only accepted "
+                    f"on networks without subnets; NAD {selection.nad_key} has subnets: "
+                    "remove ips")
+        try:
+            nads.check_gateways(network, selection.default_route, static_ips=selection.ips)
+        except errors.InvalidConfig as exc:
+            return INVALID_CONFIG, f"NAD {selection.nad_key}: {exc}"
+        pool = self._pools.get(network.name)
+        try:
+            ips = pool.allocate(owner=owner) if pool is not None else (selection.ips or None)
+        except errors.IpamError as exc:
+            self._waiting[network.name].add(pod.key)
+            return IPAM_FAILED, str(exc)
+        mac = podnetworks.mac_address(ips or (), requested=selection.mac,
+                                      seed=f"{pod.uid}/{selection.nad_key}")
+        try:
+            self._holders[network.name].claim(
+                owner, macs=[mac], ips=() if pool is not None else ips or ())
+        except errors.IpamError as exc:
+            if pool is not None:
+                pool.release(owner=owner)
+            self._waiting[network.name].add(pod.key)
+            return ADDRESS_IN_USE, f"{exc}; the pod waits until it is released"
+        return podnetworks.PodNetwork(ip_addresses=ips, mac_address=mac,
+                                      gateway_ips=selection.default_route)
 
     async def _annotate(
         self, pod: _Pod, recorded: dict[str, podnetworks.PodNetwork],
@@ -606,10 +886,11 @@ class Reconciler:
         if written.get(key) == fingerprint and podnetworks.encode(recorded) == before:
             return  # nothing changed for this pod (e.g. the echo of our own annotation)
         try:
-            if not await self._annotate(pod, recorded, before):
-                for _, attachment in attachments:
-                    for pool in self._pools.values():
-                        pool.release(owner=attachment.port_name)
+            if not await self._annotate(pod, recorded, before):  # the pod is gone
+                for network, attachment in attachments:
+                    self._release_owner(network.name, ipam.Owner(
+                        nad_key=attachment.nad_key, namespace=attachment.pod_namespace,
+                        name=attachment.pod_name))
                 return
         except (apiclient.ApiError, aiohttp.ClientError, TimeoutError) as exc:
             logger.warning("could not annotate pod %s/%s, a full sync will retry: %s",
@@ -629,16 +910,62 @@ class Reconciler:
                 written[key] = fingerprint
 
     async def _report_conflicts(
-        self, change: diff.Diff, body: Mapping[str, Any] | _Pod | None = None
+        self, change: diff.Diff, pod: _Pod | None = None
     ) -> None:
+        """A Warning Event per conflicting row: on the NADs of the network whose switch it
+        is, and on the pod whose ports it blocks (a log line when neither is known)."""
         for name in change.conflicts:
             message = (f"northbound row {name} exists but is not owned by ovnk-secondary "
-                       f"(no external_ids:{naming.OWNER_KEY}); it is left alone: remove it "
-                       "or rename the network")
-            if body is not None:
-                await self._warn(body, NB_CONFLICT, message)
-            else:
+                       f"(no external_ids:{naming.OWNER_KEY}); nothing is written into it: "
+                       "remove it or rename the network")
+            network = self._switch_owner.get(name)
+            subjects: list[Mapping[str, Any] | _Pod] = [
+                nad.body for nad_key in self._network_nads.get(network or "", [])
+                if (nad := self._nads.get(_split(nad_key))) is not None]
+            if pod is not None:
+                subjects.append(pod)
+            for subject in subjects:
+                await self._warn(subject, NB_CONFLICT, message)
+            if not subjects:
                 logger.warning(message)
+
+    # -- drift: owned NB rows changed behind our back ----------------------------------------
+
+    def _nb_row_changed(self, change: client.RowChange) -> None:
+        """In the NB connection thread: hand the change to the loop."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._drift, change)
+
+    def _drift(self, change: client.RowChange) -> None:
+        """An owned row was updated or deleted: converge what it belongs to within moments.
+
+        A pod's port: its pod is queued (and what we remember having written for it is
+        forgotten, so the queue compares with NB again). A switch or a localnet port: the
+        networks are converged, once for a burst of changes. Our own updates and deletions
+        come back here too; converging them finds nothing to do.
+        """
+        if not self.synced.is_set():
+            return  # the first full sync will look at everything
+        ids = change.external_ids
+        if change.table == "Logical_Switch_Port" and ids.get("pod") == "true":
+            key = _pod_of_port(change.name, ids)
+            if key is not None and key in self._pods:
+                self._written.pop(key, None)
+                self._pod_queue.add(key)
+            return
+        network = self._networks.get(ids.get(naming.NETWORK_KEY, ""))
+        switch = change.name if change.table == "Logical_Switch" else (
+            desired.switch_name(network) if network is not None else None)
+        if switch is not None:
+            self._drifted.add(switch)
+        if self._drifted and (self._repair_networks is None or self._repair_networks.done()):
+            self._repair_networks = asyncio.ensure_future(self._repair_networks_soon())
+
+    async def _repair_networks_soon(self) -> None:
+        await asyncio.sleep(0.1)  # one convergence for a burst of changes
+        switches, self._drifted = self._drifted, set()
+        await self._converge_switches(switches)
 
     # -- full sync ------------------------------------------------------------------------
 
@@ -692,22 +1019,43 @@ class Reconciler:
                                               self._list_pods())
         if not self.northbound.ready():
             raise errors.NorthboundError("OVN northbound is not ready")
+        # pod work waits while this sync runs: nothing of ours writes NB until it applies
+        have, foreign = await self._nb(self.northbound.read)
         self._needs_sync = False
-        # NADs in creation order: the first NAD of a network sets its config
-        nad_list.sort(key=lambda b: (b.get("metadata", {}).get("creationTimestamp") or "",
+        # NADs in creation order (the first NAD of a network sets its config), those of the
+        # networks NB already has a switch of first: when two networks derive one switch
+        # name, the one holding the switch keeps it, whatever the order of their NADs
+        in_nb = {s.external_ids.get(naming.NETWORK_KEY) for s in have.switches.values()}
+        nad_list.sort(key=lambda b: (_network_name(b) not in in_nb,
+                                     b.get("metadata", {}).get("creationTimestamp") or "",
                                      _key(b)))
         previous_nads = self._nads
-        self._nads, self._networks, self._pools = {}, {}, {}
+        self._nads, self._networks, self._pools, self._holders = {}, {}, {}, {}
+        self._switch_owner = {}
         self._network_nads = collections.defaultdict(list)
+        self._waiting = collections.defaultdict(set)
         self._pods = pods
+        self._selecting = collections.defaultdict(set)
+        for pod in pods.values():
+            self._index(None, pod)
         self._decoded = {k: v for k, v in self._decoded.items() if k in self._pods}
         self._written.clear()
         for body in nad_list:
-            nad, problem = self._record_nad(body)
+            nad, refused = self._decide_nad(body)
             old = previous_nads.get(_key(body))
-            if problem is not None and (old is None or old.problem != problem):
-                await self._warn(body, INVALID_CONFIG if nad.config is None else
-                                 NETWORK_CONFLICT, problem)
+            if refused is not None:
+                await self._warn(body, CHANGE_REFUSED, refused)
+            if nad.problem is not None and nad.reason is not None and (
+                    old is None or old.problem != nad.problem):
+                await self._warn(body, nad.reason, nad.problem)
+        # the accepted configs are recorded on their NADs before any pod is allocated on them
+        limit = asyncio.Semaphore(ANNOTATE_CONCURRENCY)
+
+        async def accept(nad: _Nad) -> None:
+            async with limit:
+                await self._write_accepted(nad)
+
+        await asyncio.gather(*(accept(n) for n in self._nads.values() if n.pending))
         # rebuild the pools from what the annotations record, before allocating anything
         # (pods as listed: events during the sync change `self._pods` and are queued)
         recorded_by_pod = {key: (pod, *self._recorded(pod)) for key, pod in pods.items()}
@@ -718,7 +1066,6 @@ class Reconciler:
         # Pods whose annotation must be written (new since the listing started, e.g. during
         # a burst of creations) are annotated concurrently: one by one, a sync landing in a
         # burst spent seconds on round trips. Allocation stays sequential (above).
-        limit = asyncio.Semaphore(ANNOTATE_CONCURRENCY)
 
         async def annotate(key: Key, pod: _Pod, found: list[Any],
                            recorded: dict[str, Any], before: str | None) -> None:
@@ -746,7 +1093,6 @@ class Reconciler:
         for found in pod_attachments.values():
             attachments.extend(found)
         want = desired.state(self._networks.values(), attachments)
-        have, foreign = await self._nb(self.northbound.read)
         change = diff.diff(want, have, foreign=foreign)
         await self._report_conflicts(change)
         session = self.northbound.session()
@@ -766,6 +1112,7 @@ class Reconciler:
 
         Also runs the workers of queued pods, until `aclose`.
         """
+        self._loop = asyncio.get_running_loop()
         self._pod_queue.start()
         delay = 0.5
         session = -1
@@ -795,5 +1142,6 @@ class Reconciler:
     async def aclose(self) -> None:
         await self._pod_queue.close()
         await self._nb_writes.close()
+        await self._switch_writes.close()
         self.close()
 

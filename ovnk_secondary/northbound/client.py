@@ -25,9 +25,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import prometheus_client
 from ovs.db import data as ovs_data
 from ovs.db import types as ovs_types
 from ovsdbapp.backend.ovs_idl import command, connection, idlutils
@@ -37,6 +39,12 @@ from ovnk_secondary import errors, naming
 from ovnk_secondary.northbound import desired, diff
 
 logger = logging.getLogger(__name__)
+TRANSACTION_SECONDS = prometheus_client.Histogram(
+    "ovnk_secondary_nb_transaction_seconds",
+    "Time to commit one OVN northbound transaction of ours (successful ones).")
+TRANSACTION_FAILURES = prometheus_client.Counter(
+    "ovnk_secondary_nb_transaction_failures",
+    "OVN northbound transactions of ours that failed (refused, or NB unreachable).")
 
 SCHEMA_NAME = "OVN_Northbound"
 # How many commands one full-sync transaction carries (hot-path transactions carry one pod).
@@ -88,18 +96,59 @@ class Outcome:
     error: errors.NorthboundError | None = None
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RowChange:
+    """An owned row of ours was updated or deleted in NB (by anybody, us included)."""
+
+    table: str  # "Logical_Switch" or "Logical_Switch_Port"
+    event: str  # "update" or "delete"
+    name: str
+    external_ids: dict[str, str]  # the row's (for a deletion: its last)
+
+
 class _Idl(connection.OvsdbIdl):  # type: ignore[misc]
-    """ovsdbapp's IDL without its per-row `time.sleep(0)`.
+    """ovsdbapp's IDL without its per-row `time.sleep(0)`, telling us of changed owned rows.
 
     python-ovs calls `cooperative_yield` for every row of every update (ovsdbapp makes it
     `time.sleep(0)`, for eventlet). With threads it only drops the GIL: while the asyncio
     thread is busy, the connection thread then waits a whole switch interval (5 ms) to get
     it back, per row, and NB replies and updates crawl. Python's own switch interval keeps
     the threads fair without it.
+
+    `on_change` (called in the connection thread) hears of every update and deletion of a
+    row that carries, or carried, our ownership marker: drift to repair within seconds.
+    Creations are not reported (a row appearing is never drift of ours).
     """
+
+    on_change: Callable[[RowChange], None] | None = None
 
     def cooperative_yield(self) -> None:
         pass
+
+    def notify(self, event: str, row: Any, updates: Any = None) -> None:
+        super().notify(event, row, updates)
+        if self.on_change is None or event not in ("update", "delete"):
+            return
+        table = row._table.name
+        if table not in MONITORED:
+            return
+        external_ids = _map(row, "external_ids")
+        before = getattr(updates, "_data", {}).get("external_ids") if updates else None
+        owned_before = before is not None and any(
+            k.value == naming.OWNER_KEY and v.value == naming.OWNER_VALUE
+            for k, v in before.values.items())
+        if _owned(external_ids) or owned_before:
+            self.on_change(RowChange(table=table, event=event, name=_scalar(row, "name"),
+                                     external_ids=external_ids))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Part:
+    """What `converge` makes NB hold: the rows of `want`; and rows of ours among `switches`
+    that `want` lacks are deleted (with their ports)."""
+
+    want: desired.State
+    switches: frozenset[str] = frozenset()
 
 
 class _Converge(command.BaseCommand):  # type: ignore[misc]
@@ -109,14 +158,20 @@ class _Converge(command.BaseCommand):  # type: ignore[misc]
     keeps read and write consistent, and a transaction retried on TRY_AGAIN recomputes it.
     """
 
-    def __init__(self, northbound: Northbound, want: desired.State) -> None:
+    def __init__(self, northbound: Northbound, part: Part) -> None:
         super().__init__(northbound._api)
         self.northbound = northbound
-        self.want = want
+        self.want = part.want
+        self.scope = part.switches
 
     def run_idl(self, txn: Any) -> None:
-        have, foreign = self.northbound._read_locked(set(self.want.switches),
-                                                     set(self.want.ports))
+        # the ports' switches too: a port is never written into a switch we do not own
+        wanted = set(self.want.switches) | self.scope
+        have, foreign = self.northbound._read_locked(
+            wanted | {p.switch for p in self.want.ports.values()}, set(self.want.ports),
+            {p.name: p.switch for p in self.want.ports.values()})
+        have = desired.State(
+            switches={n: s for n, s in have.switches.items() if n in wanted}, ports=have.ports)
         change = diff.diff(self.want, have, foreign=foreign)
         for nested in self.northbound._commands(change):
             nested.run_idl(txn)
@@ -126,9 +181,12 @@ class _Converge(command.BaseCommand):  # type: ignore[misc]
 class Northbound:
     """A connection to one NB database."""
 
-    def __init__(self, *, remote: str, timeout: float = 10.0) -> None:
+    def __init__(self, *, remote: str, timeout: float = 10.0,
+                 on_change: Callable[[RowChange], None] | None = None) -> None:
+        """`on_change`: see `_Idl`; called in the connection thread, so it must be quick."""
         self.remote = remote
         self.timeout = timeout
+        self.on_change = on_change
         self._api: Any = None
         self._lock = threading.Lock()
 
@@ -144,6 +202,7 @@ class Northbound:
                 for table, columns in MONITORED.items():
                     helper.register_columns(table, list(columns))
                 idl = _Idl(self.remote, helper)
+                idl.on_change = self.on_change
                 conn = connection.Connection(idl=idl, timeout=self.timeout)
                 # a class per instance: ovsdbapp stores the connection on the class
                 api_class = type("OvnNbApi", (impl_idl.OvnNbApiIdlImpl,),
@@ -204,16 +263,28 @@ class Northbound:
             return self._read_locked(set(switches), set(ports))
 
     def _read_locked(
-        self, switch_names: set[str] | None, port_names: set[str] | None
+        self, switch_names: set[str] | None, port_names: set[str] | None,
+        port_switches: Mapping[str, str] | None = None,
     ) -> tuple[desired.State, frozenset[str]]:
+        """Our rows among the named ones (all when None) and the names of foreign ones.
+
+        Cost: O(rows named) by the IDL's name indexes, not O(rows in NB). `port_switches`
+        (port name -> the switch expected to hold it) spares the search for each named port's
+        switch among all switches. Rows inserted earlier in the same transaction (by another
+        part of a batch; they have no committed `_data` yet) are skipped: parts of one
+        transaction never share a name, and rows deleted earlier are gone from the table.
+        """
         tables = self._api.tables
         foreign: set[str] = set()
         switches: dict[str, desired.Switch] = {}
-        switch_rows = list(tables["Logical_Switch"].rows.values())
+        if switch_names is None:
+            switch_rows = list(tables["Logical_Switch"].rows.values())
+        else:
+            switch_rows = [r for n in switch_names
+                           for r in idlutils.rows_by_value(self._idl, "Logical_Switch", "name", n)]
+        switch_rows = [r for r in switch_rows if r._data is not None]
         for row in switch_rows:
             name = _scalar(row, "name")
-            if switch_names is not None and name not in switch_names:
-                continue
             external_ids = _map(row, "external_ids")
             if _owned(external_ids):
                 switches[name] = desired.Switch(
@@ -227,13 +298,24 @@ class Northbound:
                 name = _scalar(row, "name")
                 for port in _uuids(row, "ports"):
                     port_switch[port] = name
-            rows = tables["Logical_Switch_Port"].rows.values()
+            rows = [r for r in tables["Logical_Switch_Port"].rows.values()
+                    if r._data is not None]
         else:  # a few ports: by name index, each switch found by an O(1) membership test
-            rows = [r for r in (self._port_by_name(n) for n in port_names) if r is not None]
+            rows = [r for r in (self._port_by_name(n) for n in port_names)
+                    if r is not None and r._data is not None]
+            everything: list[Any] | None = None
             for port_row in rows:
-                port_switch[port_row.uuid] = next(
-                    (_scalar(s, "name") for s in switch_rows
-                     if _references(s, "ports", port_row.uuid)), "")
+                hint = (port_switches or {}).get(_scalar(port_row, "name"))
+                candidates = [r for r in switch_rows if _scalar(r, "name") == hint] if hint else []
+                holder = next((s for s in candidates if _references(s, "ports", port_row.uuid)),
+                              None)
+                if holder is None:  # moved, or no hint: look at every switch
+                    if everything is None:
+                        everything = [r for r in tables["Logical_Switch"].rows.values()
+                                      if r._data is not None]
+                    holder = next((s for s in everything
+                                   if _references(s, "ports", port_row.uuid)), None)
+                port_switch[port_row.uuid] = _scalar(holder, "name") if holder else ""
         ports: dict[str, desired.Port] = {}
         for row in rows:
             name = _scalar(row, "name")
@@ -275,8 +357,9 @@ class Northbound:
             self._commit(commands[start:start + batch])
         return len(commands)
 
-    def converge(self, parts: Sequence[desired.State]) -> list[Outcome]:
-        """Make NB hold each part's rows (a pod's ports); one `Outcome` per part, in order.
+    def converge(self, parts: Sequence[Part]) -> list[Outcome]:
+        """Make NB hold each part's rows (a pod's ports, a network's switch); one `Outcome`
+        per part, in order.
 
         Rows are read and diffed inside the transaction. All parts go in one transaction;
         if it fails, each part is tried again in its own transaction so that only the
@@ -309,11 +392,14 @@ class Northbound:
         return outcomes
 
     def _commit(self, commands: list[Any]) -> None:
+        started = time.monotonic()
         try:
             with self._api.transaction(check_error=True, nested=False) as txn:
                 for command in commands:
                     txn.add(command)
+            TRANSACTION_SECONDS.observe(time.monotonic() - started)
         except Exception as exc:
+            TRANSACTION_FAILURES.inc()
             raise errors.NorthboundError(
                 f"OVN northbound transaction of {len(commands)} commands failed: {exc}"
             ) from exc

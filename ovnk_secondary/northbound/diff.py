@@ -2,7 +2,8 @@
 
 Pure: both sides are `desired.State` values. `actual` holds only rows carrying our ownership
 marker; `foreign` names rows with a desired name that we do not own: they are reported as
-conflicts and never touched. Map columns are compared on the keys we manage
+conflicts and never touched, and nothing is written into them (a port whose switch is
+foreign is a conflict of that switch). Map columns are compared on the keys we manage
 (`desired.MANAGED_KEYS`) only, so keys others add to our rows survive a repair.
 """
 
@@ -108,6 +109,11 @@ def diff(
     for name, port in want.ports.items():
         actual_port = have.ports.get(name)
         if port.switch in conflicting:
+            continue
+        if port.switch in foreign and port.switch not in have.switches:
+            # never write into a switch we do not own (e.g. an admin's switch with our name)
+            conflicting.add(port.switch)
+            conflicts.append(port.switch)
             continue
         if actual_port == port:  # the common case of a resync: one cheap comparison
             continue

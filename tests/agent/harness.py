@@ -27,6 +27,7 @@ from tests import served
 AGENT_DIR = "/run/ovnk-agent-test"
 SOCKET = f"{AGENT_DIR}/sock/cni.sock"
 PLUGIN = "/opt/cni/bin/ovn-k8s-cni-overlay"
+NAD_GROUP, NAD_VERSION, NAD_PLURAL = "k8s.cni.cncf.io", "v1", "network-attachment-definitions"
 
 
 def wait_until(predicate: Callable[[], Any], *, timeout: float, what: str,
@@ -49,6 +50,7 @@ class Network:
     subnet: str = ""
     vlan: int | None = None
     mtu: int | None = None
+    physical_network: str = ""  # localnet: physicalNetworkName (default: name)
 
     @property
     def switch(self) -> str:
@@ -64,6 +66,8 @@ class Network:
             conf["vlanID"] = self.vlan
         if self.mtu:
             conf["mtu"] = self.mtu
+        if self.physical_network:
+            conf["physicalNetworkName"] = self.physical_network
         return conf
 
 
@@ -124,9 +128,11 @@ class Cluster:
         self.sb = sb
         self.api = api
         self.core: Any = api.core()
+        self.custom: Any = client.CustomObjectsApi(self.core.api_client)
         self.nb = nb
         self._switches: list[str] = []
         self._pods: list[Pod] = []
+        self._nads: list[Network] = []
         self.agents: dict[str, Agent] = {}
 
     # --- the controller's side --------------------------------------------------------------
@@ -141,11 +147,28 @@ class Cluster:
                 txn.add(self.nb.lsp_add(network.switch, port, type="localnet",
                                         addresses=["unknown"],
                                         options={"network_name": physical_network or
-                                                 network.name}))
+                                                 network.physical_network or network.name}))
                 if network.vlan:
                     txn.add(self.nb.db_set("Logical_Switch_Port", port,
                                            ("tag_request", network.vlan)))
         self._switches.append(network.switch)
+
+    def add_nad(self, network: Network) -> None:
+        """The NetworkAttachmentDefinition object of `network` (the agent watches NADs)."""
+        namespace, name = network.nad_key.split("/")
+        self.custom.create_namespaced_custom_object(
+            NAD_GROUP, NAD_VERSION, namespace, NAD_PLURAL,
+            {"apiVersion": f"{NAD_GROUP}/{NAD_VERSION}", "kind": "NetworkAttachmentDefinition",
+             "metadata": {"name": name, "namespace": namespace},
+             "spec": {"config": json.dumps(network.config())}})
+        self._nads.append(network)
+
+    def edit_nad(self, network: Network) -> None:
+        """Replace the NAD's spec.config with `network`'s (a merge patch, as `kubectl edit`)."""
+        namespace, name = network.nad_key.split("/")
+        self.custom.patch_namespaced_custom_object(
+            NAD_GROUP, NAD_VERSION, namespace, NAD_PLURAL, name,
+            {"spec": {"config": json.dumps(network.config())}})
 
     def add_pod(self, pod: Pod, *, annotate: bool = True, port: bool = True) -> None:
         """The pod object (annotated as the controller would) and its logical switch port."""
@@ -162,8 +185,24 @@ class Cluster:
             "spec": {"nodeName": pod.node, "containers": [{"name": "c", "image": "x"}]}})
         # the emulator stamps its own uid: the runtime passes the real one in CNI_ARGS
         pod.uid = self.core.read_namespaced_pod(pod.name, pod.namespace).metadata.uid
-        if not port:
-            return
+        if port:
+            self._add_port(pod)
+
+    def add_attachment(self, pod: Pod) -> None:
+        """Another network of a pod made with `add_pod` (same name, uid and sandbox): its
+        annotation entry next to the others, and its logical switch port."""
+        self._pods.append(pod)
+        annotations = self.core.read_namespaced_pod(pod.name, pod.namespace).metadata.annotations
+        entries = json.loads(annotations.get("k8s.ovn.org/pod-networks") or "{}")
+        entries[pod.network.nad_key] = {"ip_addresses": [pod.ip], "mac_address": pod.mac,
+                                        "role": "secondary"}
+        selections = annotations["k8s.v1.cni.cncf.io/networks"] + "," + pod.network.nad_key
+        self.core.patch_namespaced_pod(pod.name, pod.namespace, {"metadata": {"annotations": {
+            "k8s.v1.cni.cncf.io/networks": selections,
+            "k8s.ovn.org/pod-networks": json.dumps(entries)}}})
+        self._add_port(pod)
+
+    def _add_port(self, pod: Pod) -> None:
         addresses = [f"{pod.mac} {pod.address}"]
         self.nb.lsp_add(pod.network.switch, pod.port, addresses=addresses,
                         port_security=addresses,
@@ -192,8 +231,17 @@ class Cluster:
             self.remove_pod(pod)
         for switch in self._switches:
             self.nb.ls_del(switch, if_exists=True).execute(check_error=True)
+        for network in self._nads:
+            namespace, name = network.nad_key.split("/")
+            try:
+                self.custom.delete_namespaced_custom_object(NAD_GROUP, NAD_VERSION, namespace,
+                                                            NAD_PLURAL, name)
+            except client.ApiException as exc:
+                if exc.status != 404:
+                    raise
         self._pods.clear()
         self._switches.clear()
+        self._nads.clear()
 
     # --- Multus' side -----------------------------------------------------------------------
 

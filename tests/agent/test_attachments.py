@@ -88,3 +88,63 @@ def test_check_lists_every_difference() -> None:
         "OVS interface ovk1 (iface-id p) is not bound: ovn-controller has not set ovn-installed"]
     assert attachments.check_problems(spec=spec, observed=None, port=None, port_name="p") == [
         "interface net1 is missing in /n", "no OVS interface carries iface-id p on br-int"]
+
+
+LOCALNET = {"cniVersion": "0.3.1", "name": "localnet9", "type": "ovn-k8s-cni-overlay",
+            "topology": "localnet", "netAttachDefName": "ns1/ln9", "vlanID": 9}
+
+
+def test_an_unmapped_physical_network_is_refused_with_what_the_node_has() -> None:
+    network = attachments.network_config(LOCALNET | {"physicalNetworkName": "physnet9"})
+    error = attachments.unmapped_network_error(
+        network, mappings="localnet1:br-ex,localnet2:ovs-br1", node_name="node-1")
+    assert error is not None and error.code == protocol.UNMAPPED_PHYSICAL_NETWORK == 105
+    assert error.msg.startswith(
+        "physical network physnet9 of NAD ns1/ln9 is not mapped on node node-1 "
+        "(ovn-bridge-mappings: localnet1:br-ex,localnet2:ovs-br1); add it to the bridge-mappings "
+        "file")
+    assert "ovn-bridge-mappings: none" in str(attachments.unmapped_network_error(
+        network, mappings="", node_name="node-1"))
+    # mapped, by physicalNetworkName or (without it) by the network name; layer2 needs nothing
+    assert attachments.unmapped_network_error(network, mappings="physnet9:br-ex",
+                                              node_name="n") is None
+    assert attachments.unmapped_network_error(attachments.network_config(LOCALNET),
+                                              mappings="localnet9:br9", node_name="n") is None
+    assert attachments.unmapped_network_error(attachments.network_config(CONFIG), mappings="",
+                                              node_name="n") is None
+
+
+def _port(name: str, **ids: str) -> ovs.PortState:
+    base = {"iface-id": "ns1.l2.network_ns1_tinypod", "sandbox": "abc",
+            "k8s.ovn.org/nad": "ns1/l2-network", "ovnk-secondary.io/owner": "ovnk-secondary",
+            "ovnk-secondary.io/ifname": "net1", "ovnk-secondary.io/pod": "ns1/tinypod"}
+    return ovs.PortState(name=name, external_ids=base | ids, ofport=1, ifindex=9, error=None)
+
+
+def test_taken_names_are_replaced_only_when_they_are_this_attachments_own() -> None:
+    network = attachments.network_config(CONFIG)
+    ours = interfaces.InterfaceExists(host_side=True, pod_side="veth")
+
+    def occupant(taken: interfaces.InterfaceExists, *holders: ovs.PortState) -> str | None:
+        return attachments.occupant(request=REQUEST, network=network, taken=taken,
+                                    holders=holders)
+
+    assert occupant(ours, _port("ovk1")) is None  # a retried ADD
+    assert occupant(ours) is None  # a half-made pair of this host side, not plugged yet
+    other_nad = occupant(ours, _port("ovk1", **{"k8s.ovn.org/nad": "ns1/other"}))
+    assert other_nad is not None and "ns1/other" in other_nad and "net1" in other_nad
+    assert "ovk1" in other_nad
+    not_ours = occupant(ours, ovs.PortState(name="ovk1", external_ids={}, ofport=1, ifindex=9,
+                                            error=None))
+    assert not_ours is not None and "not plugged by ovnk-secondary" in not_ours
+    foreign = occupant(interfaces.InterfaceExists(host_side=False, pod_side="macvlan"))
+    assert foreign == ("interface net1 already exists in /var/run/netns/p (a macvlan interface) "
+                       "and was not created by ovn-k8s-cni-overlay for NAD ns1/l2-network of "
+                       "pod ns1/tinypod; it is left alone")
+
+
+def test_del_knows_its_nad_also_from_a_config_it_cannot_use() -> None:
+    assert attachments.declared_nad(CONFIG) == "ns1/l2-network"
+    assert attachments.declared_nad(CONFIG | {"topology": "layer5"}) == "ns1/l2-network"
+    assert attachments.declared_nad({"plugins": [CONFIG | {"ipam": {}}]}) == "ns1/l2-network"
+    assert attachments.declared_nad({"type": "ovn-k8s-cni-overlay"}) == ""

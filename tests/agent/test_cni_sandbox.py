@@ -8,6 +8,7 @@ controller (pod annotation, logical switch port) as the conventions describe it.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import re
 
@@ -317,3 +318,154 @@ def test_tcp_between_pods_on_two_nodes(world: harness.Cluster) -> None:
                            interval=0.5)
     finally:
         sb.exec("node-2", f"kill $(cat {pidfile}); rm -f {pidfile}", check=False)
+
+
+def _link(world: harness.Cluster, pod: Pod, name: str | None = None) -> str:
+    """`ip -o link show` of a pod interface (`net1` by default), empty when it is missing."""
+    return world.sb.exec(pod.node, ["ip", "-n", pod.netns_name, "-o", "link", "show",
+                                    name or pod.ifname], check=False).stdout
+
+
+def test_an_add_never_takes_the_interface_of_another_nad(world: harness.Cluster) -> None:
+    """Multus with `[{"name":"l2a"},{"name":"l2b","interface":"net1"}]` calls ADD twice with
+    CNI_IFNAME net1 in one sandbox: the second must fail and leave the first's net1 alone."""
+    world.add_network(L2)
+    world.add_network(L2_OTHER)
+    a = _pod("node-1", "held", L2, "10.100.0.95/24", "0a:58:0a:64:00:5f")
+    peer = _pod("node-2", "heldpeer", L2, "10.100.0.96/24", "0a:58:0a:64:00:60")
+    for pod in (a, peer):
+        world.add_pod(pod)
+    world.cni(a, "ADD")
+    world.cni(a, "ADD")  # a retried ADD of the same attachment stays idempotent
+    world.cni(peer, "ADD")
+    assert world.iface_ids("node-1").count(a.port) == 1
+    assert world.ping(a, peer.address)
+
+    b = dataclasses.replace(a, network=L2_OTHER, ip="10.100.0.97/24", mac="0a:58:0a:64:00:61")
+    world.add_attachment(b)
+    refused = world.cni(b, "ADD", check=False)
+    assert refused.exit_code != 0 and refused.output is not None, refused
+    assert refused.output["code"] == 104, refused.output
+    assert "net1" in refused.output["msg"] and "test/nad-layer2" in refused.output["msg"]
+    assert a.mac in _link(world, a), "the first attachment's net1 must be untouched"
+    assert a.host_side in world.ovs_ports("node-1") and a.port in world.iface_ids("node-1")
+    assert b.port not in world.iface_ids("node-1")
+    assert world.ping(a, peer.address)
+
+    # Multus undoes the failed attachment with a DEL of the same sandbox and interface name
+    assert world.cni(b, "DEL").exit_code == 0
+    assert a.mac in _link(world, a), "a DEL of another NAD must not remove net1"
+    assert a.host_side in world.ovs_ports("node-1") and a.port in world.iface_ids("node-1")
+    assert world.ping(a, peer.address)
+
+
+def test_an_add_never_takes_an_interface_another_plugin_made(world: harness.Cluster) -> None:
+    world.add_network(L2)
+    a = _pod("node-1", "foreign", L2, "10.100.0.98/24", "0a:58:0a:64:00:62")
+    world.add_pod(a)
+    # another CNI's veth pair with its pod end named net1 (its host end: fgn-net1)
+    world.sb.exec("node-1", f"ip link add fgn-net1 type veth peer name net1 netns {a.netns_name}")
+    try:
+        refused = world.cni(a, "ADD", check=False)
+        assert refused.exit_code != 0 and refused.output is not None, refused
+        assert refused.output["code"] == 104, refused.output
+        assert "net1" in refused.output["msg"], refused.output
+        assert "not created by ovn-k8s-cni-overlay" in refused.output["msg"], refused.output
+        assert world.sb.exec("node-1", "ip link show fgn-net1", check=False).exit_code == 0
+        assert a.port not in world.iface_ids("node-1")
+        assert world.sb.exec("node-1", f"ip link show {a.host_side}", check=False).exit_code != 0
+
+        assert world.cni(a, "DEL").exit_code == 0
+        assert world.sb.exec("node-1", "ip link show fgn-net1", check=False).exit_code == 0, \
+            "a DEL must not remove another plugin's interface"
+        assert _link(world, a)
+    finally:
+        world.sb.exec("node-1", "ip link del fgn-net1", check=False)
+
+
+def test_the_same_nad_twice_in_one_sandbox_is_refused(world: harness.Cluster) -> None:
+    """Both interfaces would be one logical switch port: the second must not unplug the first."""
+    world.add_network(L2)
+    a = _pod("node-1", "twice", L2, "10.100.0.99/24", "0a:58:0a:64:00:63")
+    peer = _pod("node-2", "twicepeer", L2, "10.100.0.100/24", "0a:58:0a:64:00:64")
+    for pod in (a, peer):
+        world.add_pod(pod)
+        world.cni(pod, "ADD")
+    second = dataclasses.replace(a, ifname="net2")
+    world.add_attachment(second)  # the pod selects the NAD again, as net2
+    refused = world.cni(second, "ADD", check=False)
+    assert refused.exit_code != 0 and refused.output is not None, refused
+    assert refused.output["code"] == 104, refused.output
+    assert a.port in refused.output["msg"] and "net1" in refused.output["msg"]
+    assert not _link(world, second), "the refused ADD must leave no net2 behind"
+    assert second.host_side not in world.ovs_ports("node-1")
+    assert a.host_side in world.ovs_ports("node-1")
+    assert world.ping(a, peer.address)
+
+
+def test_localnet_without_a_bridge_mapping_fails_before_creating_anything(
+        world: harness.Cluster) -> None:
+    unmapped = Network("localnet9", "localnet", "test/nad-localnet9", vlan=39,
+                       physical_network="physnet9")
+    world.add_network(unmapped)
+    a = _pod("node-1", "unmapped", unmapped, "172.17.39.5/24", "0a:58:ac:11:27:05")
+    world.add_pod(a)
+    outcome = world.cni(a, "ADD", check=False)
+    assert outcome.exit_code != 0 and outcome.output is not None, outcome
+    assert outcome.output["code"] == 105, outcome.output
+    assert outcome.output["msg"].startswith(
+        "physical network physnet9 of NAD test/nad-localnet9 is not mapped on node node-1 "
+        "(ovn-bridge-mappings: localnet1:br-ex,localnet2:ovs-br1); add it to the "
+        "bridge-mappings file"), outcome.output
+    assert a.port not in world.iface_ids("node-1")
+    assert world.sb.exec("node-1", f"ip link show {a.host_side}", check=False).exit_code != 0
+    assert not _link(world, a)
+
+
+def _mtus(world: harness.Cluster, pod: Pod) -> tuple[int, int]:
+    """(host side, pod side) MTU of a pod interface, as `ip link` shows them."""
+    def mtu(line: str) -> int:
+        found = re.search(r" mtu (\d+) ", line)
+        assert found, line
+        return int(found.group(1))
+
+    host = world.sb.exec(pod.node, f"ip -o link show {pod.host_side}").stdout
+    return mtu(host), mtu(_link(world, pod))
+
+
+def _big_ping(world: harness.Cluster, pod: Pod, address: str, size: int) -> bool:
+    """One ping of `size` bytes of IP packet that must not be fragmented."""
+    done = world.sb.exec(pod.node, ["ip", "netns", "exec", pod.netns_name, "ping", "-M", "do",
+                                    "-s", str(size - 28), "-c", "2", "-W", "1", "-w", "5",
+                                    address], check=False, timeout=30)
+    return done.exit_code == 0
+
+
+def test_a_nad_mtu_edit_reaches_running_pods_on_both_ends(world: harness.Cluster) -> None:
+    small = Network("mtu-net", "layer2", "test/nad-mtu", subnet="10.100.2.0/24", mtu=1300)
+    world.add_network(small)
+    world.add_network(L2_OTHER)
+    world.add_nad(small)
+    a = _pod("node-1", "mtua", small, "10.100.2.5/24", "0a:58:0a:64:02:05")
+    b = _pod("node-1", "mtub", small, "10.100.2.6/24", "0a:58:0a:64:02:06")
+    bystander = _pod("node-1", "mtuc", L2_OTHER, "10.100.0.105/24", "0a:58:0a:64:00:69")
+    for pod in (a, b, bystander):
+        world.add_pod(pod)
+        world.cni(pod, "ADD")
+    assert _mtus(world, a) == _mtus(world, b) == (1300, 1300)
+    assert world.ping(a, b.address)
+    assert not _big_ping(world, a, b.address, 1450)
+
+    world.edit_nad(dataclasses.replace(small, mtu=1450))
+    harness.wait_until(lambda: _mtus(world, a) == _mtus(world, b) == (1450, 1450), timeout=20,
+                       what="the new MTU on both ends of both pods' interfaces")
+    # packets of the new size cross both veths and br-int, in both directions
+    assert _big_ping(world, a, b.address, 1450)
+    assert _big_ping(world, b, a.address, 1450)
+    assert _mtus(world, bystander) == (1400, 1400), "another NAD's pod must keep its MTU"
+    log = world.agents["node-1"].log_text()
+    changed = [line for line in log.splitlines() if "MTU" in line and "test/nad-mtu" in line]
+    assert [line for line in changed if a.host_side in line], changed
+    assert [line for line in changed if b.host_side in line], changed
+    assert not [line for line in log.splitlines() if "MTU" in line and bystander.host_side
+                in line]

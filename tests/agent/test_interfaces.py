@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
+
 from ovnk_secondary.agent import interfaces
 
 
@@ -35,15 +37,54 @@ def test_create_observe_delete(pod_netns: str) -> None:
         assert "default via 10.100.0.1 dev net1" in routes
         assert "10.200.0.0/16 via 10.100.0.1 dev net1" in routes
 
-        # a retried ADD replaces the pair instead of failing on the existing names
-        again = interfaces.create(spec, host_name=host)
+        # a retried ADD finds the pair: the caller decides whose it is, and may replace it
+        with pytest.raises(interfaces.InterfaceExists) as info:
+            interfaces.create(spec, host_name=host)
+        assert (info.value.host_side, info.value.pod_side) == (True, "veth")
+        again = interfaces.create(spec, host_name=host, replace=True)
         assert again.index != created.index
     finally:
-        assert interfaces.delete(host_name=host, netns=pod_netns, ifname="net1")
+        assert interfaces.delete(host_name=host)
     assert interfaces.host_index(host) is None
     assert interfaces.observe(netns=pod_netns, ifname="net1") is None
-    # idempotent, also with the namespace gone
-    assert not interfaces.delete(host_name=host, netns="/var/run/netns/gone", ifname="net1")
+    assert not interfaces.delete(host_name=host)  # idempotent
+
+
+def test_create_never_takes_an_interface_it_did_not_make(pod_netns: str) -> None:
+    ns = pod_netns.rsplit("/", 1)[1]
+    # another plugin's veth pair, its pod end named net1
+    subprocess.run(["ip", "link", "add", "ovkt-fgn0", "type", "veth", "peer", "name", "net1",
+                    "netns", ns], check=True)
+    spec = interfaces.PodInterface(netns=pod_netns, ifname="net1", mac="0a:58:0a:64:00:08",
+                                   mtu=1400)
+    host = interfaces.host_ifname(container_id="test-foreign", ifname="net1")
+    try:
+        for replace in (False, True):  # replacing removes only a pair of this host side
+            with pytest.raises(interfaces.InterfaceExists) as info:
+                interfaces.create(spec, host_name=host, replace=replace)
+            assert (info.value.host_side, info.value.pod_side) == (False, "veth")
+        assert interfaces.host_index(host) is None
+        assert not interfaces.delete(host_name=host)
+        assert interfaces.host_index("ovkt-fgn0") is not None, "the other plugin's pair stays"
+    finally:
+        subprocess.run(["ip", "link", "del", "ovkt-fgn0"], check=False)
+
+
+def test_mtu_of_both_ends_is_read_and_changed(pod_netns: str) -> None:
+    spec = interfaces.PodInterface(netns=pod_netns, ifname="net1", mac="0a:58:0a:64:00:09",
+                                   mtu=1400)
+    host = interfaces.host_ifname(container_id="test-mtu", ifname="net1")
+    try:
+        interfaces.create(spec, host_name=host)
+        assert interfaces.mtus(host_name=host, netns=pod_netns, ifname="net1") == (1400, 1400)
+        for mtu in (9000, 1280):
+            interfaces.set_mtu(host_name=host, netns=pod_netns, ifname="net1", mtu=mtu)
+            assert interfaces.mtus(host_name=host, netns=pod_netns, ifname="net1") == (mtu, mtu)
+    finally:
+        interfaces.delete(host_name=host)
+    assert interfaces.mtus(host_name=host, netns=pod_netns, ifname="net1") == (None, None)
+    assert interfaces.mtus(host_name=host, netns="/var/run/netns/gone", ifname="net1") == (
+        None, None)
 
 
 def test_missing_namespace_leaves_nothing_behind() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 
+import pytest
 from ovsdbapp import exceptions as ovsdbapp_exceptions
 
 from ovnk_secondary import naming
@@ -12,22 +13,29 @@ from ovnk_secondary.agent import ovs
 from tests.agent import conftest, harness
 
 
-def _ids(iface_id: str, sandbox: str, ifname: str = "net1") -> dict[str, str]:
+def _ids(iface_id: str, sandbox: str, ifname: str = "net1",
+         nad: str = "ns1/l2") -> dict[str, str]:
     return {ovs.IFACE_ID: iface_id, ovs.SANDBOX: sandbox, ovs.IFNAME_KEY: ifname,
-            naming.OWNER_KEY: naming.OWNER_VALUE}
+            naming.NAD_KEY: nad, naming.OWNER_KEY: naming.OWNER_VALUE}
 
 
-def test_plug_replaces_other_interfaces_with_the_same_iface_id(
+def _ports(local_switch: conftest.LocalSwitch) -> list[str]:
+    return sorted(local_switch.vsctl("list-ports", "br-int").split())
+
+
+def test_plug_replaces_a_stale_sandbox_and_unbinds_foreign_ports_with_the_same_iface_id(
         local_switch: conftest.LocalSwitch) -> None:
-    # somebody else's port with our iface-id (an older sandbox of the same pod), there before
-    # the agent connects
+    # somebody else's port with our iface-id, there before the agent connects: OVN binds one
+    # interface per logical port, so it loses the iface-id (as OVN-K does), but stays
     local_switch.vsctl("add-port", "br-int", "oldport", "--", "set", "interface", "oldport",
                        "external_ids:iface-id=ns1.l2_ns1_pod")
     switch = ovs.LocalOvs(remote=local_switch.remote)
     try:
-        removed = switch.plug(name="ovkaaaa", external_ids=_ids("ns1.l2_ns1_pod", "s1"))
-        assert removed == ["oldport"]
-        assert local_switch.vsctl("list-ports", "br-int").split() == ["ovkaaaa"]
+        plugged = switch.plug(name="ovkaaaa", external_ids=_ids("ns1.l2_ns1_pod", "s1"))
+        assert plugged == ovs.Plugged(removed=(), unbound=("oldport",))
+        assert _ports(local_switch) == ["oldport", "ovkaaaa"]
+        assert "iface-id" not in local_switch.vsctl("get", "interface", "oldport",
+                                                    "external_ids")
         state = switch.interface("ovkaaaa")
         assert state is not None and state.external_ids[ovs.SANDBOX] == "s1"
         assert [s.name for s in switch.our_interfaces()] == ["ovkaaaa"]
@@ -36,12 +44,58 @@ def test_plug_replaces_other_interfaces_with_the_same_iface_id(
                            "external_ids:iface-id=ns1.l2_ns1_pod")
         harness.wait_until(lambda: switch.interface("newer"), timeout=5,
                            what="the agent's view of the new port")
-        assert switch.plug(name="ovkaaaa", external_ids=_ids("ns1.l2_ns1_pod", "s1")) == [
-            "newer"]
+        assert switch.plug(name="ovkaaaa", external_ids=_ids("ns1.l2_ns1_pod", "s1")) == \
+            ovs.Plugged(removed=(), unbound=("newer",))
 
         # plugging the same name again (a re-created NIC) keeps exactly one port
         switch.plug(name="ovkaaaa", external_ids=_ids("ns1.l2_ns1_pod", "s1"))
-        assert local_switch.vsctl("list-ports", "br-int").split() == ["ovkaaaa"]
+        assert _ports(local_switch) == ["newer", "oldport", "ovkaaaa"]
+
+        # a newer sandbox of the same pod on the same NAD: the old sandbox's port goes
+        assert switch.plug(name="ovkbbbb", external_ids=_ids("ns1.l2_ns1_pod", "s2")) == \
+            ovs.Plugged(removed=("ovkaaaa",), unbound=())
+        assert _ports(local_switch) == ["newer", "oldport", "ovkbbbb"]
+    finally:
+        switch.close()
+
+
+def test_plug_never_takes_the_port_of_another_attachment(
+        local_switch: conftest.LocalSwitch) -> None:
+    switch = ovs.LocalOvs(remote=local_switch.remote)
+    port, nad = "ns1.l2.net_ns1_pod", "ns1/l2-net"
+    try:
+        switch.plug(name="ovka1", external_ids=_ids(port, "s1", nad=nad))
+        attempts = {
+            # one logical switch port for two interfaces of one pod
+            "the same NAD again as net2": ("ovka2", _ids(port, "s1", "net2", nad)),
+            # ns1/l2-net and ns1/l2.net have the same port name (OVN-K's naming)
+            "another NAD with the same port name": ("ovka2", _ids(port, "s1", "net2",
+                                                                  "ns1/l2.net")),
+            # Multus giving two NADs the same CNI_IFNAME: the same host side name
+            "another NAD as the same interface": ("ovka1", _ids("ns1.l3_ns1_pod", "s1", "net1",
+                                                                "ns1/l3")),
+        }
+        for what, (name, ids) in attempts.items():
+            with pytest.raises(ovs.PortInUse, match="ovka1"):
+                switch.plug(name=name, external_ids=ids)
+            assert _ports(local_switch) == ["ovka1"], what
+            state = switch.interface("ovka1")
+            assert state is not None and state.external_ids == _ids(port, "s1", nad=nad), what
+    finally:
+        switch.close()
+
+
+def test_unplug_leaves_the_port_of_another_nad(local_switch: conftest.LocalSwitch) -> None:
+    switch = ovs.LocalOvs(remote=local_switch.remote)
+    try:
+        switch.plug(name="ovka1", external_ids=_ids("ns1.l2_ns1_pod", "s1"))
+        # the DEL Multus makes after another NAD's ADD with the same CNI_IFNAME failed
+        assert switch.unplug(name="ovka1", sandbox="s1", ifname="net1", nad_key="ns1/l3") == \
+            ovs.Unplugged(kept=("ovka1",))
+        assert _ports(local_switch) == ["ovka1"]
+        assert switch.unplug(name="ovka1", sandbox="s1", ifname="net1", nad_key="ns1/l2") == \
+            ovs.Unplugged(removed=("ovka1",))
+        assert _ports(local_switch) == []
     finally:
         switch.close()
 
@@ -51,8 +105,10 @@ def test_unplug_by_name_or_sandbox_is_idempotent(local_switch: conftest.LocalSwi
     try:
         switch.plug(name="ovkbbbb", external_ids=_ids("p1", "sandbox-1"))
         switch.plug(name="ovkcccc", external_ids=_ids("p2", "sandbox-1", ifname="net2"))
-        assert switch.unplug(name="renamed", sandbox="sandbox-1", ifname="net1") == ["ovkbbbb"]
-        assert switch.unplug(name="ovkbbbb", sandbox="sandbox-1", ifname="net1") == []
+        assert switch.unplug(name="renamed", sandbox="sandbox-1", ifname="net1") == \
+            ovs.Unplugged(removed=("ovkbbbb",))
+        assert switch.unplug(name="ovkbbbb", sandbox="sandbox-1", ifname="net1") == \
+            ovs.Unplugged()
         assert local_switch.vsctl("list-ports", "br-int").split() == ["ovkcccc"]
     finally:
         switch.close()
@@ -95,7 +151,7 @@ def test_concurrent_plugs_are_committed_together_and_a_bad_one_fails_alone(
     switch = ovs.LocalOvs(remote=local_switch.remote)
     names = [f"ovkgrp{i}" for i in range(12)]
 
-    def plug(name: str) -> list[str] | Exception:
+    def plug(name: str) -> ovs.Plugged | Exception:
         bridge = "br-missing" if name == "ovkgrp5" else ovs.INTEGRATION_BRIDGE
         try:
             return switch.plug(name=name, external_ids=_ids(f"grp{name}", name), bridge=bridge)
@@ -106,7 +162,7 @@ def test_concurrent_plugs_are_committed_together_and_a_bad_one_fails_alone(
         with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
             outcomes = dict(zip(names, pool.map(plug, names), strict=True))
         assert isinstance(outcomes.pop("ovkgrp5"), RuntimeError)
-        assert outcomes == {name: [] for name in outcomes}
+        assert outcomes == {name: ovs.Plugged() for name in outcomes}
         assert sorted(local_switch.vsctl("list-ports", "br-int").split()) == sorted(outcomes)
         # the installed state comes from the IDL's notifications, not from a read
         local_switch.vsctl("set", "interface", "ovkgrp0", "external_ids:ovn-installed=true")

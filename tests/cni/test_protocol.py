@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import pathlib
+import re
 
 import pytest
 
@@ -108,3 +111,36 @@ def test_socket_round_trip_keeps_only_cni_variables_and_stdin_as_is() -> None:
                                      "details": "why"}
     assert wire.decode_answer(protocol.answer(result=None)) == (0, b"")
     assert wire.decode_answer(b"") is None  # the agent went away without answering
+
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _codes_returned() -> dict[int, list[str]]:
+    """code -> where: every `CniError(protocol.X, ...)` of the plugin and the node agent."""
+    found: dict[int, list[str]] = {}
+    for package in ("agent", "cni"):
+        for path in sorted((REPO / "ovnk_secondary" / package).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if not (isinstance(node, ast.Call) and node.args and ast.unparse(node.func)
+                        in ("CniError", "protocol.CniError")):
+                    continue
+                name = ast.unparse(node.args[0]).removeprefix("protocol.")
+                code = getattr(protocol, name)
+                found.setdefault(code, []).append(f"{path.name}:{node.lineno}")
+    return found
+
+
+def _codes_documented() -> set[int]:
+    """The codes of the error table in the README's "CNI plugin and node agent" section."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("## CNI plugin and node agent", 1)[1].split("\n## ", 1)[0]
+    return {int(code) for code in re.findall(r"^\| (\d+) \|", section, re.MULTILINE)}
+
+
+def test_every_error_code_the_plugin_and_agent_return_is_in_the_readme() -> None:
+    returned = _codes_returned()
+    assert {protocol.INVALID_CONFIG, protocol.AGENT_FAILURE} <= set(returned)  # the scan works
+    undocumented = {code: where for code, where in returned.items()
+                    if code not in _codes_documented()}
+    assert not undocumented, f"add these codes to the README's table: {undocumented}"

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import logging
+
+import pytest
 
 from ovnk_secondary import naming
 from ovnk_secondary.northbound import servers
@@ -133,3 +137,25 @@ def test_vlan_and_mtu_change_in_place_but_subnet_change_refused_with_pods(
     assert "delete the pods first" in events[0]["message"]
     assert _get(nb_server, "Logical_Switch", "localnet2_ovn_localnet_switch",
                 "other_config:subnet") == '"172.17.33.0/24"'
+
+
+def test_a_burst_of_nad_creations_and_deletions_fails_no_transaction(
+    api: Api, nb_server: servers.NbServer, controller: Controller,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue 13: concurrent NAD events each read, then wrote, every network: a switch's
+    creation rode in several transactions ("Switch ... exists") and only a full sync (300 s
+    here) healed it. Every switch must come from the NAD events themselves, with no failure."""
+    caplog.set_level(logging.INFO, logger="ovnk_secondary")
+    names = [f"sc{i:03d}" for i in range(60)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: api.create_nad("burst", n, name=n, topology="layer2",
+                                               subnets="10.77.0.0/24"), names))
+    wanted = {f"{n}_ovn_layer2_switch" for n in names}
+    until(lambda: wanted <= _switches(nb_server), "switches missing after the burst")
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda n: api.delete_nad("burst", n), names))
+    until(lambda: not wanted & _switches(nb_server), "switches left after the deletions")
+    failures = [r.getMessage() for r in caplog.records
+                if "failed" in r.getMessage() or r.levelno >= logging.ERROR]
+    assert not failures, failures

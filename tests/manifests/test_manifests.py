@@ -57,7 +57,8 @@ IMAGE = "ghcr.io/ovnk-secondary/ovnk-secondary"
 # any more, fails.
 EXPECTED_PERMISSIONS: dict[str, dict[tuple[str, str, str], set[str]]] = {
     "ovnk-secondary-controller": {
-        ("cluster", "k8s.cni.cncf.io", "network-attachment-definitions"): {"list", "watch"},
+        ("cluster", "k8s.cni.cncf.io", "network-attachment-definitions"): {"list", "watch",
+                                                                            "patch"},
         ("cluster", "", "pods"): {"list", "watch", "patch"},
         ("cluster", "", "events"): {"create"},
         ("cluster", "apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
@@ -66,6 +67,7 @@ EXPECTED_PERMISSIONS: dict[str, dict[tuple[str, str, str], set[str]]] = {
     "ovnk-secondary-node-agent": {
         ("cluster", "", "pods"): {"get", "list", "watch"},
         ("cluster", "", "nodes"): {"patch"},
+        ("cluster", "k8s.cni.cncf.io", "network-attachment-definitions"): {"get", "list", "watch"},
     },
 }
 # Which ServiceAccount runs the code of which package (for the scan of API calls).
@@ -626,6 +628,9 @@ def _api_calls(source: str, *,
                 strings[position] if len(strings) > position else None)
             assert group is not None and plural, f"cannot tell the resource of {dotted}"
             verb = {"replace": "update"}.get(match[1], match[1])
+            watch = keywords.get("watch")
+            if verb == "list" and isinstance(watch, ast.Constant) and watch.value is True:
+                verb = "watch"
             calls.add((group, plural + ("/status" if match[3] else ""), verb))
         elif (match := _CLIENT_CALL.match(name)) and match[3] in _CLIENT_RESOURCES:
             group, resource = _CLIENT_RESOURCES[match[3]]
@@ -682,6 +687,7 @@ def g(**_): pass
 kopf.operator(registry=r, clusterwide=True, standalone=True)
 core.read_namespaced_pod(name, namespace)
 custom.patch_namespaced_custom_object_status("k8s.cni.cncf.io", "v1alpha1", ns, "ipamclaims", n, b)
+custom.list_cluster_custom_object("k8s.cni.cncf.io", "v1beta1", "multi-networkpolicies", watch=True)
 w.stream(core.list_pod_for_all_namespaces)
 api._request("POST", f"/api/v1/namespaces/{ns}/events", json=body)
 api._request("PUT", f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}", json=b)
@@ -704,6 +710,7 @@ LEASES = "/apis/coordination.k8s.io/v1"
         ("coordination.k8s.io", "leases", "update"), ("coordination.k8s.io", "leases", "get"),
         ("", "configmaps", "create"), ("", "nodes", "watch"), ("", "services", "list"),
         ("k8s.cni.cncf.io", "ipamclaims", "list"),
+        ("k8s.cni.cncf.io", "multi-networkpolicies", "watch"),
     }
 
 

@@ -142,7 +142,8 @@ def test_converge_writes_a_batch_of_pods_and_repairs_what_differs(
     nb: client.Northbound, nb_server: servers.NbServer
 ) -> None:
     _sync(nb, desired.network_state(LAYER2))
-    parts = [desired.state((), [(LAYER2, _pod(LAYER2, f"p{i}", i))]) for i in range(5)]
+    parts = [client.Part(want=desired.state((), [(LAYER2, _pod(LAYER2, f"p{i}", i))]))
+             for i in range(5)]
     outcomes = nb.converge(parts)
     assert [o.error for o in outcomes] == [None] * 5
     assert {f"test.nad.layer2_test_p{i}" for i in range(5)} <= _port_names(nb_server)
@@ -164,10 +165,12 @@ def test_one_bad_pod_does_not_fail_its_batch_mates(
     nb: client.Northbound, nb_server: servers.NbServer
 ) -> None:
     _sync(nb, desired.network_state(LAYER2))
-    good = [desired.state((), [(LAYER2, _pod(LAYER2, f"good{i}", i))]) for i in range(4)]
+    good = [client.Part(want=desired.state((), [(LAYER2, _pod(LAYER2, f"good{i}", i))]))
+            for i in range(4)]
     # each fails the shared transaction: its switch does not exist
     missing = dataclasses.replace(LAYER2, name="missing-network")
-    bad = [desired.state((), [(missing, _pod(missing, f"bad{i}", 10 + i))]) for i in range(2)]
+    bad = [client.Part(want=desired.state((), [(missing, _pod(missing, f"bad{i}", 10 + i))]))
+           for i in range(2)]
     outcomes = nb.converge([good[0], bad[0], good[1], good[2], bad[1], good[3]])
     failed = [o.error is not None for o in outcomes]
     assert failed == [False, True, False, False, True, False]
@@ -185,6 +188,31 @@ def test_a_pod_with_two_ports_is_all_or_nothing(
     first = desired.pod_port(LAYER2, _pod(LAYER2, "twin", 1))
     missing = dataclasses.replace(LAYER2, name="missing-network", nad_key="test/missing")
     second = desired.pod_port(missing, _pod(missing, "twin", 2))
-    [outcome] = nb.converge([desired.State(ports={first.name: first, second.name: second})])
+    [outcome] = nb.converge([client.Part(
+        want=desired.State(ports={first.name: first, second.name: second}))])
     assert outcome.error is not None
     assert not any("twin" in n for n in _port_names(nb_server))
+
+
+def test_network_parts_create_and_delete_switches_in_their_own_transaction_only(
+    nb: client.Northbound, nb_server: servers.NbServer
+) -> None:
+    """Issue 13: a switch's creation rode in several batches ("Switch ... exists"). A part
+    reads and diffs its rows inside the transaction: the same part committed twice, or after
+    another batch created its switch, changes nothing and fails nothing."""
+    networks = [dataclasses.replace(LAYER2, name=f"sc{i:04d}") for i in range(50)]
+    parts = [client.Part(want=desired.network_state(n),
+                         switches=frozenset({desired.switch_name(n)})) for n in networks]
+    first = nb.converge(parts[:30])
+    second = nb.converge(parts[20:])  # overlaps the first batch: sc0020..sc0029 exist
+    assert [o.error for o in first + second] == [None] * 60
+    created = [len(o.change.create_switches) for o in second if o.change is not None]
+    assert created == [0] * 10 + [1] * 20
+    assert {desired.switch_name(n) for n in networks} <= set(
+        nb_server.nbctl("--bare", "--columns=name", "list", "Logical_Switch").split())
+    # a part without rows deletes its switch; twice is no error
+    gone = [client.Part(want=desired.State(), switches=p.switches) for p in parts]
+    assert [o.error for o in nb.converge(gone) + nb.converge(gone)] == [None] * 100
+    assert not set(nb_server.nbctl("--bare", "--columns=name", "list",
+                                   "Logical_Switch").split()) & {p for part in parts
+                                                                 for p in part.switches}
