@@ -7,6 +7,7 @@ connection comes from a kubeconfig (or the in-cluster service account), read onc
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import json
@@ -22,6 +23,7 @@ from ovnk_secondary import errors
 
 NAD_PATH = "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions"
 PODS_PATH = "/api/v1/pods"
+WATCH_EVENTS_PER_TURN = 50
 Objects = list[dict[str, Any]]  # (`list` is a method of ApiClient)
 
 
@@ -135,9 +137,13 @@ class ApiClient:
             async for chunk in response.content.iter_any():  # lines may exceed any line limit
                 buffer += chunk
                 *lines, buffer = buffer.split(b"\n")
-                for line in lines:
+                for number, line in enumerate(lines, 1):
                     if line.strip():
                         yield json.loads(line)
+                    if number % WATCH_EVENTS_PER_TURN == 0:
+                        # a chunk read during a burst holds thousands of events: let the
+                        # loop's other work (the Lease's renewal too) run between them
+                        await asyncio.sleep(0)
 
     async def get(self, path: str) -> dict[str, Any]:
         body: dict[str, Any] = await self._request("GET", path)

@@ -1,11 +1,13 @@
-"""Liveness and readiness over HTTP: `/healthz` (the loop answers) and `/readyz`.
+"""Liveness, readiness and metrics over HTTP: `/healthz` (the loop answers), `/readyz`, `/metrics`.
 
 Ready means: connected to OVN northbound with a complete copy, and the first full sync done.
+`/metrics` is the Prometheus text format of the process's registry (prometheus_client).
 """
 
 from __future__ import annotations
 
 import aiohttp.web
+import prometheus_client
 
 from ovnk_secondary.controller import reconciler
 
@@ -21,7 +23,12 @@ async def start(*, host: str, port: int, policy: reconciler.Reconciler) -> aioht
             return aiohttp.web.Response(status=503, text="first full sync not done\n")
         return aiohttp.web.Response(text="ready\n")
 
+    async def metrics(_: aiohttp.web.Request) -> aiohttp.web.Response:
+        return aiohttp.web.Response(body=prometheus_client.generate_latest(),
+                                    headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+
     app = aiohttp.web.Application()
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     runner = aiohttp.web.AppRunner(app, access_log=None)

@@ -37,6 +37,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import functools
+import gc
 import hashlib
 import json
 import logging
@@ -949,6 +950,9 @@ class Reconciler:
             return  # the first full sync will look at everything
         ids = change.external_ids
         if change.table == "Logical_Switch_Port" and ids.get("pod") == "true":
+            nad = self._nads.get(_split(ids.get(naming.NAD_KEY, "")))
+            if nad is None or not nad.applied:
+                return  # the port went with its NAD (or will): nothing to repair
             key = _pod_of_port(change.name, ids)
             if key is not None and key in self._pods:
                 self._written.pop(key, None)
@@ -984,9 +988,16 @@ class Reconciler:
                 self._syncing = False
                 self._idle.notify_all()
         self.sync_count += 1
+        # the full garbage collection, when it disturbs least (the controller's main turns off
+        # the automatic one: its pauses grow with the heap)
+        collected_in = time.monotonic()
+        gc.collect()
+        collected_in = time.monotonic() - collected_in
         self._last_sync = time.monotonic()
-        logger.info("full sync %d done in %.2fs (after %.2fs waiting for pods in flight): %s",
-                    self.sync_count, self._last_sync - started, started - waiting, summary)
+        logger.info("full sync %d done in %.2fs (after %.2fs waiting for pods in flight; "
+                    "garbage collection %.2fs): %s", self.sync_count,
+                    self._last_sync - started - collected_in, started - waiting, collected_in,
+                    summary)
         self.synced.set()
 
     async def _list_pods(self) -> dict[Key, _Pod]:

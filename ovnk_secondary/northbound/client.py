@@ -117,7 +117,8 @@ class _Idl(connection.OvsdbIdl):  # type: ignore[misc]
 
     `on_change` (called in the connection thread) hears of every update and deletion of a
     row that carries, or carried, our ownership marker: drift to repair within seconds.
-    Creations are not reported (a row appearing is never drift of ours).
+    Creations are not reported (a row appearing is never drift of ours), nor a switch's
+    `ports` changing alone (every pod's port creation does that; ports report themselves).
     """
 
     on_change: Callable[[RowChange], None] | None = None
@@ -132,6 +133,8 @@ class _Idl(connection.OvsdbIdl):  # type: ignore[misc]
         table = row._table.name
         if table not in MONITORED:
             return
+        if event == "update" and set(getattr(updates, "_data", None) or ()) <= {"ports"}:
+            return  # a port added to or removed from a switch: the port's own event tells
         external_ids = _map(row, "external_ids")
         before = getattr(updates, "_data", {}).get("external_ids") if updates else None
         owned_before = before is not None and any(

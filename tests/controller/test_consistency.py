@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import urllib.error
 import urllib.request
@@ -97,6 +98,12 @@ def test_readiness_is_503_without_nb(api: Api, tmp_path: object) -> None:
     try:
         until(lambda: _status(f"http://127.0.0.1:{health_port}/healthz") == 200, "no liveness")
         assert _status(f"http://127.0.0.1:{health_port}/readyz") == 503
+        # the event loop's lag is measured from the start (Prometheus text format)
+        text = until(lambda: (lambda t: t if re.search(
+            r"^ovnk_secondary_event_loop_lag_seconds_count [1-9]", t, re.M) else None)(
+            urllib.request.urlopen(f"http://127.0.0.1:{health_port}/metrics", timeout=5)
+            .read().decode()), "no event loop lag in /metrics")
+        assert "ovnk_secondary_nb_transaction_failures_total" in text
     finally:
         controller.stop()
 

@@ -1,0 +1,391 @@
+"""Network benchmark (not a test): 1,000 networks and 10,000 pods through the controller.
+
+    .venv/bin/python benchmarks/network_bench.py [--networks 1000] [--pods 10000] [--single 100]
+
+On the host, per run: a fresh NB ovsdb-server, the API emulator as its own process, and the
+controller as its own process with leader election on (`ovnk-secondary controller
+--leader-elect`, resync every 300 s: what is measured is the per-event path, not the full
+sync). Phases, in order:
+
+1. burst: `--networks` NADs (one network and one /24 each) created at once; time from the
+   first create call to the last switch committed in NB;
+2. steady state with those networks present: `--single` NADs created one after another; per
+   NAD, create call -> switch committed (p50/p99);
+3. `--pods` pods spread over the burst's networks, created at once: pods/s and p99 from
+   create call to port committed; the controller's peak RSS after it;
+4. deletion of the burst's NADs (their pods stay): time until NB holds none of their switches.
+
+Throughout: NB transactions of the controller that failed (its /metrics counter), leadership
+changes (its /metrics leader gauge and log), and the event loop's worst lag (a 10 ms ticker in
+the controller, /metrics gauge over the last 5-10 s, scraped every 0.5 s: the worst scrape of a
+phase). "Committed" is observed by an independent NB client (see controller_bench).
+
+Baselines in the same run, with raw ovsdbapp against a second fresh NB: the same switches
+created in one transaction and one transaction per switch, and deleted in one transaction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import pathlib
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+import aiohttp
+import ovs.poller
+from ovs.db import idl as ovs_idl
+from ovsdbapp.backend.ovs_idl import connection
+from ovsdbapp.schema.ovn_northbound import impl_idl
+
+from ovnk_secondary.northbound import servers
+
+NAD_PATH = "/apis/k8s.cni.cncf.io/v1/namespaces/{ns}/network-attachment-definitions"
+
+
+def _nad(namespace: str, name: str, index: int) -> dict[str, object]:
+    config = {"cniVersion": "0.3.1", "name": name, "type": "ovn-k8s-cni-overlay",
+              "topology": "layer2", "subnets": f"10.{100 + index // 250}.{index % 250}.0/24",
+              "netAttachDefName": f"{namespace}/{name}"}
+    return {"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"config": json.dumps(config)}}
+
+
+def _switch(name: str) -> str:
+    return f"{name}_ovn_layer2_switch"
+
+
+class Watcher(ovs_idl.Idl):  # type: ignore[misc]
+    """An independent NB client: when each switch and port appeared, and when switches went."""
+
+    def __init__(self, remote: str) -> None:
+        helper = ovs_idl.SchemaHelper(location=str(servers.SCHEMA))
+        helper.register_columns("Logical_Switch", ["name"])
+        helper.register_columns("Logical_Switch_Port", ["name"])
+        super().__init__(remote, helper)
+        self.created: dict[str, float] = {}
+        self.deleted: dict[str, float] = {}
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def notify(self, event: str, row: object, updates: object = None) -> None:
+        name = getattr(row, "name")  # noqa: B009
+        if event == ovs_idl.ROW_CREATE:
+            self.created.setdefault(name, time.monotonic())
+        elif event == ovs_idl.ROW_DELETE:
+            self.deleted.setdefault(name, time.monotonic())
+
+    def _run(self) -> None:
+        while not self._stop:
+            self.run()
+            poller = ovs.poller.Poller()
+            self.wait(poller)
+            poller.timer_wait(100)
+            poller.block()
+
+    def stop(self) -> None:
+        self._stop = True
+        self._thread.join(5)
+        self.close()
+
+
+class Metrics:
+    """Scrapes the controller's /metrics every 0.5 s; phases read the worst values seen."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.worst_lag = 0.0
+        self.worst_busy = 0.0
+        self.leader_dropped = False
+        self.failures = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def scrape(self) -> dict[str, float]:
+        text = urllib.request.urlopen(self.url, timeout=5).read().decode()
+        values = {}
+        for name in ("ovnk_secondary_event_loop_lag_worst_seconds",
+                     "ovnk_secondary_event_loop_busy_worst_seconds", "ovnk_secondary_leader",
+                     "ovnk_secondary_nb_transaction_failures_total"):
+            found = re.search(rf"^{name} ([0-9.e+-]+)$", text, re.M)
+            values[name] = float(found[1]) if found else float("nan")
+        return values
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                values = self.scrape()
+            except OSError:
+                continue
+            self.fold(values)
+            self.leader_dropped |= values["ovnk_secondary_leader"] != 1
+            self.failures = values["ovnk_secondary_nb_transaction_failures_total"]
+
+    def fold(self, values: dict[str, float]) -> None:
+        self.worst_lag = max(self.worst_lag, values["ovnk_secondary_event_loop_lag_worst_seconds"])
+        self.worst_busy = max(self.worst_busy,
+                              values["ovnk_secondary_event_loop_busy_worst_seconds"])
+
+    def phase(self) -> None:
+        """Start a phase: the worst lag is the phase's own from now on."""
+        self.worst_lag = self.worst_busy = 0.0
+
+    def end_phase(self, result: dict[str, float], name: str) -> None:
+        """The phase's worst lag and loop hold, with one last scrape (the gauges cover the
+        last 5-10 s)."""
+        self.fold(self.scrape())
+        result[f"{name}_worst_lag_ms"] = self.worst_lag * 1000
+        result[f"{name}_worst_busy_ms"] = self.worst_busy * 1000
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def baseline(remote: str, count: int) -> dict[str, float]:
+    """Raw ovsdbapp: the same switches in one transaction, one per switch; deletion in one."""
+    idl = connection.OvsdbIdl.from_server(remote, "OVN_Northbound")
+    api = type("Api", (impl_idl.OvnNbApiIdlImpl,), {"_ovsdb_connection": None})(
+        connection.Connection(idl=idl, timeout=60))
+
+    def switches(prefix: str) -> list[tuple[str, dict[str, str], dict[str, str]]]:
+        return [(_switch(f"{prefix}{i:04d}"),
+                 {"k8s.ovn.org/network": f"{prefix}{i:04d}", "k8s.ovn.org/topology": "layer2",
+                  "k8s.ovn.org/role": "secondary"},
+                 {"subnet": f"10.{100 + i // 250}.{i % 250}.0/24"}) for i in range(count)]
+
+    started = time.perf_counter()
+    with api.transaction(check_error=True) as txn:
+        for name, ids, other in switches("one"):
+            txn.add(api.ls_add(name, external_ids=ids, other_config=other))
+    one = time.perf_counter() - started
+    started = time.perf_counter()
+    for name, ids, other in switches("each"):
+        api.ls_add(name, external_ids=ids, other_config=other).execute(check_error=True)
+    each = time.perf_counter() - started
+    started = time.perf_counter()
+    with api.transaction(check_error=True) as txn:
+        for name, _, _ in switches("one"):
+            txn.add(api.ls_del(name))
+    deleted = time.perf_counter() - started
+    api.ovsdb_connection.stop(timeout=5)
+    return {"baseline_one_txn_s": one, "baseline_txn_each_s": each,
+            "baseline_delete_one_txn_s": deleted}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _peak_rss_mb(pid: int) -> float:
+    status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    found = re.search(r"VmHWM:\s+(\d+) kB", status)
+    return int(found[1]) / 1024 if found else float("nan")
+
+
+def _p(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, int(len(ordered) * q) - 1)]
+
+
+def _until(predicate: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.02)
+    return False
+
+
+async def _post_all(server: str, items: list[tuple[str, dict[str, object]]],
+                    stamps: dict[str, float], stamp_key: object, concurrency: int = 32) -> None:
+    async with aiohttp.ClientSession(base_url=server) as session:
+        limit = asyncio.Semaphore(concurrency)
+
+        async def one(path: str, body: dict[str, object]) -> None:
+            async with limit:
+                stamps[stamp_key(body)] = time.monotonic()  # type: ignore[operator]
+                async with session.post(path, json=body) as response:
+                    assert response.status == 201, await response.text()
+
+        await asyncio.gather(*(one(path, body) for path, body in items))
+
+
+async def _delete_all(server: str, paths: list[str], concurrency: int = 32) -> None:
+    async with aiohttp.ClientSession(base_url=server) as session:
+        limit = asyncio.Semaphore(concurrency)
+
+        async def one(path: str) -> None:
+            async with limit, session.delete(path) as response:
+                assert response.status in (200, 202), await response.text()
+
+        await asyncio.gather(*(one(p) for p in paths))
+
+
+def run(networks: int, pods: int, single: int, workdir: pathlib.Path) -> dict[str, float]:
+    nb = servers.NbServer(directory=workdir / "nb")
+    nb.start()
+    kubeconfig = workdir / "kubeconfig"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    api = subprocess.Popen([sys.executable, "-m", "ovnk_secondary.sandbox.apiserver",
+                            "--port", "0", "--kubeconfig", str(kubeconfig)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    log = workdir / "controller.log"
+    health = _free_port()
+    controller = None
+    result: dict[str, float] = {"networks": networks, "pods": pods}
+    try:
+        while not kubeconfig.exists():
+            time.sleep(0.05)
+        server = json.loads(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+        with log.open("w") as output:
+            controller = subprocess.Popen(
+                [sys.executable, "-m", "ovnk_secondary", "controller", "--ovn-nb", nb.remote,
+                 "--kubeconfig", str(kubeconfig), "--health-port", str(health),
+                 "--resync-period", "300", "--leader-elect",
+                 "--leader-elect-namespace", "default"],
+                stdout=output, stderr=subprocess.STDOUT, env=env)
+        watcher = Watcher(nb.remote)
+        ready = f"http://127.0.0.1:{health}/readyz"
+
+        def is_ready() -> bool:
+            try:
+                return urllib.request.urlopen(ready, timeout=2).status == 200
+            except OSError:
+                return False
+
+        assert _until(is_ready, 60), f"the controller did not become ready (log: {log})"
+        metrics = Metrics(f"http://127.0.0.1:{health}/metrics")
+        loop = asyncio.new_event_loop()
+
+        # 1. burst
+        names = [f"sc{i:04d}" for i in range(networks)]
+        created: dict[str, float] = {}
+        metrics.phase()
+        loop.run_until_complete(_post_all(
+            server, [(NAD_PATH.format(ns="bench"), _nad("bench", n, i))
+                     for i, n in enumerate(names)], created,
+            lambda body: body["metadata"]["name"]))  # type: ignore[index]
+        wanted = [_switch(n) for n in names]
+        assert _until(lambda: all(w in watcher.created for w in wanted), 300), (
+            f"{sum(w not in watcher.created for w in wanted)} switches never came")
+        result["burst_s"] = max(watcher.created[w] for w in wanted) - min(created.values())
+        metrics.end_phase(result, "burst")
+
+        # 2. steady state: one NAD at a time
+        metrics.phase()
+        latencies = []
+        for i in range(single):
+            name = f"st{i:04d}"
+            stamps: dict[str, float] = {}
+            loop.run_until_complete(_post_all(
+                server, [(NAD_PATH.format(ns="steady"), _nad("steady", name, networks + i))],
+                stamps, lambda body: body["metadata"]["name"]))  # type: ignore[index]
+            assert _until(lambda n=name: _switch(n) in watcher.created, 30)
+            latencies.append(watcher.created[_switch(name)] - stamps[name])
+        result["single_p50_ms"] = statistics.median(latencies) * 1000
+        result["single_p99_ms"] = _p(latencies, 0.99) * 1000
+        metrics.end_phase(result, "single")
+
+        # 3. pods over the burst's networks
+        metrics.phase()
+        pod_created: dict[str, float] = {}
+
+        def pod(i: int) -> dict[str, object]:
+            network = names[i % networks]
+            return {"apiVersion": "v1", "kind": "Pod",
+                    "metadata": {"name": f"pod{i}", "namespace": "bench",
+                                 "annotations": {"k8s.v1.cni.cncf.io/networks": network}},
+                    "spec": {"nodeName": "node1", "containers": [{"name": "c", "image": "i"}]}}
+
+        loop.run_until_complete(_post_all(
+            server, [("/api/v1/namespaces/bench/pods", pod(i)) for i in range(pods)],
+            pod_created, lambda body: "bench.{}_bench_{}".format(  # type: ignore[index]
+                body["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"],
+                body["metadata"]["name"]), concurrency=16))
+        assert _until(lambda: all(p in watcher.created for p in pod_created),
+                      max(120, pods / 20)), "pods' ports missing"
+        port_latency = [watcher.created[p] - t for p, t in pod_created.items()]
+        span = max(watcher.created[p] for p in pod_created) - min(pod_created.values())
+        result["pods_per_s"] = pods / span
+        result["pod_p99_ms"] = _p(port_latency, 0.99) * 1000
+        metrics.end_phase(result, "pods")
+        result["peak_rss_mb"] = _peak_rss_mb(controller.pid)
+
+        # 4. deletion of the burst's NADs
+        metrics.phase()
+        started = time.monotonic()
+        loop.run_until_complete(_delete_all(
+            server, [NAD_PATH.format(ns="bench") + f"/{n}" for n in names]))
+        assert _until(lambda: all(w in watcher.deleted for w in wanted), 300), (
+            "switches left after deleting the NADs")
+        result["delete_s"] = max(watcher.deleted[w] for w in wanted) - started
+        metrics.end_phase(result, "delete")
+
+        time.sleep(1)  # a last scrape
+        metrics.stop()
+        loop.close()
+        watcher.stop()
+        text = log.read_text()
+        result["failed_transactions"] = metrics.failures
+        result["failed_transaction_log_lines"] = len(
+            re.findall(r"transaction of \d+ commands failed", text))
+        result["leadership_changes"] = float(metrics.leader_dropped) + len(
+            re.findall(r"lost Lease", text))
+        result["error_lines"] = len(re.findall(r"^(ERROR|Traceback)", text, re.M))
+    finally:
+        for process in (controller, api):
+            if process is not None:
+                process.terminate()
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        nb.stop()
+    base_nb = servers.NbServer(directory=workdir / "nb-baseline")
+    base_nb.start()
+    try:
+        result.update(baseline(base_nb.remote, networks))
+    finally:
+        base_nb.stop()
+    result["burst_ratio"] = result["burst_s"] / result["baseline_one_txn_s"]
+    result["delete_ratio"] = result["delete_s"] / result["baseline_delete_one_txn_s"]
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--networks", type=int, default=1000)
+    parser.add_argument("--pods", type=int, default=10000)
+    parser.add_argument("--single", type=int, default=100)
+    parser.add_argument("--workdir", type=pathlib.Path,
+                        help="keep NB, logs and the controller's log here (default: a temporary "
+                             "directory, removed)")
+    args = parser.parse_args()
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        result = run(args.networks, args.pods, args.single, args.workdir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="ovnk-netbench-") as workdir:
+            result = run(args.networks, args.pods, args.single, pathlib.Path(workdir))
+    print(json.dumps({k: round(v, 3) for k, v in result.items()}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
