@@ -6,12 +6,12 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: demo test lint host images venv down clean
+.PHONY: demo test lint host images kube venv down clean
 
 demo: host venv images
 	$(VPY) -m ovnk_secondary.sandbox.demo
 
-test: host venv images lint
+test: host venv images kube lint
 	TESTCONTAINERS_RYUK_DISABLED=true $(VENV)/bin/pytest -q
 
 lint: venv
@@ -33,6 +33,11 @@ $(VENV)/.installed: pyproject.toml
 
 images: host venv
 	@ovn-sandbox/build-images.sh $(VPY) >/dev/null
+
+# kube-apiserver, kube-controller-manager, etcd, kubectl... of pinned releases, built from the Go
+# module proxy once per machine (cached in /var/cache/ovnk-secondary/kube; ~11 min the first time)
+kube:
+	@ovn-sandbox/build-kube.sh kube >/dev/null
 
 down: venv
 	$(VPY) -m ovnk_secondary sandbox down

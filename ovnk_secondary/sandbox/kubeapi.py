@@ -1,0 +1,293 @@
+"""A real Kubernetes control plane on the host: etcd, kube-apiserver, kube-controller-manager.
+
+The binaries are built from the Go module proxy by `ovn-sandbox/build-kube.sh` (Kubernetes
+v1.37.2, etcd v3.7.3) and cached machine-wide; `binaries()` finds them (building them when
+missing). Certificates are made at start with `cryptography` (a CA; the API server's serving
+certificate; an admin client certificate in `system:masters`; the ServiceAccount signing key):
+nothing hand-rolled beyond choosing names and lifetimes.
+
+The API server runs with `--authorization-mode=Node,RBAC` and ServiceAccount tokens, so what
+the product may do is exactly what `manifests/rbac.yaml` grants it; the controller-manager runs
+the namespace, garbage-collector and ServiceAccount controllers (namespace deletion finishes).
+Everything lives in one directory; `stop` ends the processes in dependency order (the API
+server before etcd: the other way round it hangs retrying etcd).
+
+Used by the tests of the product against a real API server; the sandbox's containers will run the
+same components (issue 14).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import ipaddress
+import json
+import pathlib
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from ovnk_secondary import errors
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+BUILD_SCRIPT = REPO / "ovn-sandbox" / "build-kube.sh"
+SERVICE_CIDR = "10.96.0.0/16"
+
+
+def binaries() -> pathlib.Path:
+    """The directory of kube-apiserver, kube-controller-manager, etcd, kubectl...
+
+    Runs `ovn-sandbox/build-kube.sh`, which answers at once when its cache holds them (and
+    builds them, ~11 minutes on 2 cores, when not). SandboxError when that fails.
+    """
+    done = subprocess.run([str(BUILD_SCRIPT), "kube"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise errors.SandboxError(done.stderr.strip() or f"{BUILD_SCRIPT} failed")
+    return pathlib.Path(done.stdout.strip().splitlines()[-1])
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _certificate(*, subject: x509.Name, key: ec.EllipticCurvePrivateKey,
+                 issuer: x509.Certificate | None, issuer_key: ec.EllipticCurvePrivateKey,
+                 ca: bool = False, server_names: Sequence[str] = (),
+                 client: bool = False) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateBuilder()
+               .subject_name(subject)
+               .issuer_name(issuer.subject if issuer is not None else subject)
+               .public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=365))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if ca:
+        builder = builder.add_extension(x509.KeyUsage(
+            digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+            key_encipherment=False, data_encipherment=False, key_agreement=False,
+            encipher_only=False, decipher_only=False), critical=True)
+    else:
+        usages = ([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH] if server_names else []) + (
+            [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
+        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+    if server_names:
+        alternatives: list[x509.GeneralName] = []
+        for name in server_names:
+            try:
+                alternatives.append(x509.IPAddress(ipaddress.ip_address(name)))
+            except ValueError:
+                alternatives.append(x509.DNSName(name))
+        builder = builder.add_extension(x509.SubjectAlternativeName(alternatives),
+                                        critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _name(common: str, organization: str | None = None) -> x509.Name:
+    parts = [x509.NameAttribute(NameOID.COMMON_NAME, common)]
+    if organization:
+        parts.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    return x509.Name(parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pki:
+    """The files of the control plane's certificates and keys, in one directory."""
+
+    directory: pathlib.Path
+
+    def path(self, name: str) -> pathlib.Path:
+        return self.directory / name
+
+    @classmethod
+    def make(cls, directory: pathlib.Path, *, server_names: Sequence[str]) -> Pki:
+        """A CA, the API server's serving certificate for `server_names` (IPs and DNS names),
+        an admin client certificate (`system:masters`), the ServiceAccount signing key."""
+        directory.mkdir(parents=True, exist_ok=True)
+        ca_key = _key()
+        ca = _certificate(subject=_name("ovnk-sandbox-ca"), key=ca_key, issuer=None,
+                          issuer_key=ca_key, ca=True)
+        files: dict[str, bytes] = {"ca.crt": ca.public_bytes(serialization.Encoding.PEM),
+                                   "ca.key": _pem_key(ca_key)}
+        for name, subject, names, client in (
+            ("apiserver", _name("kube-apiserver"), server_names, False),
+            ("admin", _name("admin", "system:masters"), (), True),
+            ("controller-manager", _name("system:kube-controller-manager"), (), True),
+        ):
+            key = _key()
+            certificate = _certificate(subject=subject, key=key, issuer=ca, issuer_key=ca_key,
+                                       server_names=names, client=client)
+            files[f"{name}.crt"] = certificate.public_bytes(serialization.Encoding.PEM)
+            files[f"{name}.key"] = _pem_key(key)
+        service_accounts = _key()
+        files["sa.key"] = _pem_key(service_accounts)
+        files["sa.pub"] = service_accounts.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        for name, data in files.items():
+            path = directory / name
+            path.write_bytes(data)
+            path.chmod(0o600 if name.endswith(".key") else 0o644)
+        return cls(directory)
+
+
+def kubeconfig(*, server: str, ca: pathlib.Path, user: str,
+               certificate: pathlib.Path | None = None, key: pathlib.Path | None = None,
+               token: str | None = None) -> str:
+    """A kubeconfig (JSON, which kubeconfig readers accept) for one user of `server`."""
+    credentials: dict[str, str] = {}
+    if certificate is not None and key is not None:
+        credentials = {"client-certificate": str(certificate), "client-key": str(key)}
+    if token is not None:
+        credentials = {"token": token}
+    return json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": user,
+        "clusters": [{"name": "sandbox", "cluster": {
+            "server": server, "certificate-authority": str(ca)}}],
+        "users": [{"name": user, "user": credentials}],
+        "contexts": [{"name": user, "context": {"cluster": "sandbox", "user": user}}],
+    }, indent=1)
+
+
+class ControlPlane:
+    """etcd + kube-apiserver + kube-controller-manager as processes of this host."""
+
+    def __init__(self, *, directory: pathlib.Path, bin_dir: pathlib.Path | None = None,
+                 advertise: str = "127.0.0.1", port: int | None = None) -> None:
+        self.directory = directory
+        self.bin = bin_dir or binaries()
+        self.advertise = advertise
+        self.port = port or _free_port()
+        self.pki = Pki(directory / "pki")
+        self.admin_kubeconfig = directory / "admin.kubeconfig"
+        self._processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    @property
+    def server(self) -> str:
+        return f"https://{self.advertise}:{self.port}"
+
+    def start(self, *, timeout: float = 60.0) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.pki = Pki.make(self.directory / "pki", server_names=(
+            self.advertise, "127.0.0.1", "localhost", "kubernetes", "kubernetes.default",
+            "kubernetes.default.svc", "10.96.0.1"))
+        pki = self.pki.path
+        self.admin_kubeconfig.write_text(kubeconfig(
+            server=self.server, ca=pki("ca.crt"), user="admin",
+            certificate=pki("admin.crt"), key=pki("admin.key")))
+        manager_kubeconfig = self.directory / "controller-manager.kubeconfig"
+        manager_kubeconfig.write_text(kubeconfig(
+            server=self.server, ca=pki("ca.crt"), user="system:kube-controller-manager",
+            certificate=pki("controller-manager.crt"), key=pki("controller-manager.key")))
+        client, peer = _free_port(), _free_port()
+        self._spawn("etcd", [
+            "--name", "sandbox", "--data-dir", str(self.directory / "etcd"),
+            "--listen-client-urls", f"http://127.0.0.1:{client}",
+            "--advertise-client-urls", f"http://127.0.0.1:{client}",
+            "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+            "--initial-cluster", f"sandbox=http://127.0.0.1:{peer}", "--listen-metrics-urls=",
+        ])
+        self._spawn("kube-apiserver", [
+            f"--etcd-servers=http://127.0.0.1:{client}",
+            "--bind-address=0.0.0.0", f"--advertise-address={self.advertise}",
+            f"--secure-port={self.port}",
+            f"--tls-cert-file={pki('apiserver.crt')}",
+            f"--tls-private-key-file={pki('apiserver.key')}",
+            f"--client-ca-file={pki('ca.crt')}",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            f"--service-account-key-file={pki('sa.pub')}",
+            f"--service-account-signing-key-file={pki('sa.key')}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--authorization-mode=Node,RBAC",
+            # no Service endpoints for the API server itself: nothing in the sandbox needs them
+            # and the reconciler refuses a loopback advertise address
+            "--endpoint-reconciler-type=none",
+        ])
+        self._wait_ready(timeout)
+        self._spawn("kube-controller-manager", [
+            f"--kubeconfig={manager_kubeconfig}",
+            f"--authentication-kubeconfig={manager_kubeconfig}",
+            f"--authorization-kubeconfig={manager_kubeconfig}",
+            "--bind-address=127.0.0.1", "--secure-port=0",
+            f"--service-account-private-key-file={pki('sa.key')}",
+            f"--root-ca-file={pki('ca.crt')}", "--use-service-account-credentials",
+            "--controllers=namespace-controller,garbage-collector-controller,"
+            "serviceaccount-controller,serviceaccount-token-controller,"
+            "root-ca-certificate-publisher-controller",
+            "--leader-elect=false",
+        ])
+
+    def _spawn(self, name: str, arguments: list[str]) -> None:
+        log = (self.directory / f"{name}.log").open("wb")
+        self._processes[name] = subprocess.Popen([str(self.bin / name), *arguments],
+                                                 stdout=log, stderr=subprocess.STDOUT)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            for name, process in self._processes.items():
+                if process.poll() is not None:
+                    raise errors.SandboxError(
+                        f"{name} exited with {process.returncode}; see "
+                        f"{self.directory / f'{name}.log'}")
+            done = self.kubectl("get", "--raw", "/readyz", check=False)
+            if done.returncode == 0 and done.stdout.strip() == "ok":
+                return
+            if time.monotonic() > deadline:
+                raise errors.SandboxError(f"kube-apiserver not ready within {timeout:g} s: "
+                                          f"{done.stderr.strip()[:300]}")
+            time.sleep(0.3)
+
+    def kubectl(self, *arguments: str, check: bool = True, stdin: str | None = None,
+                kubeconfig_path: pathlib.Path | None = None,
+                ) -> subprocess.CompletedProcess[str]:
+        """kubectl of the same release, as the admin (or `kubeconfig_path`'s user)."""
+        done = subprocess.run(
+            [str(self.bin / "kubectl"),
+             f"--kubeconfig={kubeconfig_path or self.admin_kubeconfig}", *arguments],
+            input=stdin, capture_output=True, text=True, timeout=120)
+        if check and done.returncode != 0:
+            raise errors.SandboxError(f"kubectl {' '.join(arguments)}: {done.stderr.strip()}")
+        return done
+
+    def service_account_kubeconfig(self, namespace: str, name: str,
+                                   path: pathlib.Path) -> pathlib.Path:
+        """A kubeconfig authenticating as ServiceAccount `namespace/name` (a bound token from
+        the TokenRequest API, valid for a day)."""
+        token = self.kubectl("create", "token", name, "-n", namespace,
+                             "--duration=24h").stdout.strip()
+        path.write_text(kubeconfig(server=self.server, ca=self.pki.path("ca.crt"),
+                                   user=f"system:serviceaccount:{namespace}:{name}",
+                                   token=token))
+        return path
+
+    def stop(self) -> None:
+        for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
+            process = self._processes.pop(name, None)
+            if process is None:
+                continue
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
