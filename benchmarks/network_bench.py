@@ -42,6 +42,7 @@ import time
 import urllib.request
 
 import aiohttp
+import controller_bench  # beside this file (benchmarks/ is the script's directory)
 import ovs.poller
 from ovs.db import idl as ovs_idl
 from ovsdbapp.backend.ovs_idl import connection
@@ -191,12 +192,6 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _peak_rss_mb(pid: int) -> float:
-    status = pathlib.Path(f"/proc/{pid}/status").read_text()
-    found = re.search(r"VmHWM:\s+(\d+) kB", status)
-    return int(found[1]) / 1024 if found else float("nan")
-
-
 def _p(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[max(0, int(len(ordered) * q) - 1)]
@@ -324,7 +319,7 @@ def run(networks: int, pods: int, single: int, workdir: pathlib.Path) -> dict[st
         result["pods_per_s"] = pods / span
         result["pod_p99_ms"] = _p(port_latency, 0.99) * 1000
         metrics.end_phase(result, "pods")
-        result["peak_rss_mb"] = _peak_rss_mb(controller.pid)
+        result["peak_rss_mb"] = controller_bench.peak_rss_mb(controller.pid)
 
         # 4. deletion of the burst's NADs
         metrics.phase()

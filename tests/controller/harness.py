@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import kubernetes
 
 from ovnk_secondary.controller import apiclient, leaderelection, main, reconciler
+from ovnk_secondary.northbound import servers
 from ovnk_secondary.sandbox import apiserver
 from tests.served import LoopThread, ServedApi
 
@@ -122,6 +123,21 @@ class Controller:
         self.thread.close()
         self.thread = None
         return policy
+
+
+def ports(nb: servers.NbServer) -> set[str]:
+    """Names of every Logical_Switch_Port in NB."""
+    return set(nb.nbctl("--bare", "--columns=name", "list", "Logical_Switch_Port").split())
+
+
+def switches(nb: servers.NbServer) -> set[str]:
+    """Names of every Logical_Switch in NB."""
+    return set(nb.nbctl("--bare", "--columns=name", "list", "Logical_Switch").split())
+
+
+def nb_get(nb: servers.NbServer, table: str, record: str, column: str) -> str:
+    """One column of one NB row as ovn-nbctl prints it ("" when the row does not exist)."""
+    return nb.nbctl("--if-exists", "get", table, record, column).strip()
 
 
 def until(predicate: Callable[[], T], message: str, timeout: float = 30) -> T:

@@ -8,11 +8,7 @@ import urllib.error
 import urllib.request
 
 from ovnk_secondary.northbound import servers
-from tests.controller.harness import Api, Controller, until
-
-
-def _ports(nb: servers.NbServer) -> set[str]:
-    return set(nb.nbctl("--bare", "--columns=name", "list", "Logical_Switch_Port").split())
+from tests.controller.harness import Api, Controller, ports, until
 
 
 def _free_port() -> int:
@@ -39,7 +35,7 @@ def test_restart_mid_creation_gives_no_duplicates_and_no_orphans(
     second.start()
     try:
         expected = {f"test.net_test_p{i}" for i in range(1, 30)}
-        until(lambda: _ports(nb_server) == expected, "ports did not converge after restart")
+        until(lambda: ports(nb_server) == expected, "ports did not converge after restart")
         ips = [until(lambda i=i: api.pod_networks("test", f"p{i}"), "no annotation")[
             "test/net"]["ip_addresses"][0] for i in range(1, 30)]
         assert len(set(ips)) == len(ips), "duplicate IPs after a restart"
@@ -60,7 +56,7 @@ def test_drift_is_repaired_by_the_periodic_resync_and_foreign_rows_are_kept(
     try:
         api.create_nad("test", "nad-localnet2", name="localnet2", topology="localnet", vlanID=33)
         api.create_pod("test", "vm", "nad-localnet2")
-        until(lambda: "test.nad.localnet2_test_vm" in _ports(nb_server), "no pod port")
+        until(lambda: "test.nad.localnet2_test_vm" in ports(nb_server), "no pod port")
         ready = urllib.request.urlopen(f"http://127.0.0.1:{health_port}/readyz", timeout=5)
         assert ready.status == 200
         nb_server.nbctl("set", "Logical_Switch_Port", "localnet2_ovn_localnet_port",
@@ -70,8 +66,8 @@ def test_drift_is_repaired_by_the_periodic_resync_and_foreign_rows_are_kept(
         until(lambda: nb_server.nbctl("get", "Logical_Switch_Port",
                                       "localnet2_ovn_localnet_port", "tag_request").strip()
               == "33", "tag_request drift not repaired")
-        until(lambda: "test.nad.localnet2_test_vm" in _ports(nb_server), "port not recreated")
-        assert "admin-port" in _ports(nb_server)
+        until(lambda: "test.nad.localnet2_test_vm" in ports(nb_server), "port not recreated")
+        assert "admin-port" in ports(nb_server)
     finally:
         controller.stop()
 
@@ -86,7 +82,7 @@ def test_nb_restarted_while_pods_are_created(
         api.create_pod("test", f"p{i}", "net")
     nb_server.start()
     expected = {f"test.net_test_p{i}" for i in range(10)}
-    until(lambda: _ports(nb_server) == expected, "ports missing after NB came back",
+    until(lambda: ports(nb_server) == expected, "ports missing after NB came back",
           timeout=60)
 
 

@@ -10,19 +10,7 @@ import pytest
 
 from ovnk_secondary import naming
 from ovnk_secondary.northbound import servers
-from tests.controller.harness import Api, Controller, until
-
-
-def _ports(nb: servers.NbServer) -> set[str]:
-    return set(nb.nbctl("--bare", "--columns=name", "list", "Logical_Switch_Port").split())
-
-
-def _switches(nb: servers.NbServer) -> set[str]:
-    return set(nb.nbctl("--bare", "--columns=name", "list", "Logical_Switch").split())
-
-
-def _get(nb: servers.NbServer, table: str, record: str, column: str) -> str:
-    return nb.nbctl("--if-exists", "get", table, record, column).strip()
+from tests.controller.harness import Api, Controller, nb_get, ports, switches, until
 
 
 def test_reference_scenario_nads_and_pods(
@@ -33,11 +21,11 @@ def test_reference_scenario_nads_and_pods(
     api.create_nad("test", "nad-localnet1", name="localnet1", topology="localnet", vlanID=34)
     api.create_nad("test", "nad-localnet2", name="localnet2", topology="localnet", vlanID=33)
     until(lambda: {"l2.network_ovn_layer2_switch", "localnet1_ovn_localnet_switch",
-                   "localnet2_ovn_localnet_switch"} <= _switches(nb_server),
+                   "localnet2_ovn_localnet_switch"} <= switches(nb_server),
           "the three switches did not appear")
-    assert _get(nb_server, "Logical_Switch_Port", "localnet1_ovn_localnet_port",
+    assert nb_get(nb_server, "Logical_Switch_Port", "localnet1_ovn_localnet_port",
                 "tag_request") == "34"
-    assert _get(nb_server, "Logical_Switch_Port", "localnet2_ovn_localnet_port",
+    assert nb_get(nb_server, "Logical_Switch_Port", "localnet2_ovn_localnet_port",
                 "options:network_name") == "localnet2"
 
     api.create_pod("test", "text-pod", "test/nad-layer2,nad-localnet2@eth2")
@@ -46,7 +34,7 @@ def test_reference_scenario_nads_and_pods(
         {"name": "nad-localnet1"}]))
     expected = {"test.nad.layer2_test_text-pod", "test.nad.localnet2_test_text-pod",
                 "test.nad.layer2_test_json-pod", "test.nad.localnet1_test_json-pod"}
-    until(lambda: expected <= _ports(nb_server), "pod ports did not appear")
+    until(lambda: expected <= ports(nb_server), "pod ports did not appear")
     annotation = until(lambda: api.pod_networks("test", "text-pod"), "no pod-networks")
     layer2 = annotation["test/nad-layer2"]
     ip = layer2["ip_addresses"][0]
@@ -56,13 +44,13 @@ def test_reference_scenario_nads_and_pods(
     assert annotation["test/nad-localnet2"]["ip_addresses"] is None
     assert nb_server.nbctl("lsp-get-addresses", "test.nad.layer2_test_text-pod").strip() == (
         f"{layer2['mac_address']} {ip.split('/')[0]}")
-    assert _get(nb_server, "Logical_Switch_Port", "test.nad.layer2_test_text-pod",
+    assert nb_get(nb_server, "Logical_Switch_Port", "test.nad.layer2_test_text-pod",
                 "options:requested-chassis") == "node1"
     json_pod = until(lambda: api.pod_networks("test", "json-pod"), "no pod-networks")
     assert json_pod["test/nad-layer2"]["mac_address"] == "02:11:22:33:44:55"
     assert json_pod["test/nad-layer2"]["ip_addresses"] != layer2["ip_addresses"]
     for port in expected:
-        assert _get(nb_server, "Logical_Switch_Port", port,
+        assert nb_get(nb_server, "Logical_Switch_Port", port,
                     f'external_ids:"{naming.OWNER_KEY}"') == naming.OWNER_VALUE
 
 
@@ -74,11 +62,11 @@ def test_invalid_and_missing_nads_get_warning_events_and_no_nb_rows(
     assert events[0]["type"] == "Warning" and events[0]["reason"] == "InvalidConfig"
     assert "vlanID 5000 out of range 1-4094 in NAD test/bad-vlan" in events[0]["message"]
     api.create_nad("test", "good", name="good", topology="layer2")
-    until(lambda: "good_ovn_layer2_switch" in _switches(nb_server), "valid NAD not applied")
-    assert "bad_ovn_localnet_switch" not in _switches(nb_server)
+    until(lambda: "good_ovn_layer2_switch" in switches(nb_server), "valid NAD not applied")
+    assert "bad_ovn_localnet_switch" not in switches(nb_server)
 
     api.create_pod("test", "p", "test/missing,test/bad-vlan,test/good")
-    until(lambda: "test.good_test_p" in _ports(nb_server), "the pod's valid network failed")
+    until(lambda: "test.good_test_p" in ports(nb_server), "the pod's valid network failed")
     reasons = until(lambda: {e["reason"] for e in api.events("p")} >= {
         "NetworkNotFound", "InvalidConfig"} and {e["reason"] for e in api.events("p")},
         "no Events on the pod for its missing and invalid NADs")
@@ -89,11 +77,11 @@ def test_disagreeing_nad_of_one_network_is_refused(
     api: Api, nb_server: servers.NbServer, controller: Controller
 ) -> None:
     api.create_nad("test", "first", name="shared", topology="localnet", vlanID=10)
-    until(lambda: "shared_ovn_localnet_switch" in _switches(nb_server), "first NAD not applied")
+    until(lambda: "shared_ovn_localnet_switch" in switches(nb_server), "first NAD not applied")
     api.create_nad("other", "second", name="shared", topology="localnet", vlanID=20)
     events = until(lambda: api.events("second"), "no Event on the disagreeing NAD")
     assert events[0]["reason"] == "NetworkConflict" and "vlan_id 20 vs 10" in events[0]["message"]
-    assert _get(nb_server, "Logical_Switch_Port", "shared_ovn_localnet_port",
+    assert nb_get(nb_server, "Logical_Switch_Port", "shared_ovn_localnet_port",
                 "tag_request") == "10"
 
 
@@ -103,9 +91,9 @@ def test_pod_and_nad_deletion_remove_rows_and_release_ips(
     api.create_nad("test", "small", name="small", topology="layer2", subnets="10.9.0.0/30")
     api.create_pod("test", "a", "small")
     first = until(lambda: api.pod_networks("test", "a"), "no annotation")["test/small"]
-    until(lambda: "test.small_test_a" in _ports(nb_server), "no port")
+    until(lambda: "test.small_test_a" in ports(nb_server), "no port")
     api.core.delete_namespaced_pod("a", "test")
-    until(lambda: "test.small_test_a" not in _ports(nb_server), "port stayed after pod delete")
+    until(lambda: "test.small_test_a" not in ports(nb_server), "port stayed after pod delete")
     # a /30 has two usable addresses: the released one must be handed out again
     api.create_pod("test", "b", "small")
     api.create_pod("test", "c", "small")
@@ -113,8 +101,8 @@ def test_pod_and_nad_deletion_remove_rows_and_release_ips(
         "ip_addresses"][0] for n in ("b", "c")}
     assert first["ip_addresses"][0] in got and len(got) == 2
     api.delete_nad("test", "small")
-    until(lambda: "small_ovn_layer2_switch" not in _switches(nb_server), "switch stayed")
-    assert not {p for p in _ports(nb_server) if p.startswith("test.small_")}
+    until(lambda: "small_ovn_layer2_switch" not in switches(nb_server), "switch stayed")
+    assert not {p for p in ports(nb_server) if p.startswith("test.small_")}
 
 
 def test_vlan_and_mtu_change_in_place_but_subnet_change_refused_with_pods(
@@ -122,11 +110,11 @@ def test_vlan_and_mtu_change_in_place_but_subnet_change_refused_with_pods(
 ) -> None:
     api.create_nad("test", "nad-localnet2", name="localnet2", topology="localnet", vlanID=33,
                    subnets="172.17.33.0/24")
-    until(lambda: _get(nb_server, "Logical_Switch_Port", "localnet2_ovn_localnet_port",
+    until(lambda: nb_get(nb_server, "Logical_Switch_Port", "localnet2_ovn_localnet_port",
                        "tag_request") == "33", "no localnet port")
     api.update_nad("test", "nad-localnet2", name="localnet2", topology="localnet", vlanID=35,
                    mtu=1300, subnets="172.17.33.0/24")
-    until(lambda: _get(nb_server, "Logical_Switch_Port", "localnet2_ovn_localnet_port",
+    until(lambda: nb_get(nb_server, "Logical_Switch_Port", "localnet2_ovn_localnet_port",
                        "tag_request") == "35", "VLAN change not applied in place")
     api.create_pod("test", "vm", "nad-localnet2")
     until(lambda: api.pod_networks("test", "vm"), "no annotation")
@@ -135,7 +123,7 @@ def test_vlan_and_mtu_change_in_place_but_subnet_change_refused_with_pods(
     events = until(lambda: [e for e in api.events("nad-localnet2")
                             if e["reason"] == "ChangeRefused"], "no ChangeRefused Event")
     assert "delete the pods first" in events[0]["message"]
-    assert _get(nb_server, "Logical_Switch", "localnet2_ovn_localnet_switch",
+    assert nb_get(nb_server, "Logical_Switch", "localnet2_ovn_localnet_switch",
                 "other_config:subnet") == '"172.17.33.0/24"'
 
 
@@ -152,10 +140,10 @@ def test_a_burst_of_nad_creations_and_deletions_fails_no_transaction(
         list(pool.map(lambda n: api.create_nad("burst", n, name=n, topology="layer2",
                                                subnets="10.77.0.0/24"), names))
     wanted = {f"{n}_ovn_layer2_switch" for n in names}
-    until(lambda: wanted <= _switches(nb_server), "switches missing after the burst")
+    until(lambda: wanted <= switches(nb_server), "switches missing after the burst")
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda n: api.delete_nad("burst", n), names))
-    until(lambda: not wanted & _switches(nb_server), "switches left after the deletions")
+    until(lambda: not wanted & switches(nb_server), "switches left after the deletions")
     failures = [r.getMessage() for r in caplog.records
                 if "failed" in r.getMessage() or r.levelno >= logging.ERROR]
     assert not failures, failures

@@ -11,19 +11,7 @@ from typing import Any
 
 from ovnk_secondary import naming
 from ovnk_secondary.northbound import servers
-from tests.controller.harness import Api, Controller, until
-
-
-def _ports(nb: servers.NbServer) -> set[str]:
-    return set(nb.nbctl("--bare", "--columns=name", "list", "Logical_Switch_Port").split())
-
-
-def _switches(nb: servers.NbServer) -> set[str]:
-    return set(nb.nbctl("--bare", "--columns=name", "list", "Logical_Switch").split())
-
-
-def _get(nb: servers.NbServer, table: str, record: str, column: str) -> str:
-    return nb.nbctl("--if-exists", "get", table, record, column).strip()
+from tests.controller.harness import Api, Controller, nb_get, ports, switches, until
 
 
 def _switch_ports(nb: servers.NbServer, switch: str) -> set[str]:
@@ -48,29 +36,29 @@ def test_networks_whose_names_mangle_alike_never_share_a_switch(
     api: Api, nb_server: servers.NbServer, controller: Controller
 ) -> None:
     api.create_nad("t", "a", name="blue-x", topology="layer2")
-    until(lambda: "blue.x_ovn_layer2_switch" in _switches(nb_server), "first network not applied")
+    until(lambda: "blue.x_ovn_layer2_switch" in switches(nb_server), "first network not applied")
     api.create_nad("t", "b", name="blue.x", topology="layer2")
     message = _event(api, "b", "NetworkConflict")
     assert "blue-x" in message and "blue.x_ovn_layer2_switch" in message
     api.create_pod("t", "p1", json.dumps([_element("a", ips=["192.0.2.1/24"])]), node="n1")
     api.create_pod("t", "p2", json.dumps([_element("b", ips=["192.0.2.2/24"])]), node="n2")
-    until(lambda: "t.a_t_p1" in _ports(nb_server), "p1's port missing")
+    until(lambda: "t.a_t_p1" in ports(nb_server), "p1's port missing")
     _event(api, "p2", "NetworkConflict")
     assert _switch_ports(nb_server, "blue.x_ovn_layer2_switch") == {"t.a_t_p1"}
-    assert "t.b_t_p2" not in _ports(nb_server)
-    assert _get(nb_server, "Logical_Switch", "blue.x_ovn_layer2_switch",
+    assert "t.b_t_p2" not in ports(nb_server)
+    assert nb_get(nb_server, "Logical_Switch", "blue.x_ovn_layer2_switch",
                 f'external_ids:"{naming.NETWORK_KEY}"').strip('"') == "blue-x"
     # the winner is the network the switch belongs to: it survives a full sync
     api.core.delete_namespaced_pod("p2", "t")
     controller.stop()
     controller.start()
-    until(lambda: "t.a_t_p1" in _ports(nb_server), "p1's port lost after a restart")
-    assert _get(nb_server, "Logical_Switch", "blue.x_ovn_layer2_switch",
+    until(lambda: "t.a_t_p1" in ports(nb_server), "p1's port lost after a restart")
+    assert nb_get(nb_server, "Logical_Switch", "blue.x_ovn_layer2_switch",
                 f'external_ids:"{naming.NETWORK_KEY}"').strip('"') == "blue-x"
     # once the holder is gone, the other network may have the name
     api.core.delete_namespaced_pod("p1", "t")
     api.delete_nad("t", "a")
-    until(lambda: _get(nb_server, "Logical_Switch", "blue.x_ovn_layer2_switch",
+    until(lambda: nb_get(nb_server, "Logical_Switch", "blue.x_ovn_layer2_switch",
                        f'external_ids:"{naming.NETWORK_KEY}"').strip('"') == "blue.x",
           "the refused network did not get its switch once the other was deleted")
 
@@ -86,7 +74,7 @@ def test_deleting_a_nad_releases_only_its_own_addresses(
     api.create_pod("q", "q2", "q/m-x")
     until(lambda: api.pod_networks("q", "q2"), "no annotation on q2")
     api.delete_nad("q", "m-x")
-    until(lambda: not any(p.endswith("_q_q2") for p in _ports(nb_server)), "q2's port stayed")
+    until(lambda: not any(p.endswith("_q_q2") for p in ports(nb_server)), "q2's port stayed")
     for i in range(5):
         api.create_pod("q", f"n{i}", "q-m/x")
     got = {}
@@ -111,7 +99,7 @@ def test_an_interface_named_like_a_generated_one_is_refused(
     api.create_pod("t", "p", json.dumps([_element("l2a"), _element("l2b", interface="net1")]))
     message = _event(api, "p", "InvalidConfig")
     assert "net1" in message and "t/l2a" in message
-    assert not {p for p in _ports(nb_server) if p.endswith("_t_p")}
+    assert not {p for p in ports(nb_server) if p.endswith("_t_p")}
     assert api.pod_networks("t", "p") is None
 
 
@@ -122,7 +110,7 @@ def test_a_mac_or_static_ip_in_use_on_the_network_is_refused(
     mac = "02:00:00:00:be:ef"
     api.create_pod("t", "first", json.dumps([_element("flat", mac=mac, ips=["10.254.6.1/24"])]),
                    node="n1")
-    until(lambda: "t.flat_t_first" in _ports(nb_server), "first pod not attached")
+    until(lambda: "t.flat_t_first" in ports(nb_server), "first pod not attached")
     api.create_pod("t", "second", json.dumps([_element("flat", mac=mac,
                                                        ips=["10.254.6.2/24"])]), node="n2")
     message = _event(api, "second", "AddressInUse")
@@ -130,7 +118,7 @@ def test_a_mac_or_static_ip_in_use_on_the_network_is_refused(
     api.create_pod("t", "third", json.dumps([_element("flat", ips=["10.254.6.1/16"])]))
     message = _event(api, "third", "AddressInUse")
     assert "10.254.6.1" in message and "t/first" in message
-    assert not {"t.flat_t_second", "t.flat_t_third"} & _ports(nb_server)
+    assert not {"t.flat_t_second", "t.flat_t_third"} & ports(nb_server)
     # a requested MAC equal to one the controller derived for another pod (IPAM network)
     api.create_nad("t", "ipam", name="ipam", topology="layer2", subnets="10.254.7.0/24")
     api.create_pod("t", "derived", "ipam")
@@ -140,8 +128,8 @@ def test_a_mac_or_static_ip_in_use_on_the_network_is_refused(
     assert api.pod_networks("t", "copycat") is None
     # once the holder is gone, the MAC is free again
     api.core.delete_namespaced_pod("first", "t")
-    until(lambda: "t.flat_t_second" in _ports(nb_server) or "t.flat_t_third" in
-          _ports(nb_server), "a freed MAC/IP did not go to a waiting pod")
+    until(lambda: "t.flat_t_second" in ports(nb_server) or "t.flat_t_third" in
+          ports(nb_server), "a freed MAC/IP did not go to a waiting pod")
 
 
 def test_default_route_twice_or_outside_the_subnets_is_refused(
@@ -162,26 +150,26 @@ def test_default_route_twice_or_outside_the_subnets_is_refused(
     assert good["t/a"]["gateway_ips"] == ["10.254.4.254"]
     for pod in ("two", "outside"):
         assert api.pod_networks("t", pod) is None
-        assert not {p for p in _ports(nb_server) if p.endswith(f"_t_{pod}")}
+        assert not {p for p in ports(nb_server) if p.endswith(f"_t_{pod}")}
 
 
 def test_nad_edits_without_pods_are_in_force_for_the_next_pod(
     api: Api, nb_server: servers.NbServer, controller: Controller
 ) -> None:
     api.create_nad("t", "n", name="n", topology="layer2", subnets="10.254.13.0/24")
-    until(lambda: "n_ovn_layer2_switch" in _switches(nb_server), "no switch")
+    until(lambda: "n_ovn_layer2_switch" in switches(nb_server), "no switch")
     api.update_nad("t", "n", name="n", topology="layer2", subnets="10.254.14.0/24")
-    until(lambda: _get(nb_server, "Logical_Switch", "n_ovn_layer2_switch",
+    until(lambda: nb_get(nb_server, "Logical_Switch", "n_ovn_layer2_switch",
                        "other_config:subnet") == '"10.254.14.0/24"', "subnet not updated")
     api.create_pod("t", "p", "n")
     entry = until(lambda: api.pod_networks("t", "p"), "no annotation")["t/n"]
     assert entry["ip_addresses"][0].startswith("10.254.14.")
     api.core.delete_namespaced_pod("p", "t")
-    until(lambda: "t.n_t_p" not in _ports(nb_server), "port stayed")
+    until(lambda: "t.n_t_p" not in ports(nb_server), "port stayed")
     # layer2 with subnets -> localnet without: static ips are now in force, the old switch goes
     api.update_nad("t", "n", name="n", topology="localnet", vlanID=7)
-    until(lambda: "n_ovn_localnet_switch" in _switches(nb_server), "no localnet switch")
-    until(lambda: "n_ovn_layer2_switch" not in _switches(nb_server), "old layer2 switch stayed")
+    until(lambda: "n_ovn_localnet_switch" in switches(nb_server), "no localnet switch")
+    until(lambda: "n_ovn_layer2_switch" not in switches(nb_server), "old layer2 switch stayed")
     api.create_pod("t", "q", json.dumps([_element("n", ips=["192.0.2.9/24"])]))
     entry = until(lambda: api.pod_networks("t", "q"), "no annotation")["t/n"]
     assert entry["ip_addresses"] == ["192.0.2.9/24"]
@@ -200,16 +188,16 @@ def test_a_waiting_pod_gets_a_freed_address_and_nb_drift_is_repaired_within_seco
     api.core.delete_namespaced_pod("a", "t")
     until(lambda: api.pod_networks("t", "c"), "the waiting pod did not get the freed address",
           timeout=10)
-    until(lambda: "t.tiny_t_c" in _ports(nb_server), "no port for c")
+    until(lambda: "t.tiny_t_c" in ports(nb_server), "no port for c")
     nb_server.nbctl("lsp-del", "t.tiny_t_b")
-    until(lambda: "t.tiny_t_b" in _ports(nb_server), "a deleted port was not repaired",
+    until(lambda: "t.tiny_t_b" in ports(nb_server), "a deleted port was not repaired",
           timeout=10)
     nb_server.nbctl("lsp-set-addresses", "t.tiny_t_c", "02:00:00:00:00:01")
-    until(lambda: _get(nb_server, "Logical_Switch_Port", "t.tiny_t_c", "addresses")
+    until(lambda: nb_get(nb_server, "Logical_Switch_Port", "t.tiny_t_c", "addresses")
           != '["02:00:00:00:00:01"]', "an edited port was not repaired", timeout=10)
     nb_server.nbctl("remove", "Logical_Switch", "tiny_ovn_layer2_switch", "other_config",
                     "subnet")
-    until(lambda: _get(nb_server, "Logical_Switch", "tiny_ovn_layer2_switch",
+    until(lambda: nb_get(nb_server, "Logical_Switch", "tiny_ovn_layer2_switch",
                        "other_config:subnet") == '"10.254.9.0/30"',
           "an edited switch was not repaired", timeout=10)
 
@@ -219,7 +207,7 @@ def test_a_refused_change_stays_refused_across_full_syncs_and_restarts(
 ) -> None:
     api.create_nad("t", "n", name="n", topology="layer2", subnets="10.254.15.0/24")
     api.create_pod("t", "p", "n")
-    until(lambda: "t.n_t_p" in _ports(nb_server), "no port")
+    until(lambda: "t.n_t_p" in ports(nb_server), "no port")
     api.update_nad("t", "n", name="n", topology="layer2", subnets="10.254.16.0/24")
     _event(api, "n", "ChangeRefused")
     controller.stop()
@@ -227,12 +215,12 @@ def test_a_refused_change_stays_refused_across_full_syncs_and_restarts(
     api.create_pod("t", "r", "n")
     entry = until(lambda: api.pod_networks("t", "r"), "no annotation")["t/n"]
     assert entry["ip_addresses"][0].startswith("10.254.15."), "the refused change was applied"
-    assert _get(nb_server, "Logical_Switch", "n_ovn_layer2_switch",
+    assert nb_get(nb_server, "Logical_Switch", "n_ovn_layer2_switch",
                 "other_config:subnet") == '"10.254.15.0/24"'
     # once the pods are gone, the change takes effect
     api.core.delete_namespaced_pod("p", "t")
     api.core.delete_namespaced_pod("r", "t")
-    until(lambda: _get(nb_server, "Logical_Switch", "n_ovn_layer2_switch",
+    until(lambda: nb_get(nb_server, "Logical_Switch", "n_ovn_layer2_switch",
                        "other_config:subnet") == '"10.254.16.0/24"',
           "the change was not applied once the pods were gone")
 
@@ -247,4 +235,4 @@ def test_nothing_is_written_into_a_row_we_do_not_own(
     api.create_pod("t", "p", "admin")
     _event(api, "p", "NorthboundConflict")
     assert _switch_ports(nb_server, "admin_ovn_layer2_switch") == set()
-    assert "t.admin_t_p" not in _ports(nb_server)
+    assert "t.admin_t_p" not in ports(nb_server)

@@ -20,7 +20,7 @@ import pytest
 from ovnk_secondary.controller import leaderelection, reconciler
 from ovnk_secondary.northbound import servers
 from ovnk_secondary.sandbox import kubeapi
-from tests.controller.harness import Controller, until
+from tests.controller.harness import Controller, ports, until
 
 MANIFESTS = kubeapi.REPO / "manifests"
 
@@ -72,10 +72,6 @@ def _get(plane: kubeapi.ControlPlane, *what: str) -> dict[str, Any]:
     return json.loads(done.stdout) if done.returncode == 0 else {}
 
 
-def _ports(nb: servers.NbServer) -> set[str]:
-    return set(nb.nbctl("--bare", "--columns=name", "list", "Logical_Switch_Port").split())
-
-
 def test_the_controller_works_with_its_own_least_privilege_identity(
     control_plane: kubeapi.ControlPlane, controller_kubeconfig: pathlib.Path,
     nb_server: servers.NbServer, caplog: pytest.LogCaptureFixture,
@@ -98,7 +94,7 @@ def test_the_controller_works_with_its_own_least_privilege_identity(
                _pod("test", "p2", json.dumps([{"name": "nad-layer2",
                                                "mac": "02:00:00:00:00:02"}])))
         until(lambda: {"test.nad.layer2_test_p1", "test.nad.localnet2_test_p1",
-                       "test.nad.layer2_test_p2"} <= _ports(nb_server), "pod ports missing")
+                       "test.nad.layer2_test_p2"} <= ports(nb_server), "pod ports missing")
         pod = _get(control_plane, "pod", "-n", "test", "p1")
         networks = json.loads(pod["metadata"]["annotations"]["k8s.ovn.org/pod-networks"])
         assert networks["test/nad-layer2"]["ip_addresses"][0].startswith("10.100.0.")
@@ -120,7 +116,7 @@ def test_the_controller_works_with_its_own_least_privilege_identity(
         # no kubelet confirms a graceful deletion here (the port stays while a pod terminates)
         control_plane.kubectl("delete", "pod", "-n", "test", "p1", "--grace-period=0",
                               "--force")
-        until(lambda: "test.nad.layer2_test_p1" not in _ports(nb_server), "p1's port stayed")
+        until(lambda: "test.nad.layer2_test_p1" not in ports(nb_server), "p1's port stayed")
     finally:
         running.stop()
     refused = [r.getMessage() for r in caplog.records
