@@ -180,7 +180,7 @@ def _check_unique(pod: str, selections: Sequence[NetworkSelection]) -> None:
         interface = selection.interface or f"net{index}"
         if interface in holders:
             first = selections[holders[interface] - 1]
-            how = "also requested by" if first.interface else "generated for"
+            how = "also requested by" if first.interface else "the default name (Multus') of"
             raise _fail(pod, f"interface {interface} of NAD {selection.nad_key} (element "
                              f"{index}) is {how} NAD {first.nad_key} (element "
                              f"{holders[interface]}); interface names of a pod must be unique: "

@@ -50,7 +50,8 @@ def test_no_annotation_selects_nothing() -> None:
     ("[{\"name\": \"a\", \"default-route\": [\"x\"]}]", "is not an IP address"),
     ("a@averyveryverylongname", "not a valid Linux interface name"),
     ("a,a", "selected twice"),
-    ("a,b@net1", "interface net1 of NAD ns1/b \\(element 2\\) is generated for NAD ns1/a"),
+    ("a,b@net1", "interface net1 of NAD ns1/b \\(element 2\\) is the default name "
+                 "\\(Multus'\\) of NAD ns1/a"),
     ("a@eth1,b@eth1", "is also requested by NAD ns1/a"),
     ("[{\"name\": \"a\", \"default-route\": [\"10.0.0.1\"]}, "
      "{\"name\": \"b\", \"default-route\": [\"10.0.1.1\"]}]", "default-route is set on 2"),

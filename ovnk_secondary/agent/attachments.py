@@ -263,8 +263,10 @@ class Attachments:
                 f"timed out after {self.settings.annotation_timeout:.0f} s waiting for "
                 f"annotation {pods.ANNOTATION} entry {network.nad_key} on pod "
                 f"{request.pod_namespace}/{request.pod_name}",
-                "is the ovnk-secondary controller running, and does the pod's "
-                "k8s.v1.cni.cncf.io/networks annotation name this NAD?")
+                "the controller says on the pod why it has not allocated this network "
+                "(Warning Events: NetworkConflict, AddressInUse, IPAMFailed, InvalidConfig, "
+                "NetworkNotFound); without such an Event, check that the ovnk-secondary "
+                "controller runs")
         annotated = time.monotonic()
         timings["annotation"] = annotated - start
         port_name = naming.pod_port_name(network.nad_key, request.pod_namespace,
