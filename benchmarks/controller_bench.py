@@ -43,20 +43,26 @@ NAD = {"cniVersion": "0.3.1", "name": "bench", "type": "ovn-k8s-cni-overlay",
 
 
 class CommitWatcher(ovs_idl.Idl):  # type: ignore[misc]
-    """An independent NB client that records when each logical switch port appears."""
+    """An independent NB client that records when each row of `tables` appears (`seen`) and
+    goes (`deleted`), by name."""
 
-    def __init__(self, remote: str) -> None:
+    def __init__(self, remote: str, tables: tuple[str, ...] = ("Logical_Switch_Port",)) -> None:
         helper = ovs_idl.SchemaHelper(location=str(servers.SCHEMA))
-        helper.register_columns("Logical_Switch_Port", ["name"])
+        for table in tables:
+            helper.register_columns(table, ["name"])
         super().__init__(remote, helper)
         self.seen: dict[str, float] = {}
+        self.deleted: dict[str, float] = {}
         self._stop = False
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def notify(self, event: str, row: object, updates: object = None) -> None:
+        name = getattr(row, "name")  # noqa: B009
         if event == ovs_idl.ROW_CREATE:
-            self.seen.setdefault(getattr(row, "name"), time.monotonic())  # noqa: B009
+            self.seen.setdefault(name, time.monotonic())
+        elif event == ovs_idl.ROW_DELETE:
+            self.deleted.setdefault(name, time.monotonic())
 
     def _run(self) -> None:
         while not self._stop:

@@ -43,8 +43,6 @@ import urllib.request
 
 import aiohttp
 import controller_bench  # beside this file (benchmarks/ is the script's directory)
-import ovs.poller
-from ovs.db import idl as ovs_idl
 from ovsdbapp.backend.ovs_idl import connection
 from ovsdbapp.schema.ovn_northbound import impl_idl
 
@@ -64,41 +62,6 @@ def _nad(namespace: str, name: str, index: int) -> dict[str, object]:
 
 def _switch(name: str) -> str:
     return f"{name}_ovn_layer2_switch"
-
-
-class Watcher(ovs_idl.Idl):  # type: ignore[misc]
-    """An independent NB client: when each switch and port appeared, and when switches went."""
-
-    def __init__(self, remote: str) -> None:
-        helper = ovs_idl.SchemaHelper(location=str(servers.SCHEMA))
-        helper.register_columns("Logical_Switch", ["name"])
-        helper.register_columns("Logical_Switch_Port", ["name"])
-        super().__init__(remote, helper)
-        self.created: dict[str, float] = {}
-        self.deleted: dict[str, float] = {}
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def notify(self, event: str, row: object, updates: object = None) -> None:
-        name = getattr(row, "name")  # noqa: B009
-        if event == ovs_idl.ROW_CREATE:
-            self.created.setdefault(name, time.monotonic())
-        elif event == ovs_idl.ROW_DELETE:
-            self.deleted.setdefault(name, time.monotonic())
-
-    def _run(self) -> None:
-        while not self._stop:
-            self.run()
-            poller = ovs.poller.Poller()
-            self.wait(poller)
-            poller.timer_wait(100)
-            poller.block()
-
-    def stop(self) -> None:
-        self._stop = True
-        self._thread.join(5)
-        self.close()
 
 
 class Metrics:
@@ -254,7 +217,8 @@ def run(networks: int, pods: int, single: int, workdir: pathlib.Path) -> dict[st
                  "--resync-period", "300", "--leader-elect",
                  "--leader-elect-namespace", "default"],
                 stdout=output, stderr=subprocess.STDOUT, env=env)
-        watcher = Watcher(nb.remote)
+        watcher = controller_bench.CommitWatcher(
+            nb.remote, ("Logical_Switch", "Logical_Switch_Port"))
         ready = f"http://127.0.0.1:{health}/readyz"
 
         def is_ready() -> bool:
@@ -276,9 +240,9 @@ def run(networks: int, pods: int, single: int, workdir: pathlib.Path) -> dict[st
                      for i, n in enumerate(names)], created,
             lambda body: body["metadata"]["name"]))  # type: ignore[index]
         wanted = [_switch(n) for n in names]
-        assert _until(lambda: all(w in watcher.created for w in wanted), 300), (
-            f"{sum(w not in watcher.created for w in wanted)} switches never came")
-        result["burst_s"] = max(watcher.created[w] for w in wanted) - min(created.values())
+        assert _until(lambda: all(w in watcher.seen for w in wanted), 300), (
+            f"{sum(w not in watcher.seen for w in wanted)} switches never came")
+        result["burst_s"] = max(watcher.seen[w] for w in wanted) - min(created.values())
         metrics.end_phase(result, "burst")
 
         # 2. steady state: one NAD at a time
@@ -290,8 +254,8 @@ def run(networks: int, pods: int, single: int, workdir: pathlib.Path) -> dict[st
             loop.run_until_complete(_post_all(
                 server, [(NAD_PATH.format(ns="steady"), _nad("steady", name, networks + i))],
                 stamps, lambda body: body["metadata"]["name"]))  # type: ignore[index]
-            assert _until(lambda n=name: _switch(n) in watcher.created, 30)
-            latencies.append(watcher.created[_switch(name)] - stamps[name])
+            assert _until(lambda n=name: _switch(n) in watcher.seen, 30)
+            latencies.append(watcher.seen[_switch(name)] - stamps[name])
         result["single_p50_ms"] = statistics.median(latencies) * 1000
         result["single_p99_ms"] = _p(latencies, 0.99) * 1000
         metrics.end_phase(result, "single")
@@ -312,10 +276,10 @@ def run(networks: int, pods: int, single: int, workdir: pathlib.Path) -> dict[st
             pod_created, lambda body: "bench.{}_bench_{}".format(  # type: ignore[index]
                 body["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"],
                 body["metadata"]["name"]), concurrency=16))
-        assert _until(lambda: all(p in watcher.created for p in pod_created),
+        assert _until(lambda: all(p in watcher.seen for p in pod_created),
                       max(120, pods / 20)), "pods' ports missing"
-        port_latency = [watcher.created[p] - t for p, t in pod_created.items()]
-        span = max(watcher.created[p] for p in pod_created) - min(pod_created.values())
+        port_latency = [watcher.seen[p] - t for p, t in pod_created.items()]
+        span = max(watcher.seen[p] for p in pod_created) - min(pod_created.values())
         result["pods_per_s"] = pods / span
         result["pod_p99_ms"] = _p(port_latency, 0.99) * 1000
         metrics.end_phase(result, "pods")

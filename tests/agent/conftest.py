@@ -53,6 +53,16 @@ def _wait_file(path: pathlib.Path, timeout: float = 10.0) -> None:
 
 
 @pytest.fixture
+def api() -> Iterator[served.ServedApi]:
+    """The API emulator in a thread of this process."""
+    server = served.ServedApi()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
 def local_switch(tmp_path: pathlib.Path) -> Iterator[LocalSwitch]:
     if os.geteuid() != 0 or shutil.which("ovs-vswitchd") is None:
         pytest.skip("needs root and openvswitch")

@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import json
 import pathlib
-from collections.abc import Iterator
 from typing import Any
-
-import pytest
 
 from ovnk_secondary import naming
 from ovnk_secondary.agent import interfaces, mtus, ovs
@@ -48,15 +45,6 @@ def test_a_change_affects_every_nad_of_its_networks_before_and_after() -> None:
     after = {"a/one": "n2", "a/two": "n1", "b/three": "n2", "c/four": "n3"}
     assert mtus.affected({"a/one"}, before=before, after=after) == {"a/one", "a/two", "b/three"}
     assert mtus.affected({"x/gone"}, before={}, after={}) == {"x/gone"}
-
-
-@pytest.fixture
-def api() -> Iterator[served.ServedApi]:
-    server = served.ServedApi()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def test_the_keeper_applies_edits_to_both_ends_and_rereads_a_nad_after_a_racing_add(

@@ -20,15 +20,6 @@ NAD = "ns1/l2-network"
 
 
 @pytest.fixture
-def api() -> Iterator[served.ServedApi]:
-    server = served.ServedApi()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
-@pytest.fixture
 def reader(api: served.ServedApi, tmp_path: pathlib.Path) -> Iterator[pods.PodReader]:
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(api.kubeconfig_text())
