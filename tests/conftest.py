@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from ovnk_secondary.northbound import servers
-from ovnk_secondary.sandbox import cluster
+from ovnk_secondary.sandbox import cluster, kubeapi
+from tests import kube
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
@@ -26,6 +27,17 @@ def nb_server(tmp_path: pathlib.Path) -> Iterator[servers.NbServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def kube_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kubeapi.ControlPlane]:
+    """A real control plane (etcd, kube-apiserver, kube-controller-manager) on this host with
+    the product's CRDs, namespace and RBAC; tests wipe what they made (`kube.KubeApi.wipe`)."""
+    plane = kube.start(tmp_path_factory.mktemp("kube"))
+    try:
+        yield plane
+    finally:
+        plane.stop()
 
 
 @pytest.fixture(scope="session")

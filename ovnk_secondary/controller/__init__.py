@@ -1,1 +1,1 @@
-"""The controller: watches NADs and pods (kopf) and keeps OVN northbound equal to what they ask."""
+"""The controller: watches NADs and pods (informers), keeps OVN northbound equal to them."""

@@ -1,7 +1,6 @@
-"""The controller's own calls to the Kubernetes API: list, patch a pod annotation, post Events.
+"""The controller's calls to the Kubernetes API: list, watch, patch annotations, post Events.
 
-kopf watches; these are the few writes and the start-up listing the reconciler needs, as
-plain async HTTP (aiohttp, which kopf already uses) so they stay off any thread pool. The
+Plain async HTTP (aiohttp) on the controller's loop, so they stay off any thread pool. The
 connection comes from a kubeconfig (or the in-cluster service account), read once.
 """
 
@@ -158,16 +157,18 @@ class ApiClient:
         replaced: dict[str, Any] = await self._request("PUT", path, json=body)
         return replaced
 
-    async def pages(self, path: str, *, limit: int) -> AsyncIterator[Objects]:
-        """The list at `path`, `limit` objects at a time (a page is dropped before the next)."""
+    async def pages(self, path: str, *, limit: int) -> AsyncIterator[tuple[Objects, str]]:
+        """The list at `path`, `limit` objects at a time (a page is dropped before the next),
+        each with the list's resourceVersion (the pages of one list are one snapshot)."""
         token = ""
         while True:
             params = {"limit": str(limit), **({"continue": token} if token else {})}
             body = await self._request("GET", path, params=params)
-            token = (body.get("metadata") or {}).get("continue") or ""
+            metadata = body.get("metadata") or {}
+            token = metadata.get("continue") or ""
             items: Objects = body.get("items") or []
             del body
-            yield items
+            yield items, str(metadata.get("resourceVersion") or "")
             if not token:
                 return
 

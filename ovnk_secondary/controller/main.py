@@ -1,4 +1,4 @@
-"""`ovnk-secondary controller`: flags, logging, and running kopf with the reconciler.
+"""`ovnk-secondary controller`: flags, logging, and running the informers with the reconciler.
 
     ovnk-secondary controller --ovn-nb tcp:HOST:6641 [--kubeconfig PATH]
                               [--resync-period S] [--health-port P] [--leader-elect ...]
@@ -19,16 +19,13 @@ import logging
 import signal
 from typing import Any
 
-import kopf
-
 from ovnk_secondary import errors
 from ovnk_secondary.controller import (
     apiclient,
-    handlers,
     health,
+    informers,
     leaderelection,
     looplag,
-    podwatch,
     reconciler,
 )
 from ovnk_secondary.northbound import client
@@ -75,8 +72,6 @@ def run(args: argparse.Namespace) -> int:
         raise errors.InvalidConfig(f"--resync-period {args.resync_period} must be positive")
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.log_level != "DEBUG":  # kopf says "Handler ... succeeded" for every NAD event
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     # CPython's oldest-generation collections scan every object (the NB copy alone is
     # millions at 10,000 pods) and ran each time the heap had grown by a quarter: 22 pauses of
     # 0.1-1 s holding the GIL during a burst of 10,000 pods (network_bench). Young garbage is
@@ -138,12 +133,6 @@ async def serve(
     northbound = client.Northbound(remote=ovn_nb, timeout=nb_timeout)
     api = apiclient.ApiClient(credentials)
     policy = reconciler.Reconciler(northbound=northbound, api=api, resync_period=resync_period)
-    registry = kopf.OperatorRegistry()
-    handlers.register(registry, policy=policy, credentials=credentials)
-    settings = kopf.OperatorSettings()
-    settings.posting.enabled = False  # our own Events say what to fix; kopf's add noise
-    settings.watching.server_timeout = 300
-    settings.persistence.diffbase_storage = handlers.NoDiffBase()  # no change handlers
     runner = await health.start(host=health_host, port=health_port, policy=policy) \
         if health_port else None
     logger.info("controller starting: OVN NB %s, Kubernetes API %s, resync every %gs",
@@ -157,17 +146,19 @@ async def serve(
     try:
         if elector is not None and not await elector.acquire(stop):
             return policy  # stopped while standing by: nothing was started
+        nad_sink, pod_sink = policy.informer_sinks()
         tasks = [
-            # standalone: no kopf peering; the Lease (when asked for) keeps replicas apart
-            asyncio.create_task(kopf.operator(registry=registry, settings=settings,
-                                              clusterwide=True, standalone=True,
-                                              stop_flag=stop)),
             asyncio.create_task(policy.run_background(stop=stop)),
-            asyncio.create_task(podwatch.run(api, policy, stop)),
+            # their first list is compared with what the first full sync found
+            asyncio.create_task(informers.run(api, apiclient.NAD_PATH, nad_sink, stop,
+                                              what="NAD", after=policy.synced)),
+            asyncio.create_task(informers.run(api, apiclient.PODS_PATH, pod_sink, stop,
+                                              what="pod", after=policy.synced)),
         ]
-        for task, name in zip(tasks, ("kopf", "northbound sync", "pod watch"), strict=True):
-            # kopf takes SIGTERM/SIGINT over from us once running and then ends its task: that
-            # end (or a crash of any task) is our stop too, else the Lease is never released
+        for task, name in zip(tasks, ("northbound sync", "NAD watch", "pod watch"),
+                              strict=True):
+            # the end (or a crash) of any task is our stop too, else the Lease is never
+            # released while nothing works
             task.add_done_callback(functools.partial(_task_ended, name, stop))
         if elector is not None:
             held_to_the_end = await elector.hold(stop)
@@ -178,7 +169,8 @@ async def serve(
     finally:
         stop.set()
         if tasks:
-            tasks[-1].cancel()  # the pod watch waits on its stream: nothing to finish
+            for task in tasks[1:]:
+                task.cancel()  # the watches wait on their streams: nothing to finish
             done, pending = await asyncio.wait(tasks, timeout=30)
             for task in pending:
                 task.cancel()

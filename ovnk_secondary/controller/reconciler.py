@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from ovnk_secondary import errors, ipam, nads, naming, podnetworks, selections
-from ovnk_secondary.controller import apiclient, batches, workqueues
+from ovnk_secondary.controller import apiclient, batches, informers, workqueues
 from ovnk_secondary.northbound import client, desired, diff
 
 logger = logging.getLogger(__name__)
@@ -93,6 +93,7 @@ class _Pod:
     namespace: str
     name: str
     uid: str
+    version: str  # metadata.resourceVersion
     node: str | None  # spec.nodeName
     phase: str | None  # status.phase
     deleting: bool  # metadata.deletionTimestamp is set
@@ -123,6 +124,7 @@ def _pod(body: Mapping[str, Any]) -> _Pod:
         namespace=sys.intern(str(metadata.get("namespace") or "")),
         name=str(metadata.get("name") or ""),
         uid=str(metadata.get("uid") or ""),
+        version=str(metadata.get("resourceVersion") or ""),
         node=sys.intern(str(node)) if node else None,
         phase=(body.get("status") or {}).get("phase"),
         deleting=bool(metadata.get("deletionTimestamp")),
@@ -613,15 +615,41 @@ class Reconciler:
         self._queue_pod(key)
 
     def pod_deleted(self, body: Mapping[str, Any]) -> None:
-        """Forget the pod and queue the release of its addresses and ports."""
+        """Forget the pod and queue the release of its addresses and ports.
+
+        `body` may hold only the pod's namespace, name and uid (a deletion a re-list found):
+        what is held of that pod then stands for it.
+        """
         pod = _pod(body)
         key = pod.key
         current = self._pods.get(key)
         if current is not None and current.uid == pod.uid:
             del self._pods[key]
             self._index(current, None)
+            if not body.get("spec"):
+                pod = current
         self._note_gone(key, pod)
         self._queue_pod(key)
+
+    def informer_sinks(self) -> tuple[informers.Sink, informers.Sink]:
+        """Where the NAD and pod informers report (`informers.run`)."""
+        async def pod_changed(body: dict[str, Any]) -> None:
+            self.pod_changed(body)
+
+        async def pod_deleted(body: dict[str, Any]) -> None:
+            self.pod_deleted(body)
+
+        def pods_held() -> dict[Key, tuple[str, str]]:
+            return {key: (pod.uid, pod.version) for key, pod in self._pods.items()}
+
+        def nads_held() -> dict[Key, tuple[str, str]]:
+            return {key: (str(nad.body["metadata"].get("uid") or ""),
+                          str(nad.body["metadata"].get("resourceVersion") or ""))
+                    for key, nad in self._nads.items()}
+
+        return (informers.Sink(held=nads_held, changed=self.nad_changed,
+                               deleted=self.nad_deleted),
+                informers.Sink(held=pods_held, changed=pod_changed, deleted=pod_deleted))
 
     def _index(self, before: _Pod | None, after: _Pod | None) -> None:
         """Keep `_selecting` (NAD key -> pods naming it) up to date for one pod."""
@@ -1010,7 +1038,7 @@ class Reconciler:
         self._touched = set()
         try:
             listed: dict[Key, _Pod] = {}
-            async for page in self.api.pages(apiclient.PODS_PATH, limit=LIST_PAGE):
+            async for page, _ in self.api.pages(apiclient.PODS_PATH, limit=LIST_PAGE):
                 for pod in map(_pod, page):
                     listed[pod.key] = pod
                 del page  # not kept while the next page arrives

@@ -37,6 +37,7 @@ from cryptography.x509.oid import NameOID
 from ovnk_secondary import errors
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+MANIFESTS = REPO / "manifests"
 BUILD_SCRIPT = REPO / "ovn-sandbox" / "build-kube.sh"
 SERVICE_CIDR = "10.96.0.0/16"
 
@@ -179,6 +180,8 @@ class ControlPlane:
         self.pki = Pki(directory / "pki")
         self.admin_kubeconfig = directory / "admin.kubeconfig"
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._arguments: dict[str, list[str]] = {}
+        self.etcd_url = ""
 
     @property
     def server(self) -> str:
@@ -198,6 +201,7 @@ class ControlPlane:
             server=self.server, ca=pki("ca.crt"), user="system:kube-controller-manager",
             certificate=pki("controller-manager.crt"), key=pki("controller-manager.key")))
         client, peer = _free_port(), _free_port()
+        self.etcd_url = f"http://127.0.0.1:{client}"
         self._spawn("etcd", [
             "--name", "sandbox", "--data-dir", str(self.directory / "etcd"),
             "--listen-client-urls", f"http://127.0.0.1:{client}",
@@ -236,8 +240,35 @@ class ControlPlane:
             "--leader-elect=false",
         ])
 
+    def install_manifests(self, manifests: pathlib.Path = MANIFESTS) -> None:
+        """Apply the product's CRDs (kustomization `crds/`), namespace and RBAC as a user does,
+        with server-side validation, and wait until the CRDs are served."""
+        self.kubectl("apply", "-k", str(manifests / "crds"))
+        self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+        self.kubectl("apply", "-f", str(manifests / "namespace.yaml"),
+                     "-f", str(manifests / "rbac.yaml"))
+
+    def restart_apiserver(self, *, timeout: float = 60.0) -> None:
+        """Stop kube-apiserver (SIGTERM), start it again with the same flags, wait until ready.
+        Its watch cache starts afresh: watches resuming from before may get 410 Gone."""
+        self._end("kube-apiserver")
+        self._spawn("kube-apiserver", self._arguments["kube-apiserver"])
+        self._wait_ready(timeout)
+
+    def compact_etcd(self) -> int:
+        """Compact etcd's history up to its current revision (as its periodic compaction
+        would); the revision. A watch from an older resourceVersion then gets 410 Gone."""
+        status = json.loads(subprocess.run(
+            [str(self.bin / "etcdctl"), f"--endpoints={self.etcd_url}", "endpoint", "status",
+             "-w", "json"], capture_output=True, text=True, check=True).stdout)
+        revision = int(status[0]["Status"]["header"]["revision"])
+        subprocess.run([str(self.bin / "etcdctl"), f"--endpoints={self.etcd_url}", "compact",
+                        str(revision)], capture_output=True, check=True)
+        return revision
+
     def _spawn(self, name: str, arguments: list[str]) -> None:
-        log = (self.directory / f"{name}.log").open("wb")
+        self._arguments[name] = arguments
+        log = (self.directory / f"{name}.log").open("ab")
         self._processes[name] = subprocess.Popen([str(self.bin / name), *arguments],
                                                  stdout=log, stderr=subprocess.STDOUT)
 
@@ -280,14 +311,17 @@ class ControlPlane:
                                    token=token))
         return path
 
+    def _end(self, name: str) -> None:
+        process = self._processes.pop(name, None)
+        if process is None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
     def stop(self) -> None:
         for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
-            process = self._processes.pop(name, None)
-            if process is None:
-                continue
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            self._end(name)

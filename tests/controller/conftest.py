@@ -1,4 +1,4 @@
-"""The real controller (kopf, in a thread) against the API emulator and a real NB ovsdb-server."""
+"""The real controller (kopf, in a thread) against a real kube-apiserver and NB ovsdb-server."""
 
 from __future__ import annotations
 
@@ -8,17 +8,19 @@ from collections.abc import Iterator
 import pytest
 
 from ovnk_secondary.northbound import servers
+from ovnk_secondary.sandbox import kubeapi
 from tests import served
 from tests.controller import harness
 
 
 @pytest.fixture
-def api(tmp_path: pathlib.Path) -> Iterator[harness.Api]:
-    emulator = harness.Api(tmp_path)
+def api(kube_plane: kubeapi.ControlPlane, tmp_path: pathlib.Path) -> Iterator[harness.Api]:
+    """The session's API server, left empty of the test's objects afterwards."""
+    view = harness.Api(kube_plane, tmp_path)
     try:
-        yield emulator
+        yield view
     finally:
-        emulator.close()
+        view.wipe()
 
 
 @pytest.fixture

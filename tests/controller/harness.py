@@ -1,4 +1,4 @@
-"""Helpers for controller tests: the API emulator and the controller on loop threads, polling."""
+"""Helpers for controller tests: the real API server, the controller on a loop thread, polling."""
 
 from __future__ import annotations
 
@@ -9,71 +9,54 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import kubernetes
-
 from ovnk_secondary.controller import apiclient, leaderelection, main, reconciler
 from ovnk_secondary.northbound import servers
-from ovnk_secondary.sandbox import apiserver
-from tests.served import LoopThread, ServedApi
+from ovnk_secondary.sandbox import kubeapi
+from tests import kube
+from tests.served import LoopThread
 
 T = TypeVar("T")
-NAD_GROUP, NAD_VERSION, NAD_PLURAL = apiserver.NAD_RESOURCE
+NAD_GROUP, NAD_VERSION, NAD_PLURAL = kube.NADS
 
 
-class Api:
-    """The emulator, served from its own loop thread, plus an official client for tests."""
+class Api(kube.KubeApi):
+    """The real API server as a controller test sees it: the controller authenticates as its
+    ServiceAccount (`kubeconfig`); the test's own moves are the admin's."""
 
-    def __init__(self, tmp_path: pathlib.Path) -> None:
-        self.served = ServedApi()
-        self.thread, self.server = self.served.thread, self.served.server
-        self.kubeconfig = self.server.write_kubeconfig(tmp_path / "kubeconfig")
-        client = kubernetes.config.new_client_from_config(config_file=str(self.kubeconfig))
-        self.core = kubernetes.client.CoreV1Api(client)
-        self.custom = kubernetes.client.CustomObjectsApi(client)
-
-    def close(self) -> None:
-        self.served.close()
-
-    def stored(self, resource: apiserver.ResourceId, namespace: str | None,
-               name: str) -> dict[str, Any] | None:
-        async def read() -> dict[str, Any] | None:
-            return self.server.emulator.stored(resource, namespace, name)
-        return self.thread.run(read())
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        async def read() -> list[dict[str, Any]]:
-            return [e for e in self.server.emulator.stored_all(("", "v1", "events"))
-                    if e["involvedObject"]["name"] == name]
-        return self.thread.run(read())
+    def __init__(self, plane: kubeapi.ControlPlane, tmp_path: pathlib.Path) -> None:
+        super().__init__(plane, tmp_path / "kube", identity=kube.CONTROLLER)
+        self.core_api = self.core()
 
     def create_nad(self, namespace: str, nad: str, /, **config: Any) -> None:
+        self.ensure_namespace(namespace)
         body = {"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
                 "metadata": {"name": nad, "namespace": namespace},
                 "spec": {"config": json.dumps(nad_config(namespace, nad, **config))}}
-        self.custom.create_namespaced_custom_object(NAD_GROUP, NAD_VERSION, namespace,
-                                                    NAD_PLURAL, body)
+        self.custom().create_namespaced_custom_object(NAD_GROUP, NAD_VERSION, namespace,
+                                                      NAD_PLURAL, body)
 
     def update_nad(self, namespace: str, nad: str, /, **config: Any) -> None:
-        self.custom.patch_namespaced_custom_object(
+        self.custom().patch_namespaced_custom_object(
             NAD_GROUP, NAD_VERSION, namespace, NAD_PLURAL, nad,
             {"spec": {"config": json.dumps(nad_config(namespace, nad, **config))}})
 
     def delete_nad(self, namespace: str, name: str) -> None:
-        self.custom.delete_namespaced_custom_object(NAD_GROUP, NAD_VERSION, namespace,
-                                                    NAD_PLURAL, name)
+        self.custom().delete_namespaced_custom_object(NAD_GROUP, NAD_VERSION, namespace,
+                                                      NAD_PLURAL, name)
 
     def create_pod(self, namespace: str, name: str, networks: str,
                    node: str = "node1") -> dict[str, Any]:
+        self.ensure_namespace(namespace)
         body = {"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": name, "namespace": namespace,
                              "annotations": {"k8s.v1.cni.cncf.io/networks": networks}},
                 "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]}}
-        created: dict[str, Any] = self.core.api_client.sanitize_for_serialization(
-            self.core.create_namespaced_pod(namespace, body))
+        created: dict[str, Any] = self.client.sanitize_for_serialization(
+            self.core_api.create_namespaced_pod(namespace, body))
         return created
 
     def pod_networks(self, namespace: str, name: str) -> dict[str, Any] | None:
-        pod = self.stored(("", "v1", "pods"), namespace, name)
+        pod = self.stored(kube.PODS, namespace, name)
         text = ((pod or {}).get("metadata", {}).get("annotations") or {}).get(
             "k8s.ovn.org/pod-networks")
         return json.loads(text) if text else None

@@ -30,7 +30,7 @@ def test_restart_mid_creation_gives_no_duplicates_and_no_orphans(
         first.stop()  # in the middle: some pods done, some not
     for i in range(20, 30):
         api.create_pod("test", f"p{i}", "net")
-    api.core.delete_namespaced_pod("p0", "test")  # deleted while the controller is down
+    api.delete_pod("test", "p0")  # deleted while the controller is down
     second = Controller(nb_remote=nb_server.remote, kubeconfig=api.kubeconfig)
     second.start()
     try:

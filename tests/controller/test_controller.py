@@ -92,7 +92,7 @@ def test_pod_and_nad_deletion_remove_rows_and_release_ips(
     api.create_pod("test", "a", "small")
     first = until(lambda: api.pod_networks("test", "a"), "no annotation")["test/small"]
     until(lambda: "test.small_test_a" in ports(nb_server), "no port")
-    api.core.delete_namespaced_pod("a", "test")
+    api.delete_pod("test", "a")
     until(lambda: "test.small_test_a" not in ports(nb_server), "port stayed after pod delete")
     # a /30 has two usable addresses: the released one must be handed out again
     api.create_pod("test", "b", "small")

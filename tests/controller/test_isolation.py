@@ -49,14 +49,14 @@ def test_networks_whose_names_mangle_alike_never_share_a_switch(
     assert nb_get(nb_server, "Logical_Switch", "blue.x_ovn_layer2_switch",
                 f'external_ids:"{naming.NETWORK_KEY}"').strip('"') == "blue-x"
     # the winner is the network the switch belongs to: it survives a full sync
-    api.core.delete_namespaced_pod("p2", "t")
+    api.delete_pod("t", "p2")
     controller.stop()
     controller.start()
     until(lambda: "t.a_t_p1" in ports(nb_server), "p1's port lost after a restart")
     assert nb_get(nb_server, "Logical_Switch", "blue.x_ovn_layer2_switch",
                 f'external_ids:"{naming.NETWORK_KEY}"').strip('"') == "blue-x"
     # once the holder is gone, the other network may have the name
-    api.core.delete_namespaced_pod("p1", "t")
+    api.delete_pod("t", "p1")
     api.delete_nad("t", "a")
     until(lambda: nb_get(nb_server, "Logical_Switch", "blue.x_ovn_layer2_switch",
                        f'external_ids:"{naming.NETWORK_KEY}"').strip('"') == "blue.x",
@@ -127,7 +127,7 @@ def test_a_mac_or_static_ip_in_use_on_the_network_is_refused(
     assert derived["mac_address"] in _event(api, "copycat", "AddressInUse")
     assert api.pod_networks("t", "copycat") is None
     # once the holder is gone, the MAC is free again
-    api.core.delete_namespaced_pod("first", "t")
+    api.delete_pod("t", "first")
     until(lambda: "t.flat_t_second" in ports(nb_server) or "t.flat_t_third" in
           ports(nb_server), "a freed MAC/IP did not go to a waiting pod")
 
@@ -164,7 +164,7 @@ def test_nad_edits_without_pods_are_in_force_for_the_next_pod(
     api.create_pod("t", "p", "n")
     entry = until(lambda: api.pod_networks("t", "p"), "no annotation")["t/n"]
     assert entry["ip_addresses"][0].startswith("10.254.14.")
-    api.core.delete_namespaced_pod("p", "t")
+    api.delete_pod("t", "p")
     until(lambda: "t.n_t_p" not in ports(nb_server), "port stayed")
     # layer2 with subnets -> localnet without: static ips are now in force, the old switch goes
     api.update_nad("t", "n", name="n", topology="localnet", vlanID=7)
@@ -185,7 +185,7 @@ def test_a_waiting_pod_gets_a_freed_address_and_nb_drift_is_repaired_within_seco
     until(lambda: api.pod_networks("t", "a") and api.pod_networks("t", "b"), "no annotations")
     api.create_pod("t", "c", "tiny")
     _event(api, "c", "IPAMFailed")
-    api.core.delete_namespaced_pod("a", "t")
+    api.delete_pod("t", "a")
     until(lambda: api.pod_networks("t", "c"), "the waiting pod did not get the freed address",
           timeout=10)
     until(lambda: "t.tiny_t_c" in ports(nb_server), "no port for c")
@@ -218,8 +218,8 @@ def test_a_refused_change_stays_refused_across_full_syncs_and_restarts(
     assert nb_get(nb_server, "Logical_Switch", "n_ovn_layer2_switch",
                 "other_config:subnet") == '"10.254.15.0/24"'
     # once the pods are gone, the change takes effect
-    api.core.delete_namespaced_pod("p", "t")
-    api.core.delete_namespaced_pod("r", "t")
+    api.delete_pod("t", "p")
+    api.delete_pod("t", "r")
     until(lambda: nb_get(nb_server, "Logical_Switch", "n_ovn_layer2_switch",
                        "other_config:subnet") == '"10.254.16.0/24"',
           "the change was not applied once the pods were gone")

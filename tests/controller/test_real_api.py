@@ -20,24 +20,18 @@ import pytest
 from ovnk_secondary.controller import leaderelection, reconciler
 from ovnk_secondary.northbound import servers
 from ovnk_secondary.sandbox import kubeapi
+from tests import kube
 from tests.controller.harness import Controller, ports, until
 
-MANIFESTS = kubeapi.REPO / "manifests"
 
-
-@pytest.fixture(scope="module")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[kubeapi.ControlPlane]:
-    plane = kubeapi.ControlPlane(directory=tmp_path_factory.mktemp("kube"))
-    plane.start()
+@pytest.fixture
+def control_plane(kube_plane: kubeapi.ControlPlane,
+                  tmp_path: pathlib.Path) -> Iterator[kubeapi.ControlPlane]:
+    """The session's control plane (manifests applied), wiped of this test's objects after."""
     try:
-        plane.kubectl("apply", "-k", str(MANIFESTS / "crds"))
-        plane.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                      "crd/network-attachment-definitions.k8s.cni.cncf.io")
-        plane.kubectl("apply", "-f", str(MANIFESTS / "namespace.yaml"),
-                      "-f", str(MANIFESTS / "rbac.yaml"))
-        yield plane
+        yield kube_plane
     finally:
-        plane.stop()
+        kube.KubeApi(kube_plane, tmp_path / "wipe").wipe()
 
 
 @pytest.fixture

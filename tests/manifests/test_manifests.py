@@ -61,7 +61,6 @@ EXPECTED_PERMISSIONS: dict[str, dict[tuple[str, str, str], set[str]]] = {
                                                                             "patch"},
         ("cluster", "", "pods"): {"list", "watch", "patch"},
         ("cluster", "", "events"): {"create"},
-        ("cluster", "apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
         ("ovnk-secondary", "coordination.k8s.io", "leases"): {"create", "get", "update"},
     },
     "ovnk-secondary-node-agent": {
@@ -645,6 +644,9 @@ def _api_calls(source: str, *,
             calls.add(_path_call(str(strings[0]), str(strings[1])))
         elif name in ("list", "pages") and strings and (strings[0] or "").startswith("/api"):
             calls.add(_path_call("GET", str(strings[0])))
+        elif dotted == "informers.run" and len(strings) > 1 and (strings[1] or "").startswith(
+                "/api"):  # informers.run(api, PATH, ...): list + watch of PATH
+            calls |= {(*_path_call("GET", str(strings[1]))[:2], v) for v in ("list", "watch")}
         elif name == "watch" and strings and (strings[0] or "").startswith("/api"):
             calls.add((*_path_call("GET", str(strings[0]))[:2], "watch"))
         elif name in _CLIENT_METHODS and strings and (strings[0] or "").startswith("/api"):
