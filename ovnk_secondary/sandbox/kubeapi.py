@@ -18,6 +18,7 @@ same components (issue 14).
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime
 import ipaddress
@@ -153,16 +154,24 @@ class Pki:
 def kubeconfig(*, server: str, ca: pathlib.Path, user: str,
                certificate: pathlib.Path | None = None, key: pathlib.Path | None = None,
                token: str | None = None) -> str:
-    """A kubeconfig (JSON, which kubeconfig readers accept) for one user of `server`."""
+    """A kubeconfig (JSON, which kubeconfig readers accept) for one user of `server`.
+
+    Self-contained: certificates and keys are embedded (`*-data`), so the file works where it
+    is copied or mounted (a container of the sandbox) as well as here.
+    """
+    def data(path: pathlib.Path) -> str:
+        return base64.b64encode(path.read_bytes()).decode()
+
     credentials: dict[str, str] = {}
     if certificate is not None and key is not None:
-        credentials = {"client-certificate": str(certificate), "client-key": str(key)}
+        credentials = {"client-certificate-data": data(certificate),
+                       "client-key-data": data(key)}
     if token is not None:
         credentials = {"token": token}
     return json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": user,
         "clusters": [{"name": "sandbox", "cluster": {
-            "server": server, "certificate-authority": str(ca)}}],
+            "server": server, "certificate-authority-data": data(ca)}}],
         "users": [{"name": user, "user": credentials}],
         "contexts": [{"name": user, "context": {"cluster": "sandbox", "user": user}}],
     }, indent=1)

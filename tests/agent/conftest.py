@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from ovnk_secondary.agent import ovs
-from ovnk_secondary.sandbox import smoke
-from tests import served
+from ovnk_secondary.sandbox import kubeapi, smoke
+from tests import kube
 from tests.agent import harness
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, OVS)")
@@ -53,13 +53,15 @@ def _wait_file(path: pathlib.Path, timeout: float = 10.0) -> None:
 
 
 @pytest.fixture
-def api() -> Iterator[served.ServedApi]:
-    """The API emulator in a thread of this process."""
-    server = served.ServedApi()
+def api(kube_plane: kubeapi.ControlPlane, tmp_path: pathlib.Path) -> Iterator[kube.KubeApi]:
+    """The session's real API server; the agent's code authenticates as the node agent's
+    ServiceAccount; namespace ns1 exists; the test's objects are wiped afterwards."""
+    view = kube.KubeApi(kube_plane, tmp_path / "kube", identity=kube.NODE_AGENT)
+    view.ensure_namespace("ns1")
     try:
-        yield server
+        yield view
     finally:
-        server.close()
+        view.wipe()
 
 
 @pytest.fixture
@@ -127,8 +129,10 @@ bridgeMappings:
 
 
 @pytest.fixture(scope="module")
-def agent_cluster(sandbox: Any) -> Iterator[harness.Cluster]:
-    """The sandbox with the Kubernetes API emulator and one node agent per chassis.
+def agent_cluster(sandbox: Any,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[harness.Cluster]:
+    """The sandbox with a real kube-apiserver (on this host, reachable from the chassis) and
+    one node agent per chassis, authenticated as the node agent's ServiceAccount.
 
     Each agent runs with the reference scenario's bridge-mappings file. Everything is undone at
     the end: agents stopped, their files removed, ovs-br1 and the mappings taken away again.
@@ -139,10 +143,16 @@ def agent_cluster(sandbox: Any) -> Iterator[harness.Cluster]:
               if getattr(sandbox, "kubeconfig", None) is not None]
     for node in paused:
         sandbox.stop_service(node, "node-agent")
-    api = served.ServedApi(host=sandbox.host_address)
+    directory = tmp_path_factory.mktemp("kube-agents")
+    plane = kube.start(directory, advertise=sandbox.host_address)
     nb = smoke.nb_api(sandbox.nb_connection)
     started: list[harness.Agent] = []
-    world = harness.Cluster(sandbox, api, nb)
+    try:
+        api = kube.KubeApi(plane, directory / "identities", identity=kube.NODE_AGENT)
+        world = harness.Cluster(sandbox, api, nb)
+    except BaseException:
+        plane.stop()
+        raise
     try:
         for node in sandbox.node_names:
             world.core.create_node({"apiVersion": "v1", "kind": "Node",
@@ -164,7 +174,7 @@ def agent_cluster(sandbox: Any) -> Iterator[harness.Cluster]:
                          "-- remove open . external_ids ovnk-secondary.io/bridge-mappings",
                          check=False)
         nb.ovsdb_connection.stop()
-        api.close()
+        plane.stop()
         for node in paused:
             sandbox.start_service(node, "node-agent")
 

@@ -1,10 +1,10 @@
 """Driving the node agent inside the sandbox the way a cluster would.
 
 What a real cluster provides around the agent is played here by the test: the Kubernetes API
-(the emulator, reachable from the chassis containers), the controller's output (the pod's
-`k8s.ovn.org/pod-networks` annotation and the logical switch port in NB, written by hand as the
-conventions describe them) and Multus (the plugin binary executed with `CNI_*` variables and
-the NAD config on stdin, inside the node's container).
+(a real kube-apiserver on the host, reachable from the chassis containers), the controller's
+output (the pod's `k8s.ovn.org/pod-networks` annotation and the logical switch port in NB,
+written by hand as the conventions describe them) and Multus (the plugin binary executed with
+`CNI_*` variables and the NAD config on stdin, inside the node's container).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from kubernetes import client
 from ovnk_secondary import naming
 from ovnk_secondary.agent import interfaces
 from ovnk_secondary.sandbox import cluster
-from tests import served
+from tests import kube
 
 AGENT_DIR = "/run/ovnk-agent-test"
 SOCKET = f"{AGENT_DIR}/sock/cni.sock"
@@ -124,11 +124,11 @@ class CniOutcome:
 class Cluster:
     """The sandbox with agents running, plus the cluster-side writes the tests make."""
 
-    def __init__(self, sb: cluster.Sandbox, api: served.ServedApi, nb: Any) -> None:
+    def __init__(self, sb: cluster.Sandbox, api: kube.KubeApi, nb: Any) -> None:
         self.sb = sb
         self.api = api
         self.core: Any = api.core()
-        self.custom: Any = client.CustomObjectsApi(self.core.api_client)
+        self.custom: Any = api.custom()
         self.nb = nb
         self._switches: list[str] = []
         self._pods: list[Pod] = []
@@ -156,6 +156,7 @@ class Cluster:
     def add_nad(self, network: Network) -> None:
         """The NetworkAttachmentDefinition object of `network` (the agent watches NADs)."""
         namespace, name = network.nad_key.split("/")
+        self.api.ensure_namespace(namespace)
         self.custom.create_namespaced_custom_object(
             NAD_GROUP, NAD_VERSION, namespace, NAD_PLURAL,
             {"apiVersion": f"{NAD_GROUP}/{NAD_VERSION}", "kind": "NetworkAttachmentDefinition",
@@ -174,16 +175,17 @@ class Cluster:
         """The pod object (annotated as the controller would) and its logical switch port."""
         self.sb.add_pod_netns(pod.node, pod.netns_name)
         self._pods.append(pod)
+        self.api.ensure_namespace(pod.namespace)
         annotations = {"k8s.v1.cni.cncf.io/networks": pod.network.nad_key}
         if annotate:
             annotations["k8s.ovn.org/pod-networks"] = json.dumps({pod.network.nad_key: {
                 "ip_addresses": [pod.ip], "mac_address": pod.mac, "role": "secondary"}})
         self.core.create_namespaced_pod(pod.namespace, {
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": pod.name, "namespace": pod.namespace, "uid": pod.uid,
+            "metadata": {"name": pod.name, "namespace": pod.namespace,
                          "annotations": annotations},
             "spec": {"nodeName": pod.node, "containers": [{"name": "c", "image": "x"}]}})
-        # the emulator stamps its own uid: the runtime passes the real one in CNI_ARGS
+        # the API server stamps the uid: the runtime passes it in CNI_ARGS
         pod.uid = self.core.read_namespaced_pod(pod.name, pod.namespace).metadata.uid
         if port:
             self._add_port(pod)
@@ -216,7 +218,7 @@ class Cluster:
     def remove_pod(self, pod: Pod) -> None:
         self.nb.lsp_del(pod.port, if_exists=True).execute(check_error=True)
         try:
-            self.core.delete_namespaced_pod(pod.name, pod.namespace)
+            self.api.delete_pod(pod.namespace, pod.name)
         except client.ApiException as exc:
             if exc.status != 404:
                 raise

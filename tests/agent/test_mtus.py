@@ -9,7 +9,7 @@ from typing import Any
 
 from ovnk_secondary import naming
 from ovnk_secondary.agent import interfaces, mtus, ovs
-from tests import served
+from tests import kube
 from tests.agent import conftest, harness
 
 
@@ -48,9 +48,9 @@ def test_a_change_affects_every_nad_of_its_networks_before_and_after() -> None:
 
 
 def test_the_keeper_applies_edits_to_both_ends_and_rereads_a_nad_after_a_racing_add(
-        api: served.ServedApi, local_switch: conftest.LocalSwitch, pod_netns: str,
+        api: kube.KubeApi, local_switch: conftest.LocalSwitch, pod_netns: str,
         tmp_path: pathlib.Path) -> None:
-    custom: Any = harness.client.CustomObjectsApi(api.core().api_client)
+    custom: Any = api.custom()
     group = (harness.NAD_GROUP, harness.NAD_VERSION)
 
     def edit(mtu: int) -> None:
@@ -61,7 +61,7 @@ def test_the_keeper_applies_edits_to_both_ends_and_rereads_a_nad_after_a_racing_
                                            _nad("ns1", "l2", "l2-net", 1300))
     host = interfaces.host_ifname(container_id="test-keeper", ifname="net1")
     switch = ovs.LocalOvs(remote=local_switch.remote)
-    keeper = mtus.MtuKeeper(api_client=api.core().api_client, switch=switch)
+    keeper = mtus.MtuKeeper(api_client=api.identity_client(), switch=switch)
     try:
         interfaces.create(interfaces.PodInterface(netns=pod_netns, ifname="net1",
                                                   mac="0a:58:0a:64:00:0a", mtu=1400),

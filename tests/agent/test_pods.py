@@ -13,14 +13,14 @@ import pytest
 
 from ovnk_secondary import errors
 from ovnk_secondary.agent import pods
-from tests import served
+from tests import kube
 from tests.agent import harness
 
 NAD = "ns1/l2-network"
 
 
 @pytest.fixture
-def reader(api: served.ServedApi, tmp_path: pathlib.Path) -> Iterator[pods.PodReader]:
+def reader(api: kube.KubeApi, tmp_path: pathlib.Path) -> Iterator[pods.PodReader]:
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(api.kubeconfig_text())
     executor = futures.ThreadPoolExecutor(4)
@@ -33,7 +33,7 @@ def reader(api: served.ServedApi, tmp_path: pathlib.Path) -> Iterator[pods.PodRe
         executor.shutdown(wait=False)
 
 
-def _create(api: served.ServedApi, name: str, annotations: dict[str, str]) -> str:
+def _create(api: kube.KubeApi, name: str, annotations: dict[str, str]) -> str:
     core = api.core()
     core.create_namespaced_pod("ns1", {
         "apiVersion": "v1", "kind": "Pod",
@@ -47,7 +47,7 @@ ENTRY = {NAD: {"ip_addresses": ["10.100.0.5/24"], "mac_address": "0a:58:0a:64:00
                "role": "secondary"}}
 
 
-def test_annotation_written_later_is_seen_promptly(api: served.ServedApi,
+def test_annotation_written_later_is_seen_promptly(api: kube.KubeApi,
                                                    reader: pods.PodReader) -> None:
     uid = _create(api, "late", {})
     harness.wait_until(lambda: reader.watch is not None and reader.watch.get("ns1", "late"),
@@ -71,7 +71,7 @@ def test_annotation_written_later_is_seen_promptly(api: served.ServedApi,
 
 
 def test_missing_annotation_times_out_and_recreated_pod_is_refused(
-        api: served.ServedApi, reader: pods.PodReader) -> None:
+        api: kube.KubeApi, reader: pods.PodReader) -> None:
     uid = _create(api, "never", {"k8s.ovn.org/pod-networks": json.dumps(ENTRY)})
 
     async def scenario() -> object:
