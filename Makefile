@@ -8,7 +8,7 @@ VPY := $(VENV)/bin/python
 
 .PHONY: demo test lint host images kube venv down clean
 
-demo: host venv images
+demo: host venv images kube
 	$(VPY) -m ovnk_secondary.sandbox.demo
 
 test: host venv images kube lint

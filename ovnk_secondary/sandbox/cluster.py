@@ -34,14 +34,12 @@ import shutil
 import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ovnk_secondary import errors
-from ovnk_secondary.sandbox import apiserver, images
+from ovnk_secondary.sandbox import images, kubeapi
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # the reaper image cannot be pulled
 
@@ -56,6 +54,16 @@ EXTERNAL = "external"
 CENTRAL = "central"
 API = "api"
 API_PORT = 6443
+KUBE_IN_CONTAINER = "/var/lib/ovnk-kube"
+KUBE_BIN_IN_CONTAINER = "/opt/kube/bin"
+KUBELET_RBAC = "kubelet-standin-rbac.yaml"
+# ServiceAccount identities of the sandbox's components: kubeconfig file -> (namespace, name).
+# The product's accounts are bound by exactly manifests/rbac.yaml.
+IDENTITIES = {
+    "controller": ("ovnk-secondary", "ovnk-secondary-controller"),
+    "node-agent": ("ovnk-secondary", "ovnk-secondary-node-agent"),
+    "kubelet": ("kube-system", "ovnk-sandbox-kubelet"),
+}
 CONTROLLER = "controller"
 SOURCE_IN_CONTAINER = "/opt/ovnk-secondary"
 CONFIG_IN_CONTAINER = "/etc/ovnk-secondary"
@@ -169,9 +177,11 @@ class Sandbox:
     ) -> Sandbox:
         """Start central, `nodes` chassis and the external host (leftovers of `name` go first).
 
-        With `kubernetes`, the sandbox is a small cluster: a Kubernetes API (the kmock emulator,
-        `api` container), our controller (`controller` container), and in every chassis our node
-        agent and the kubelet/Multus stand-in; a kubeconfig for the host is written.
+        With `kubernetes`, the sandbox is a small cluster: a real Kubernetes control plane (etcd,
+        kube-apiserver, kube-controller-manager in the `api` container, `kubeapi.main`), our
+        controller (`controller` container), and in every chassis our node agent and the
+        kubelet/Multus stand-in, each with its own ServiceAccount token; an admin kubeconfig
+        for the host is written.
         """
         if nodes < 1:
             raise errors.SandboxError(f"--nodes must be at least 1, got {nodes}")
@@ -198,7 +208,12 @@ class Sandbox:
             started = []
             config_dir = state_dir(name)
             config_dir.mkdir(parents=True, exist_ok=True)
+            kube_dir = config_dir / "kube"
             if kubernetes:
+                # etcd, kube-apiserver and kube-controller-manager in the `api` container;
+                # their directory (certificates, kubeconfigs, etcd's data) is on the host
+                shutil.rmtree(kube_dir, ignore_errors=True)
+                kube_dir.mkdir(parents=True)
                 api = _container(
                     chassis_image,
                     name=name,
@@ -206,25 +221,18 @@ class Sandbox:
                     hostname=API,
                     network=networks["mgmt"],
                     entrypoint=[
-                        "/opt/venv/bin/python",
-                        "-m",
-                        "ovnk_secondary.sandbox.apiserver",
-                        "--host",
-                        "0.0.0.0",
-                        "--port",
-                        str(API_PORT),
+                        "/opt/venv/bin/python", "-m", "ovnk_secondary.sandbox.kubeapi",
+                        "--directory", KUBE_IN_CONTAINER, "--bin", KUBE_BIN_IN_CONTAINER,
+                        "--port", str(API_PORT),
+                        "--manifests", f"{SOURCE_IN_CONTAINER}/manifests",
+                        "--apply", f"{SOURCE_IN_CONTAINER}/ovn-sandbox/{KUBELET_RBAC}",
                     ],
                 )
                 api.with_env("PYTHONPATH", SOURCE_IN_CONTAINER)
                 api.with_volume_mapping(str(REPO_DIR), SOURCE_IN_CONTAINER, "ro")
+                api.with_volume_mapping(str(kubeapi.binaries()), KUBE_BIN_IN_CONTAINER, "ro")
+                api.with_volume_mapping(str(kube_dir), KUBE_IN_CONTAINER, "rw")
                 api.start()
-                api_ip = _inspect(f"{name}-{API}")["NetworkSettings"]["Networks"][f"{name}-mgmt"][
-                    "IPAddress"
-                ]
-                apiserver.write_kubeconfig(
-                    config_dir / "kubeconfig", server=f"http://{api_ip}:{API_PORT}"
-                )
-                _wait_api(f"http://{api_ip}:{API_PORT}", container=f"{name}-{API}")
             for index in range(1, nodes + 1):
                 node = f"node-{index}"
                 chassis = _container(
@@ -258,6 +266,9 @@ class Sandbox:
             started.append(f"{name}-{EXTERNAL}")
 
             if kubernetes:
+                _write_identities(kube_dir, config_dir, container=f"{name}-{API}",
+                                  address=_inspect(f"{name}-{API}")["NetworkSettings"][
+                                      "Networks"][f"{name}-mgmt"]["IPAddress"])
                 controller = _container(
                     chassis_image,
                     name=name,
@@ -272,7 +283,7 @@ class Sandbox:
                         "--ovn-nb",
                         f"tcp:{central_ip}:6641",
                         "--kubeconfig",
-                        f"{CONFIG_IN_CONTAINER}/kubeconfig",
+                        f"{CONFIG_IN_CONTAINER}/controller.kubeconfig",
                         "--health-port",
                         "8080",
                         "--leader-elect",  # as deployed (manifests/controller.yaml)
@@ -478,7 +489,8 @@ class Sandbox:
     # -- services inside chassis containers --------------------------------------------------
 
     def _service_argv(self, node: str, service: str) -> list[str]:
-        kubeconfig = f"{CONFIG_IN_CONTAINER}/kubeconfig"
+        # each with its own identity (`_write_identities`)
+        kubeconfig = f"{CONFIG_IN_CONTAINER}/{service}.kubeconfig"
         if service == "node-agent":
             return [
                 "ovnk-secondary",
@@ -636,18 +648,25 @@ def _subnet(network: str) -> str:
     return subnet
 
 
-def _wait_api(url: str, *, container: str, timeout: float = 30) -> None:
+def _write_identities(kube_dir: pathlib.Path, config_dir: pathlib.Path, *, container: str,
+                      address: str, timeout: float = 120) -> None:
+    """Wait for the `api` container's control plane, then write the kubeconfigs: the admin's
+    (`kubeconfig`, for the host) and one per component (`IDENTITIES`), each a ServiceAccount
+    token valid for a year."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/version", timeout=2):
-                return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.2)
-    tail = _docker("logs", "--tail", "20", container, check=False)
-    raise errors.SandboxError(
-        f"the sandbox API at {url} did not answer: {(tail.stdout + tail.stderr).strip()[-1500:]}"
-    )
+    while not (kube_dir / kubeapi.READY_FILE).exists():
+        if _inspect(container)["State"]["Status"] != "running" or time.monotonic() > deadline:
+            logs = _docker("logs", "--tail", "30", container, check=False)
+            raise errors.SandboxError(
+                f"the Kubernetes control plane did not start ({container}; logs in "
+                f"{kube_dir}/*.log): {(logs.stdout + logs.stderr).strip()[-1500:]}")
+        time.sleep(0.2)
+    plane = kubeapi.ControlPlane(directory=kube_dir, advertise=address, port=API_PORT)
+    shutil.copyfile(plane.admin_kubeconfig, config_dir / "kubeconfig")
+    for component, (namespace, account) in IDENTITIES.items():
+        plane.service_account_kubeconfig(namespace, account,
+                                         config_dir / f"{component}.kubeconfig",
+                                         duration="8760h")
 
 
 def _wait_ready(container: str, timeout: float = 60) -> None:

@@ -1,7 +1,7 @@
 """`make demo`: the reference scenario on a sandbox cluster, shown the way a person checks it.
 
-It brings up the sandbox (central, two chassis, the external host, the Kubernetes API emulator,
-our controller, node agents and the kubelet/Multus stand-ins), applies `manifests/examples/`
+It brings up the sandbox (central, two chassis, the external host, a real Kubernetes control
+plane, our controller, node agents and the kubelet/Multus stand-ins), applies `manifests/examples/`
 with kubectl, waits for the pods, then prints `ovn-nbctl show` for our switches, each pod's
 interfaces, a ping matrix, and captures proving Geneve between the nodes and the VLAN tags on
 the physical network. The sandbox stays up afterwards.
@@ -17,7 +17,7 @@ import sys
 import time
 
 from ovnk_secondary import errors
-from ovnk_secondary.sandbox import cluster, scenario
+from ovnk_secondary.sandbox import cluster, kubeapi, scenario
 
 
 def _section(title: str) -> None:
@@ -118,8 +118,10 @@ def main(argv: list[str] | None = None) -> int:
 
     _section("try this next")
     kubeconfig = f"--kubeconfig {sb.kubeconfig}"
+    kubectl = kubeapi.kubectl()
     name = f"--name {sb.name}"
-    print(f"  kubectl {kubeconfig} get pods -n test -o yaml | grep -A3 network-status")
+    print(f"  {kubectl} {kubeconfig} get pods -A")
+    print(f"  {kubectl} {kubeconfig} get pods -n test -o yaml | grep -A3 network-status")
     print(
         f"  .venv/bin/ovnk-secondary sandbox exec-pod {name} test/l2-pod-1 -- ping -c 3 10.100.0.12"
     )

@@ -18,15 +18,19 @@ same components (issue 14).
 
 from __future__ import annotations
 
+import argparse
 import base64
 import dataclasses
 import datetime
+import functools
 import ipaddress
 import json
 import pathlib
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -53,6 +57,12 @@ def binaries() -> pathlib.Path:
     if done.returncode != 0:
         raise errors.SandboxError(done.stderr.strip() or f"{BUILD_SCRIPT} failed")
     return pathlib.Path(done.stdout.strip().splitlines()[-1])
+
+
+@functools.cache
+def kubectl() -> pathlib.Path:
+    """kubectl of the control plane's release (built with it)."""
+    return binaries() / "kubectl"
 
 
 def _free_port() -> int:
@@ -178,7 +188,12 @@ def kubeconfig(*, server: str, ca: pathlib.Path, user: str,
 
 
 class ControlPlane:
-    """etcd + kube-apiserver + kube-controller-manager as processes of this host."""
+    """etcd + kube-apiserver + kube-controller-manager as processes of this host.
+
+    `start` runs them; without it, the object is a handle on a control plane that another
+    process started in the same `directory` (the sandbox's `api` container, whose directory is
+    mounted on the host): `kubectl` and `service_account_kubeconfig` work on it all the same.
+    """
 
     def __init__(self, *, directory: pathlib.Path, bin_dir: pathlib.Path | None = None,
                  advertise: str = "127.0.0.1", port: int | None = None) -> None:
@@ -309,12 +324,12 @@ class ControlPlane:
             raise errors.SandboxError(f"kubectl {' '.join(arguments)}: {done.stderr.strip()}")
         return done
 
-    def service_account_kubeconfig(self, namespace: str, name: str,
-                                   path: pathlib.Path) -> pathlib.Path:
+    def service_account_kubeconfig(self, namespace: str, name: str, path: pathlib.Path, *,
+                                   duration: str = "24h") -> pathlib.Path:
         """A kubeconfig authenticating as ServiceAccount `namespace/name` (a bound token from
-        the TokenRequest API, valid for a day)."""
+        the TokenRequest API, valid for `duration`, e.g. "24h")."""
         token = self.kubectl("create", "token", name, "-n", namespace,
-                             "--duration=24h").stdout.strip()
+                             f"--duration={duration}").stdout.strip()
         path.write_text(kubeconfig(server=self.server, ca=self.pki.path("ca.crt"),
                                    user=f"system:serviceaccount:{namespace}:{name}",
                                    token=token))
@@ -334,3 +349,45 @@ class ControlPlane:
     def stop(self) -> None:
         for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
             self._end(name)
+
+
+READY_FILE = "ready"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The sandbox's `api` container: the control plane in `--directory`, advertised on the
+    container's address, with the product's CRDs, namespace and RBAC applied (and `--apply`
+    files); writes `<directory>/ready` (the server's URL) once all is served, and stops the
+    processes in order on SIGTERM."""
+    parser = argparse.ArgumentParser(prog="python -m ovnk_secondary.sandbox.kubeapi")
+    parser.add_argument("--directory", type=pathlib.Path, required=True)
+    parser.add_argument("--bin", type=pathlib.Path, required=True)
+    parser.add_argument("--port", type=int, default=6443)
+    parser.add_argument("--manifests", type=pathlib.Path, default=MANIFESTS)
+    parser.add_argument("--apply", type=pathlib.Path, action="append", default=[])
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    ready = args.directory / READY_FILE
+    ready.unlink(missing_ok=True)
+    plane = ControlPlane(directory=args.directory, bin_dir=args.bin, port=args.port,
+                         advertise=socket.gethostbyname(socket.gethostname()))
+    try:
+        plane.start()
+        plane.install_manifests(args.manifests)
+        for path in args.apply:
+            plane.kubectl("apply", "-f", str(path))
+        ready.write_text(plane.server + "\n")
+        print(f"control plane ready at {plane.server}", flush=True)
+        stop.wait()
+    except errors.SandboxError as exc:
+        print(f"control plane failed: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        plane.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

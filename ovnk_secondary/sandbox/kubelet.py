@@ -364,6 +364,8 @@ class Kubelet:
             try:
                 if pod is None or pod.deleting or pod.phase in ("Succeeded", "Failed"):
                     self.teardown(uid)
+                    if pod is not None and pod.deleting:
+                        self.finish_deletion(pod)
                 elif uid not in self.sandboxes:
                     self.setup(pod)
             except Exception:
@@ -477,6 +479,20 @@ class Kubelet:
         timer.start()
 
     # -- DEL ------------------------------------------------------------------------------------
+
+    def finish_deletion(self, pod: Pod) -> None:
+        """Delete the pod object for good once its networks are gone, as the kubelet does
+        after its containers stopped (grace 0, only this incarnation: uid precondition)."""
+        try:
+            # in the body: the API server reads DeleteOptions from the body when there is one,
+            # and then ignores ?gracePeriodSeconds
+            self.core.delete_namespaced_pod(
+                pod.name, pod.namespace,
+                body={"gracePeriodSeconds": 0, "preconditions": {"uid": pod.uid}},
+                _preload_content=False)
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
 
     def teardown(self, uid: str) -> None:
         sandbox = self.sandboxes.pop(uid, None)

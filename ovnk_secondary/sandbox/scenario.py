@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ovnk_secondary import errors
-from ovnk_secondary.sandbox import cluster
+from ovnk_secondary.sandbox import cluster, kubeapi
 
 EXAMPLES = cluster.REPO_DIR / "manifests" / "examples"
 NAMESPACE = "test"
@@ -55,11 +55,11 @@ class PodView:
 
 
 def kubectl(sb: cluster.Sandbox, *args: str, check: bool = True) -> str:
-    """kubectl against the sandbox's API (kmock serves no schema: --validate=false on writes)."""
+    """kubectl of the control plane's release, as the sandbox's admin."""
     if sb.kubeconfig is None:
         raise errors.SandboxError(f"sandbox {sb.name!r} has no Kubernetes API")
     done = subprocess.run(
-        ["kubectl", "--kubeconfig", str(sb.kubeconfig), *args],
+        [str(kubeapi.kubectl()), "--kubeconfig", str(sb.kubeconfig), *args],
         capture_output=True,
         text=True,
         check=False,
@@ -74,7 +74,7 @@ def apply_examples(sb: cluster.Sandbox, *files: str) -> None:
     """`kubectl apply -f manifests/examples/` (or some of its files)."""
     targets = [str(EXAMPLES / f) for f in files] or [str(EXAMPLES)]
     for target in targets:
-        kubectl(sb, "apply", "--validate=false", "-f", target)
+        kubectl(sb, "apply", "-f", target)
 
 
 def core_api(sb: cluster.Sandbox) -> Any:
@@ -87,6 +87,28 @@ def custom_api(sb: cluster.Sandbox) -> Any:
     import kubernetes
 
     return kubernetes.client.CustomObjectsApi(sb.kube())
+
+
+def ensure_namespace(sb: cluster.Sandbox, name: str, *, timeout: float = 30) -> None:
+    """Namespace `name` exists, with the default ServiceAccount pods need (made by the
+    controller-manager a moment after the namespace)."""
+    import kubernetes
+
+    core = core_api(sb)
+    try:
+        core.create_namespace({"metadata": {"name": name}})
+    except kubernetes.client.ApiException as exc:
+        if exc.status != 409:
+            raise
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            core.read_namespaced_service_account("default", name)
+            return
+        except kubernetes.client.ApiException as exc:
+            if exc.status != 404 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
 
 
 def wait_gone(

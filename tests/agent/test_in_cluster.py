@@ -28,6 +28,7 @@ def unmapped_pod(cluster_sandbox: cluster.Sandbox) -> Iterator[cluster.Sandbox]:
     """A localnet NAD whose physical network no node maps, and a pod on node-1 selecting it."""
     sb = cluster_sandbox
     core, custom = scenario.core_api(sb), scenario.custom_api(sb)
+    scenario.ensure_namespace(sb, NAMESPACE)
     config = {"cniVersion": "0.3.1", "name": "localnet9", "type": "ovn-k8s-cni-overlay",
               "topology": "localnet", "netAttachDefName": f"{NAMESPACE}/{NAD}", "vlanID": 39,
               "physicalNetworkName": "physnet9"}

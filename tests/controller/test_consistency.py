@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import re
 import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 
+import kubernetes
+import urllib3
+
 from ovnk_secondary.northbound import servers
-from tests.controller.harness import Api, Controller, ports, until
+from tests.controller.harness import Api, Controller, ports, switches, until
 
 
 def _free_port() -> int:
@@ -111,3 +116,59 @@ def _status(url: str) -> int:
         return int(exc.code)
     except OSError:
         return 0
+
+
+def _until_created(api: Api, namespace: str, name: str, timeout: float = 90) -> int:
+    """Create the pod, retrying while the API server is away (a create whose answer was lost
+    on the way finds the pod there: 409); the number of failed attempts."""
+    deadline = time.monotonic() + timeout
+    failed = 0
+    while True:
+        try:
+            api.create_pod(namespace, name, "nad")
+            return failed
+        except kubernetes.client.ApiException as exc:
+            if exc.status == 409:
+                return failed
+            if exc.status < 500 or time.monotonic() > deadline:
+                raise
+        except urllib3.exceptions.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+        failed += 1
+        time.sleep(0.2)
+
+
+def test_an_api_server_restart_during_a_burst_of_pod_creations_loses_nothing(
+    api: Api, nb_server: servers.NbServer, controller: Controller
+) -> None:
+    api.create_nad("burst", "nad", name="burst-net", topology="layer2", subnets="10.55.0.0/24")
+    until(lambda: "burst.net_ovn_layer2_switch" in switches(nb_server), "no switch")
+    names = [f"p{i}" for i in range(50)]
+    restart = threading.Thread(target=api.plane.restart_apiserver)
+    refused = 0
+    for index, name in enumerate(names):
+        if index == 20:
+            restart.start()  # the rest are created while it stops and comes back
+        refused += _until_created(api, "burst", name)
+    restart.join()
+    assert refused, "no creation met the restart: the test proves nothing"
+    expected = {f"burst.nad_burst_{name}" for name in names}
+
+    def annotated() -> dict[str, str]:
+        found = {}
+        for name in names:
+            networks = api.pod_networks("burst", name) or {}
+            if "burst/nad" in networks:
+                found[name] = networks["burst/nad"]["ip_addresses"][0]
+        return found
+
+    addresses = until(lambda: len(annotated()) == len(names) and annotated(),
+                      "not every pod was annotated", timeout=90)
+    assert len(set(addresses.values())) == len(names), "an address was handed out twice"
+    until(lambda: {p for p in ports(nb_server) if p.startswith("burst.")} == expected,
+          "the ports are not exactly the pods'")
+    for name in names:
+        api.delete_pod("burst", name)
+    until(lambda: not {p for p in ports(nb_server) if p.startswith("burst.")},
+          "orphan ports after the pods were deleted")

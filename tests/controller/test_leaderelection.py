@@ -1,4 +1,4 @@
-"""Leader election: the rules (pure), then electors and controllers against the API emulator."""
+"""Leader election: the rules (pure), then electors and controllers against a real API server."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import logging
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
+from typing import Any
 
+import kubernetes
 import pytest
 
 from ovnk_secondary.controller import apiclient, leaderelection
@@ -19,7 +22,7 @@ from tests.served import LoopThread
 NOW = datetime.datetime(2026, 11, 28, 12, 0, 0, 123456, tzinfo=datetime.UTC)
 LEASE = ("coordination.k8s.io", "v1", "leases")
 # short enough for tests, in the same proportions as the defaults; the renew deadline leaves
-# room for a leader's loop that starts kopf and syncs NB while the whole suite loads the machine
+# room for a leader's loop that starts and syncs NB while the whole suite loads the machine
 FAST = {"lease_duration": 3.0, "renew_deadline": 2.0, "retry_period": 0.2}
 
 
@@ -58,7 +61,7 @@ def test_config_refuses_timings_that_cannot_work() -> None:
         leaderelection.Config(identity="a", lease_duration=10, renew_deadline=10)
 
 
-# -- electors against the API emulator ------------------------------------------------------------
+# -- electors against the API server --------------------------------------------------------------
 
 def _elector(api: Api, identity: str) -> leaderelection.LeaderElector:
     client = apiclient.ApiClient(apiclient.load_credentials(str(api.kubeconfig)))
@@ -118,6 +121,43 @@ async def _now() -> float:
     return asyncio.get_running_loop().time()
 
 
+def test_a_renewal_that_loses_a_resource_version_race_is_retried(
+        api: Api, loop: LoopThread) -> None:
+    """Another writer updates the Lease between the leader's read and its write: the API
+    server refuses the stale write (409 Conflict); the leader still leads, reads again and
+    renews, keeping what the other writer wrote."""
+    leader = _elector(api, "a")
+    assert loop.run(leader.try_acquire_or_renew())
+    real_replace = leader.api.replace
+    statuses: list[int] = []
+
+    def annotate() -> None:  # as `kubectl annotate lease ...` would, in between
+        kubernetes.client.CoordinationV1Api(api.client).patch_namespaced_lease(
+            leaderelection.DEFAULT_NAME, "ovnk-secondary",
+            {"metadata": {"annotations": {"example.com/audited": "yes"}}})
+
+    async def racing_replace(path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        if not statuses:
+            await asyncio.to_thread(annotate)
+        try:
+            return await real_replace(path, body)
+        except apiclient.ApiError as exc:
+            statuses.append(exc.status)
+            raise
+
+    leader.api.replace = racing_replace  # type: ignore[method-assign]
+    try:
+        assert not loop.run(leader.try_acquire_or_renew())
+        assert statuses == [409], statuses
+        assert leader.leading, "a lost race is not a lost Lease"
+        assert loop.run(leader.try_acquire_or_renew())
+        lease = api.stored(LEASE, "ovnk-secondary", leaderelection.DEFAULT_NAME)
+        assert lease is not None and lease["spec"]["holderIdentity"] == "a"
+        assert lease["metadata"]["annotations"]["example.com/audited"] == "yes"
+    finally:
+        loop.run(leader.api.close())
+
+
 # -- controllers ---------------------------------------------------------------------------------
 
 def test_a_standby_controller_takes_over_when_the_leader_stops(
@@ -155,7 +195,7 @@ def test_a_standby_controller_takes_over_when_the_leader_stops(
 
 def test_sigterm_stops_the_controller_process_and_releases_its_lease(
         api: Api, nb_server: servers.NbServer) -> None:
-    """As a Deployment stops a pod: kopf takes SIGTERM over, the process must still end."""
+    """As a Deployment stops a pod: SIGTERM ends the process, which releases its Lease."""
     process = subprocess.Popen(
         [sys.executable, "-m", "ovnk_secondary", "controller", "--ovn-nb", nb_server.remote,
          "--kubeconfig", str(api.kubeconfig), "--health-port", "0", "--leader-elect",
