@@ -98,7 +98,8 @@ def test_the_controller_works_with_its_own_least_privilege_identity(
         assert json.loads(accepted)["subnets"] == "10.100.0.0/24"
         lease = _get(control_plane, "lease", "-n", "ovnk-secondary", "ovnk-secondary-controller")
         assert lease["spec"]["holderIdentity"]
-        # a strategic-merge edit by kubectl is seen as any other change
+        # a merge patch by kubectl (custom resources take no strategic merge) is seen as any
+        # other change
         control_plane.kubectl("patch", "net-attach-def", "-n", "test", "nad-localnet2",
                               "--type=merge", "-p", json.dumps({"spec": {"config": json.dumps({
                                   "cniVersion": "0.3.1", "type": "ovn-k8s-cni-overlay",
@@ -107,6 +108,19 @@ def test_the_controller_works_with_its_own_least_privilege_identity(
         until(lambda: nb_server.nbctl("get", "Logical_Switch_Port",
                                       "localnet2_ovn_localnet_port", "tag_request").strip()
               == "34", "the VLAN edit did not reach NB")
+        # a strategic-merge patch of a pod (kubectl's default for built-in kinds) that drops
+        # our annotation: the controller writes it back, with the same address and MAC
+        def annotation() -> dict[str, Any] | None:
+            text = (_get(control_plane, "pod", "-n", "test", "p2")["metadata"].get(
+                "annotations") or {}).get("k8s.ovn.org/pod-networks")
+            return json.loads(text) if text else None
+
+        before = until(annotation, "p2 was not annotated")
+        patched = json.loads(control_plane.kubectl(
+            "patch", "pod", "-n", "test", "p2", "-o", "json", "-p", json.dumps(
+                {"metadata": {"annotations": {"k8s.ovn.org/pod-networks": None}}})).stdout)
+        assert "k8s.ovn.org/pod-networks" not in patched["metadata"]["annotations"]
+        until(lambda: annotation() == before, "the dropped annotation was not written back")
         # no kubelet confirms a graceful deletion here (the port stays while a pod terminates)
         control_plane.kubectl("delete", "pod", "-n", "test", "p1", "--grace-period=0",
                               "--force")

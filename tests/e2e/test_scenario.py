@@ -8,6 +8,7 @@ as a user applies them. Tests run in file order on one sandbox cluster; the last
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -276,3 +277,23 @@ def test_deleting_everything_leaves_nothing_and_a_recreated_pod_works(
     scenario.wait_ready(sb, scenario.PODS)
     a, b = scenario.view(sb, "l2-pod-1"), scenario.view(sb, "l2-pod-2")
     assert scenario.ping(sb, a, _ip(b))
+
+
+def test_no_component_was_refused_by_the_api_server(sb: cluster.Sandbox) -> None:
+    """After the whole scenario (faults included), the controller, the node agents and the
+    kubelet stand-ins, each on its own ServiceAccount, never met a 403: the RBAC of
+    manifests/rbac.yaml grants every call they make. (Last in the module on purpose.)"""
+    logs = {"controller": subprocess.run(
+        ["docker", "logs", sb.container(cluster.CONTROLLER)], capture_output=True, text=True,
+        check=True)}
+    for node in sb.node_names:
+        for service in cluster.NODE_SERVICES:
+            logs[f"{node} {service}"] = sb.exec(
+                node, f"cat /var/log/ovnk-secondary/{service}.log").stdout
+    texts = {who: log if isinstance(log, str) else log.stdout + log.stderr
+             for who, log in logs.items()}
+    assert all(texts.values()), "a component's log is empty: nothing was checked"
+    refused = {who: [line for line in text.splitlines()
+                     if "403" in line or "orbidden" in line]
+               for who, text in texts.items()}
+    assert not any(refused.values()), refused
