@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 
-.PHONY: demo test lint host images kube venv down clean
+.PHONY: demo test lint host image images kube venv down clean
 
 demo: host venv images kube
 	$(VPY) -m ovnk_secondary.sandbox.demo
@@ -31,6 +31,11 @@ $(VENV)/.installed: pyproject.toml
 	@$(VPY) -c 'import ovs.json; print("ovs JSON parser:", ovs.json.PARSER)'
 	@touch $@
 
+# the product image ovnk-secondary:<version> (the controller, the node agent, the CNI plugin)
+image: host venv
+	@ovn-sandbox/build-images.sh $(VPY) product
+
+# the product image and the sandbox's images built on it
 images: host venv
 	@ovn-sandbox/build-images.sh $(VPY) >/dev/null
 

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Build the sandbox images, ovn-central and ovn-chassis, tagged by a hash of their inputs so that a
-# second run reuses them. Base image: debian:bookworm-slim from a registry when one answers,
-# otherwise made locally from Debian packages (debootstrap + docker import).
+# Build the product image ovnk-secondary:<version> (image/Dockerfile) and the sandbox images
+# ovn-central and ovn-chassis (FROM the product image), each keyed by a hash of its inputs so
+# that a second run reuses them. Base image: debian:bookworm-slim from a registry when one
+# answers, otherwise made locally from Debian packages (debootstrap + docker import).
 #
-# usage: ovn-sandbox/build-images.sh [PYTHON]   (PYTHON builds the wheels; default: python3)
-# prints the two image references on its last two lines.
+# usage: ovn-sandbox/build-images.sh [PYTHON [product]]   (PYTHON builds the wheels; default:
+# python3). Prints the product's and the two sandbox images' references on its last three
+# lines, or with `product` builds only the product image and prints its reference.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
 python=${1:-python3}
+mode=${2:-all}
 build=$here/.build
 mkdir -p "$build"
 
@@ -16,26 +19,37 @@ die() { echo "ovn-sandbox: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap and docker need it); rerun with sudo"
 docker info >/dev/null 2>&1 || die "no Docker daemon answers; start one (make does: see Makefile 'dockerd')"
 
-# The runtime dependencies of the project and of the sandbox's components, installed in the chassis image as wheels built here
-# (pip inside the image cannot verify TLS on these machines).
-"$python" - "$repo/pyproject.toml" > "$build/requirements.txt" <<'PY'
-import sys, tomllib
+# The project's runtime dependencies (the product image) and the sandbox components' own (the
+# chassis image), installed as wheels built here (pip inside an image cannot verify TLS on these
+# machines).
+"$python" - "$repo/pyproject.toml" "$build" <<'PY'
+import pathlib, sys, tomllib
 project = tomllib.load(open(sys.argv[1], "rb"))["project"]
-print("\n".join(project["dependencies"] + project["optional-dependencies"]["sandbox"]))
+build = pathlib.Path(sys.argv[2])
+(build / "runtime.txt").write_text("\n".join(project["dependencies"]) + "\n")
+(build / "sandbox.txt").write_text("\n".join(project["optional-dependencies"]["sandbox"]) + "\n")
+(build / "version").write_text(project["version"] + "\n")
 PY
+version=$(cat "$build/version")
+# The product image's inputs: its Dockerfile, the dependencies and the package itself.
+product_hash=$( (cat "$repo/image/Dockerfile" "$build/runtime.txt" "$repo/pyproject.toml";
+                 cd "$repo" && find ovnk_secondary -name '*.py' | LC_ALL=C sort | xargs cat) \
+               | sha256sum | cut -c1-12)
+product=ovnk-secondary:$version
+product_keyed=ovnk-secondary:$version-$product_hash
 
-inputs_hash=$(cd "$here" && cat build-images.sh central/* chassis/* .build/requirements.txt | sha256sum | cut -c1-12)
-central=ovnk-sandbox/ovn-central:$inputs_hash
-chassis=ovnk-sandbox/ovn-chassis:$inputs_hash
-finish() {  # `:latest` names the newest build, for compose.yaml
+finish() {  # `:latest` names the newest build, for compose.yaml; older builds are removed
   docker tag "$central" ovnk-sandbox/ovn-central:latest
   docker tag "$chassis" ovnk-sandbox/ovn-chassis:latest
-  echo "$central"; echo "$chassis"
+  docker tag "$product_keyed" ovnk-secondary:latest
+  for old in $(docker images --format '{{.Repository}}:{{.Tag}}' | grep -E \
+      '^(ovnk-sandbox/ovn-(central|chassis):[0-9a-f]{12}|ovnk-secondary:[^:]+-[0-9a-f]{12})$'); do
+    case "$old" in "$central"|"$chassis"|"$product_keyed") ;;
+      *) docker rmi "$old" >/dev/null 2>&1 || true ;; esac  # in use by a container: kept
+  done
+  echo "$product"; echo "$central"; echo "$chassis"
   exit 0
 }
-if docker image inspect "$central" >/dev/null 2>&1 && docker image inspect "$chassis" >/dev/null 2>&1; then
-  finish
-fi
 
 base=ovnk-sandbox/debian:bookworm
 if ! docker image inspect "$base" >/dev/null 2>&1; then
@@ -57,15 +71,38 @@ if ! docker image inspect "$base" >/dev/null 2>&1; then
   fi
 fi
 
-# The chassis build context: its own files plus the wheels (the legacy builder has no extra contexts).
+# The product image (`make image`): dependencies and the project as wheels, in two layers.
+if ! docker image inspect "$product_keyed" >/dev/null 2>&1; then
+  context=$build/product-context
+  rm -rf "$context"; mkdir -p "$context/dependencies" "$context/project"
+  "$python" -m pip wheel -q -w "$context/dependencies" -r "$build/runtime.txt" >"$build/wheels.log" 2>&1 \
+    || die "building the dependencies' wheels failed (log: $build/wheels.log)"
+  cp "$build/runtime.txt" "$context/dependencies/requirements.txt"
+  "$python" -m pip wheel -q --no-deps -w "$context/project" "$repo" >>"$build/wheels.log" 2>&1 \
+    || die "building the project's wheel failed (log: $build/wheels.log)"
+  rm -rf "$repo/build"  # setuptools' scratch directory
+  docker build -q --network host --build-arg BASE="$base" -t "$product_keyed" -f "$repo/image/Dockerfile" \
+    "$context" >"$build/product.log" 2>&1 || die "building $product_keyed failed (log: $build/product.log)"
+fi
+docker tag "$product_keyed" "$product"
+[ "$mode" = product ] && { echo "$product"; exit 0; }
+
+# The sandbox images: the chassis is built FROM the product image, so its tag covers it too.
+inputs_hash=$( (cd "$here" && cat build-images.sh central/* chassis/* "$build/sandbox.txt";
+                docker image inspect -f '{{.Id}}' "$product_keyed") | sha256sum | cut -c1-12)
+central=ovnk-sandbox/ovn-central:$inputs_hash
+chassis=ovnk-sandbox/ovn-chassis:$inputs_hash
+if docker image inspect "$central" >/dev/null 2>&1 && docker image inspect "$chassis" >/dev/null 2>&1; then
+  finish
+fi
 context=$build/chassis-context
 rm -rf "$context"; cp -r "$here/chassis" "$context"; mkdir -p "$context/wheels"
-"$python" -m pip wheel -q -w "$context/wheels" -r "$build/requirements.txt" >"$build/wheels.log" 2>&1 \
-  || die "building the wheels failed (log: $build/wheels.log)"
-cp "$build/requirements.txt" "$context/wheels/requirements.txt"
+"$python" -m pip wheel -q -w "$context/wheels" -r "$build/sandbox.txt" >"$build/wheels.log" 2>&1 \
+  || die "building the sandbox's wheels failed (log: $build/wheels.log)"
+cp "$build/sandbox.txt" "$context/wheels/requirements.txt"
 
 docker build -q --network host --build-arg BASE="$base" -t "$central" -f "$here/central/Dockerfile" "$here/central" \
   >"$build/central.log" 2>&1 || die "building $central failed (log: $build/central.log)"
-docker build -q --network host --build-arg BASE="$base" -t "$chassis" "$context" >"$build/chassis.log" 2>&1 \
+docker build -q --network host --build-arg PRODUCT="$product_keyed" -t "$chassis" "$context" >"$build/chassis.log" 2>&1 \
   || die "building $chassis failed (log: $build/chassis.log)"
 finish

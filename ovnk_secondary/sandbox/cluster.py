@@ -185,7 +185,7 @@ class Sandbox:
         """
         if nodes < 1:
             raise errors.SandboxError(f"--nodes must be at least 1, got {nodes}")
-        central_image, chassis_image = images.ensure(python=python)
+        product_image, central_image, chassis_image = images.ensure(python=python)
         down(name)
         try:
             networks = {
@@ -269,14 +269,16 @@ class Sandbox:
                 _write_identities(kube_dir, config_dir, container=f"{name}-{API}",
                                   address=_inspect(f"{name}-{API}")["NetworkSettings"][
                                       "Networks"][f"{name}-mgmt"]["IPAddress"])
+                # the product image itself, as manifests/controller.yaml runs it
                 controller = _container(
-                    chassis_image,
+                    product_image,
                     name=name,
                     role="controller",
                     hostname=CONTROLLER,
                     network=networks["mgmt"],
                     # as its Deployment would: a controller that lost its Lease exits 1
                     restart_policy={"Name": "on-failure"},
+                    user="65532:65532",
                     entrypoint=[
                         "/usr/local/bin/ovnk-secondary",
                         "controller",
@@ -291,7 +293,6 @@ class Sandbox:
                         "ovnk-secondary",
                     ],
                 )
-                controller.with_volume_mapping(str(REPO_DIR), SOURCE_IN_CONTAINER, "ro")
                 controller.with_volume_mapping(str(config_dir), CONFIG_IN_CONTAINER, "ro")
                 controller.start()
 

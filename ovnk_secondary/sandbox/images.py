@@ -1,4 +1,4 @@
-"""The sandbox images, built by `ovn-sandbox/build-images.sh` and tagged by a hash of its inputs.
+"""The product and sandbox images, built by `ovn-sandbox/build-images.sh`, keyed by their inputs.
 
 The script is the one source of truth (people using compose run it too); this module only runs it
 and reads the two image references it prints.
@@ -15,8 +15,9 @@ from ovnk_secondary import errors
 BUILD_SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "ovn-sandbox" / "build-images.sh"
 
 
-def ensure(*, python: str | None = None) -> tuple[str, str]:
-    """(central image, chassis image), building them when their inputs changed."""
+def ensure(*, python: str | None = None) -> tuple[str, str, str]:
+    """(product image, central image, chassis image), building them when their inputs
+    changed (the chassis image is built FROM the product image)."""
     if not BUILD_SCRIPT.exists():
         raise errors.SandboxError(
             f"{BUILD_SCRIPT} is missing: run from a checkout of ovnk-secondary"
@@ -27,6 +28,6 @@ def ensure(*, python: str | None = None) -> tuple[str, str]:
     if done.returncode != 0:
         raise errors.SandboxError(done.stderr.strip() or f"{BUILD_SCRIPT} exited {done.returncode}")
     lines = done.stdout.split()
-    if len(lines) < 2:
+    if len(lines) < 3:
         raise errors.SandboxError(f"{BUILD_SCRIPT} printed no image names: {done.stdout!r}")
-    return lines[-2], lines[-1]
+    return lines[-3], lines[-2], lines[-1]

@@ -25,6 +25,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -49,7 +50,7 @@ NAMESPACE = "ovnk-secondary"
 BRIDGE_MAPPINGS_CONFIGMAP = "ovnk-secondary-bridge-mappings"
 BRIDGE_MAPPINGS_KEY = "bridge-mappings.yaml"
 SANDBOX_NODES = {"node-1", "node-2"}  # `sandbox up --nodes 2`
-IMAGE = "ghcr.io/ovnk-secondary/ovnk-secondary"
+IMAGE = "ovnk-secondary"  # what `make image` builds
 
 # The least privilege of each ServiceAccount: (scope, API group, resource) -> verbs, where scope
 # is "cluster" or the namespace of a Role. The granted rules must be exactly this, and exactly
@@ -256,6 +257,9 @@ def test_kustomizations_list_every_manifest() -> None:
     base = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
     assert base["namespace"] == NAMESPACE
     assert [image["name"] for image in base["images"]] == [IMAGE]
+    # the tag `make image` gives it: the project's version
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    assert [image["newTag"] for image in base["images"]] == [version]
 
 
 def test_base_objects_live_in_the_ovnk_secondary_namespace() -> None:
