@@ -1,11 +1,12 @@
 """Network benchmark (not a test): 1,000 networks and 10,000 pods through the controller.
 
     .venv/bin/python benchmarks/network_bench.py [--networks 1000] [--pods 10000] [--single 100]
+                                                 [--api emulator]
 
-On the host, per run: a fresh NB ovsdb-server, the API emulator as its own process, and the
-controller as its own process with leader election on (`ovnk-secondary controller
---leader-elect`, resync every 300 s: what is measured is the per-event path, not the full
-sync). Phases, in order:
+On the host, per run: a fresh NB ovsdb-server, a fresh Kubernetes API (`benchapi`: a real
+kube-apiserver, or the emulator), and the controller as its own process with leader election
+on (`ovnk-secondary controller --leader-elect`, resync every 300 s: what is measured is the
+per-event path, not the full sync). Phases, in order:
 
 1. burst: `--networks` NADs (one network and one /24 each) created at once; time from the
    first create call to the last switch committed in NB;
@@ -41,8 +42,8 @@ import threading
 import time
 import urllib.request
 
-import aiohttp
-import controller_bench  # beside this file (benchmarks/ is the script's directory)
+import benchapi  # beside this file (benchmarks/ is the script's directory)
+import controller_bench
 from ovsdbapp.backend.ovs_idl import connection
 from ovsdbapp.schema.ovn_northbound import impl_idl
 
@@ -169,9 +170,9 @@ def _until(predicate: object, timeout: float) -> bool:
     return False
 
 
-async def _post_all(server: str, items: list[tuple[str, dict[str, object]]],
+async def _post_all(api: benchapi.BenchApi, items: list[tuple[str, dict[str, object]]],
                     stamps: dict[str, float], stamp_key: object, concurrency: int = 32) -> None:
-    async with aiohttp.ClientSession(base_url=server) as session:
+    async with api.session() as session:
         limit = asyncio.Semaphore(concurrency)
 
         async def one(path: str, body: dict[str, object]) -> None:
@@ -183,8 +184,8 @@ async def _post_all(server: str, items: list[tuple[str, dict[str, object]]],
         await asyncio.gather(*(one(path, body) for path, body in items))
 
 
-async def _delete_all(server: str, paths: list[str], concurrency: int = 32) -> None:
-    async with aiohttp.ClientSession(base_url=server) as session:
+async def _delete_all(api: benchapi.BenchApi, paths: list[str], concurrency: int = 32) -> None:
+    async with api.session() as session:
         limit = asyncio.Semaphore(concurrency)
 
         async def one(path: str) -> None:
@@ -194,28 +195,24 @@ async def _delete_all(server: str, paths: list[str], concurrency: int = 32) -> N
         await asyncio.gather(*(one(p) for p in paths))
 
 
-def run(networks: int, pods: int, single: int, workdir: pathlib.Path) -> dict[str, float]:
+def run(networks: int, pods: int, single: int, workdir: pathlib.Path,
+        api_kind: str = "real") -> dict[str, float]:
     nb = servers.NbServer(directory=workdir / "nb")
     nb.start()
-    kubeconfig = workdir / "kubeconfig"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    api = subprocess.Popen([sys.executable, "-m", "ovnk_secondary.sandbox.apiserver",
-                            "--port", "0", "--kubeconfig", str(kubeconfig)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    api = benchapi.BenchApi(api_kind, workdir)
     log = workdir / "controller.log"
     health = _free_port()
     controller = None
     result: dict[str, float] = {"networks": networks, "pods": pods}
     try:
-        while not kubeconfig.exists():
-            time.sleep(0.05)
-        server = json.loads(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+        api.start(["bench", "steady"])
         with log.open("w") as output:
             controller = subprocess.Popen(
                 [sys.executable, "-m", "ovnk_secondary", "controller", "--ovn-nb", nb.remote,
-                 "--kubeconfig", str(kubeconfig), "--health-port", str(health),
+                 "--kubeconfig", str(api.controller_kubeconfig), "--health-port", str(health),
                  "--resync-period", "300", "--leader-elect",
-                 "--leader-elect-namespace", "default"],
+                 "--leader-elect-namespace", "ovnk-secondary"],
                 stdout=output, stderr=subprocess.STDOUT, env=env)
         watcher = controller_bench.CommitWatcher(
             nb.remote, ("Logical_Switch", "Logical_Switch_Port"))
@@ -236,7 +233,7 @@ def run(networks: int, pods: int, single: int, workdir: pathlib.Path) -> dict[st
         created: dict[str, float] = {}
         metrics.phase()
         loop.run_until_complete(_post_all(
-            server, [(NAD_PATH.format(ns="bench"), _nad("bench", n, i))
+            api, [(NAD_PATH.format(ns="bench"), _nad("bench", n, i))
                      for i, n in enumerate(names)], created,
             lambda body: body["metadata"]["name"]))  # type: ignore[index]
         wanted = [_switch(n) for n in names]
@@ -252,7 +249,7 @@ def run(networks: int, pods: int, single: int, workdir: pathlib.Path) -> dict[st
             name = f"st{i:04d}"
             stamps: dict[str, float] = {}
             loop.run_until_complete(_post_all(
-                server, [(NAD_PATH.format(ns="steady"), _nad("steady", name, networks + i))],
+                api, [(NAD_PATH.format(ns="steady"), _nad("steady", name, networks + i))],
                 stamps, lambda body: body["metadata"]["name"]))  # type: ignore[index]
             assert _until(lambda n=name: _switch(n) in watcher.seen, 30)
             latencies.append(watcher.seen[_switch(name)] - stamps[name])
@@ -272,7 +269,7 @@ def run(networks: int, pods: int, single: int, workdir: pathlib.Path) -> dict[st
                     "spec": {"nodeName": "node1", "containers": [{"name": "c", "image": "i"}]}}
 
         loop.run_until_complete(_post_all(
-            server, [("/api/v1/namespaces/bench/pods", pod(i)) for i in range(pods)],
+            api, [("/api/v1/namespaces/bench/pods", pod(i)) for i in range(pods)],
             pod_created, lambda body: "bench.{}_bench_{}".format(  # type: ignore[index]
                 body["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"],
                 body["metadata"]["name"]), concurrency=16))
@@ -289,7 +286,7 @@ def run(networks: int, pods: int, single: int, workdir: pathlib.Path) -> dict[st
         metrics.phase()
         started = time.monotonic()
         loop.run_until_complete(_delete_all(
-            server, [NAD_PATH.format(ns="bench") + f"/{n}" for n in names]))
+            api, [NAD_PATH.format(ns="bench") + f"/{n}" for n in names]))
         assert _until(lambda: all(w in watcher.deleted for w in wanted), 300), (
             "switches left after deleting the NADs")
         result["delete_s"] = max(watcher.deleted[w] for w in wanted) - started
@@ -307,13 +304,13 @@ def run(networks: int, pods: int, single: int, workdir: pathlib.Path) -> dict[st
             re.findall(r"lost Lease", text))
         result["error_lines"] = len(re.findall(r"^(ERROR|Traceback)", text, re.M))
     finally:
-        for process in (controller, api):
-            if process is not None:
-                process.terminate()
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+        if controller is not None:
+            controller.terminate()
+            try:
+                controller.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                controller.kill()
+        api.stop()
         nb.stop()
     base_nb = servers.NbServer(directory=workdir / "nb-baseline")
     base_nb.start()
@@ -332,16 +329,19 @@ def main() -> int:
     parser.add_argument("--networks", type=int, default=1000)
     parser.add_argument("--pods", type=int, default=10000)
     parser.add_argument("--single", type=int, default=100)
+    parser.add_argument("--api", choices=benchapi.KINDS, default="real",
+                        help="the Kubernetes API: a real kube-apiserver (default) or the emulator")
     parser.add_argument("--workdir", type=pathlib.Path,
                         help="keep NB, logs and the controller's log here (default: a temporary "
                              "directory, removed)")
     args = parser.parse_args()
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        result = run(args.networks, args.pods, args.single, args.workdir)
+        result = run(args.networks, args.pods, args.single, args.workdir, args.api)
     else:
         with tempfile.TemporaryDirectory(prefix="ovnk-netbench-") as workdir:
-            result = run(args.networks, args.pods, args.single, pathlib.Path(workdir))
+            result = run(args.networks, args.pods, args.single, pathlib.Path(workdir),
+                         args.api)
     print(json.dumps({k: round(v, 3) for k, v in result.items()}), flush=True)
     return 0
 
