@@ -28,8 +28,10 @@ import argparse
 import json
 import pathlib
 import re
+import shutil
 import statistics
 import sys
+import tempfile
 import textwrap
 import time
 from typing import Any
@@ -37,7 +39,7 @@ from typing import Any
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from ovnk_secondary.sandbox import cluster, smoke
-from tests import served
+from tests import kube
 from tests.agent import harness
 
 NETWORK = harness.Network("bench-net", "layer2", "bench/nad-bench", subnet="10.200.0.0/16")
@@ -173,7 +175,7 @@ def remove_pods(world: harness.Cluster, pods: list[harness.Pod]) -> None:
     world.sb.exec(pods[0].node, f"for n in {names}; do ip netns del $n; done", check=False,
                   timeout=300)
     for pod in pods:
-        world.core.delete_namespaced_pod(pod.name, pod.namespace)
+        world.api.delete_pod(pod.namespace, pod.name)
 
 
 def settle(world: harness.Cluster) -> None:
@@ -253,7 +255,10 @@ def main() -> int:
     own_sandbox = args.sandbox is None
     sb = (cluster.Sandbox.up(name="ovnk-bench", nodes=1) if own_sandbox
           else cluster.Sandbox.attach(args.sandbox))
-    api = served.ServedApi(host=sb.host_address)
+    workdir = pathlib.Path(tempfile.mkdtemp(prefix="ovnk-cni-bench-"))
+    plane = kube.start(workdir, advertise=sb.host_address)
+    api = kube.KubeApi(plane, workdir / "identities", identity=kube.NODE_AGENT)
+    api.ensure_namespace("bench")
     nb = smoke.nb_api(sb.nb_connection)
     world = harness.Cluster(sb, api, nb)
     agent = harness.Agent(sb, args.node, kubeconfig=api.kubeconfig_text(),
@@ -299,7 +304,8 @@ def main() -> int:
         sb.exec(args.node, f"rm -rf {harness.AGENT_DIR}", check=False)
         nb.ls_del(NETWORK.switch, if_exists=True).execute(check_error=True)
         nb.ovsdb_connection.stop()
-        api.close()
+        plane.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
         if own_sandbox:
             sb.down()
     print("\n".join(report))

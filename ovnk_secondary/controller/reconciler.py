@@ -78,6 +78,9 @@ ANNOTATE_CONCURRENCY = 16
 # Pods worked on at once: enough to fill NB batches while others wait for their annotation
 # patch (the API client keeps at most 32 connections), few enough to cost little memory.
 POD_WORKERS = 2 * NB_BATCH
+# NAD events are worked on concurrently across NADs, in order for each one: a burst of 1,000
+# NADs handled one at a time waited for 1,000 NB commits and annotation patches in a row
+NAD_WORKERS = 64
 # Pods per page of the full sync's listing: a page of full pod bodies is what it holds at once.
 LIST_PAGE = 500
 
@@ -228,6 +231,10 @@ class Reconciler:
         self._gone: dict[Key, list[_Pod]] = {}
         self._pod_queue: workqueues.WorkQueue[Key] = workqueues.WorkQueue(
             process=self._work_on_pod, workers=POD_WORKERS)
+        # NAD events from the informer, per NAD key in arrival order: (deleted, body)
+        self._nad_events: dict[Key, list[tuple[bool, dict[str, Any]]]] = {}
+        self._nad_queue: workqueues.WorkQueue[Key] = workqueues.WorkQueue(
+            process=self._work_on_nad, workers=NAD_WORKERS)
         # while a full sync lists pods: the keys of pod events seen meanwhile (they win)
         self._touched: set[Key] | None = None
         self._nb_writes: batches.Batcher[desired.State, client.Outcome] = batches.Batcher(
@@ -631,8 +638,28 @@ class Reconciler:
         self._note_gone(key, pod)
         self._queue_pod(key)
 
+    def _nad_event(self, body: dict[str, Any], *, deleted: bool) -> None:
+        key = _key(body)
+        self._nad_events.setdefault(key, []).append((deleted, body))
+        self._nad_queue.add(key)
+
+    async def _work_on_nad(self, key: Key) -> None:
+        """A NAD's turn: its events since its last turn, in order."""
+        for deleted, body in self._nad_events.pop(key, []):
+            try:
+                await (self.nad_deleted(body) if deleted else self.nad_changed(body))
+            except (errors.OvnkSecondaryError, aiohttp.ClientError, TimeoutError) as exc:
+                logger.warning("NAD %s/%s: %s; a full sync will retry", *key, exc)
+                self._needs_sync = True
+
     def informer_sinks(self) -> tuple[informers.Sink, informers.Sink]:
         """Where the NAD and pod informers report (`informers.run`)."""
+        async def nad_changed(body: dict[str, Any]) -> None:
+            self._nad_event(body, deleted=False)
+
+        async def nad_deleted(body: dict[str, Any]) -> None:
+            self._nad_event(body, deleted=True)
+
         async def pod_changed(body: dict[str, Any]) -> None:
             self.pod_changed(body)
 
@@ -647,8 +674,7 @@ class Reconciler:
                           str(nad.body["metadata"].get("resourceVersion") or ""))
                     for key, nad in self._nads.items()}
 
-        return (informers.Sink(held=nads_held, changed=self.nad_changed,
-                               deleted=self.nad_deleted),
+        return (informers.Sink(held=nads_held, changed=nad_changed, deleted=nad_deleted),
                 informers.Sink(held=pods_held, changed=pod_changed, deleted=pod_deleted))
 
     def _index(self, before: _Pod | None, after: _Pod | None) -> None:
@@ -1153,6 +1179,7 @@ class Reconciler:
         """
         self._loop = asyncio.get_running_loop()
         self._pod_queue.start()
+        self._nad_queue.start()
         delay = 0.5
         session = -1
         while not stop.is_set():
@@ -1180,6 +1207,7 @@ class Reconciler:
 
     async def aclose(self) -> None:
         await self._pod_queue.close()
+        await self._nad_queue.close()
         await self._nb_writes.close()
         await self._switch_writes.close()
         self.close()
