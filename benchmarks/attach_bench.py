@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sb = cluster.Sandbox.up(name=args.name, nodes=2, kubernetes=True)
     try:
-        scenario.core_api(sb).create_namespace({"metadata": {"name": NS}})
+        scenario.ensure_namespace(sb, NS)
         # a sandbox just up is still busy starting (ovn-controller's first flows, the agents'
         # start-up syncs): both measurements start from a settled system, as the baseline
         # (which runs second) would otherwise alone

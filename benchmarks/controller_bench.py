@@ -1,9 +1,9 @@
 """Controller benchmark (not a test): N pods on one layer2 network, from creation to NB port.
 
-    .venv/bin/python benchmarks/controller_bench.py --pods 1000 [--pods 10000] [--api emulator]
+    .venv/bin/python benchmarks/controller_bench.py --pods 1000 [--pods 10000]
 
-Per run, on the host: a fresh NB ovsdb-server, a fresh Kubernetes API (`benchapi`: a real
-kube-apiserver, or the emulator), and the controller as its own process (`ovnk-secondary
+Per run, on the host: a fresh NB ovsdb-server, a fresh kube-apiserver with etcd
+(`benchapi`), and the controller as its own process (`ovnk-secondary
 controller`). Reports pods/s from pod creation to port committed in NB (p50/p99 latency), the
 duration of a full resync with nothing to change (from the controller's log), the controller's
 peak RSS, and a baseline measured in the same run: the same ports inserted with raw ovsdbapp,
@@ -134,11 +134,11 @@ def peak_rss_mb(pid: int) -> float:
     return int(found[1]) / 1024 if found else float("nan")
 
 
-def run(count: int, workdir: pathlib.Path, api_kind: str = "real") -> dict[str, float]:
+def run(count: int, workdir: pathlib.Path) -> dict[str, float]:
     nb = servers.NbServer(directory=workdir / "nb")
     nb.start()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    api = benchapi.BenchApi(api_kind, workdir)
+    api = benchapi.BenchApi(workdir)
     log = workdir / "controller.log"
     controller = None
     try:
@@ -210,13 +210,11 @@ def main() -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pods", type=int, action="append",
                         help="number of pods (repeatable; default 1000 and 10000)")
-    parser.add_argument("--api", choices=benchapi.KINDS, default="real",
-                        help="the Kubernetes API: a real kube-apiserver (default) or the emulator")
     args = parser.parse_args()
     results = []
     for count in args.pods or [1000, 10000]:
         with tempfile.TemporaryDirectory(prefix="ovnk-bench-") as workdir:
-            result = run(count, pathlib.Path(workdir), args.api)
+            result = run(count, pathlib.Path(workdir))
         result["ratio_to_baseline"] = result["pods_per_s"] / result["baseline_ports_per_s"]
         results.append(result)
         print(json.dumps({k: round(v, 3) for k, v in result.items()}), flush=True)

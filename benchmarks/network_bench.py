@@ -1,10 +1,9 @@
 """Network benchmark (not a test): 1,000 networks and 10,000 pods through the controller.
 
     .venv/bin/python benchmarks/network_bench.py [--networks 1000] [--pods 10000] [--single 100]
-                                                 [--api emulator]
 
-On the host, per run: a fresh NB ovsdb-server, a fresh Kubernetes API (`benchapi`: a real
-kube-apiserver, or the emulator), and the controller as its own process with leader election
+On the host, per run: a fresh NB ovsdb-server, a fresh kube-apiserver with etcd
+(`benchapi`), and the controller as its own process with leader election
 on (`ovnk-secondary controller --leader-elect`, resync every 300 s: what is measured is the
 per-event path, not the full sync). Phases, in order:
 
@@ -197,12 +196,11 @@ async def _delete_all(api: benchapi.BenchApi, paths: list[str], concurrency: int
         await asyncio.gather(*(one(p) for p in paths))
 
 
-def run(networks: int, pods: int, single: int, workdir: pathlib.Path,
-        api_kind: str = "real") -> dict[str, float]:
+def run(networks: int, pods: int, single: int, workdir: pathlib.Path) -> dict[str, float]:
     nb = servers.NbServer(directory=workdir / "nb")
     nb.start()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    api = benchapi.BenchApi(api_kind, workdir)
+    api = benchapi.BenchApi(workdir)
     log = workdir / "controller.log"
     health = _free_port()
     controller = None
@@ -334,19 +332,16 @@ def main() -> int:
     parser.add_argument("--networks", type=int, default=1000)
     parser.add_argument("--pods", type=int, default=10000)
     parser.add_argument("--single", type=int, default=100)
-    parser.add_argument("--api", choices=benchapi.KINDS, default="real",
-                        help="the Kubernetes API: a real kube-apiserver (default) or the emulator")
     parser.add_argument("--workdir", type=pathlib.Path,
                         help="keep NB, logs and the controller's log here (default: a temporary "
                              "directory, removed)")
     args = parser.parse_args()
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        result = run(args.networks, args.pods, args.single, args.workdir, args.api)
+        result = run(args.networks, args.pods, args.single, args.workdir)
     else:
         with tempfile.TemporaryDirectory(prefix="ovnk-netbench-") as workdir:
-            result = run(args.networks, args.pods, args.single, pathlib.Path(workdir),
-                         args.api)
+            result = run(args.networks, args.pods, args.single, pathlib.Path(workdir))
     print(json.dumps({k: round(v, 3) for k, v in result.items()}), flush=True)
     return 0
 

@@ -9,7 +9,7 @@ import pytest
 
 from ovnk_secondary.northbound import servers
 from ovnk_secondary.sandbox import kubeapi
-from tests import served
+from tests import loops
 from tests.controller import harness
 
 
@@ -24,9 +24,9 @@ def api(kube_plane: kubeapi.ControlPlane, tmp_path: pathlib.Path) -> Iterator[ha
 
 
 @pytest.fixture
-def loop() -> Iterator[served.LoopThread]:
+def loop() -> Iterator[loops.LoopThread]:
     """An event loop in a thread, for async code the (sync) tests drive."""
-    thread = served.LoopThread()
+    thread = loops.LoopThread()
     try:
         yield thread
     finally:

@@ -13,7 +13,7 @@ from ovnk_secondary.controller import apiclient, leaderelection, main, reconcile
 from ovnk_secondary.northbound import servers
 from ovnk_secondary.sandbox import kubeapi
 from tests import kube
-from tests.served import LoopThread
+from tests.loops import LoopThread
 
 T = TypeVar("T")
 NAD_GROUP, NAD_VERSION, NAD_PLURAL = kube.NADS

@@ -16,7 +16,7 @@ import pytest
 
 from ovnk_secondary.controller import apiclient, informers
 from tests.controller.harness import Api, until
-from tests.served import LoopThread
+from tests.loops import LoopThread
 
 
 class Recorder:

@@ -1,7 +1,7 @@
 """Issue 12, controller side: no two networks or ports merge, no address or MAC handed out twice.
 
 Each test is one of the issue's failing inputs, run through the real controller (kopf) against
-the API emulator and a real NB ovsdb-server.
+a real kube-apiserver and a real NB ovsdb-server.
 """
 
 from __future__ import annotations

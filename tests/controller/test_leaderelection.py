@@ -17,7 +17,7 @@ import pytest
 from ovnk_secondary.controller import apiclient, leaderelection
 from ovnk_secondary.northbound import servers
 from tests.controller.harness import Api, Controller, until
-from tests.served import LoopThread
+from tests.loops import LoopThread
 
 NOW = datetime.datetime(2026, 11, 28, 12, 0, 0, 123456, tzinfo=datetime.UTC)
 LEASE = ("coordination.k8s.io", "v1", "leases")

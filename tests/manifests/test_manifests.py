@@ -37,7 +37,8 @@ import yaml
 from ovnk_secondary import cli, nads, selections
 from ovnk_secondary.agent import bridgemappings
 from ovnk_secondary.cni import protocol
-from ovnk_secondary.sandbox import apiserver, cluster
+from ovnk_secondary.controller import apiclient
+from ovnk_secondary.sandbox import cluster
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -222,24 +223,40 @@ def test_crds_carry_their_upstream_origin_and_valid_schemas() -> None:
             assert len(storage) == 1, f"{path.name}: exactly one storage version, not {storage}"
 
 
+# The custom resources the project uses, as their upstream projects define them (Multus'
+# NetworkAttachmentDefinition, OVN-Kubernetes' IPAMClaim, multi-networkpolicy's
+# MultiNetworkPolicy): (group, version, plural) -> (kind, singular, short names, status
+# subresource).
+CUSTOM_RESOURCES = {
+    ("k8s.cni.cncf.io", "v1", "network-attachment-definitions"):
+        ("NetworkAttachmentDefinition", "network-attachment-definition", {"net-attach-def"},
+         False),
+    ("k8s.cni.cncf.io", "v1alpha1", "ipamclaims"): ("IPAMClaim", "ipamclaim", set(), True),
+    ("k8s.cni.cncf.io", "v1beta1", "multi-networkpolicies"):
+        ("MultiNetworkPolicy", "multi-networkpolicy", {"multi-policy"}, False),
+}
+
+
 def test_crds_serve_the_resources_the_project_uses() -> None:
-    """Group, version, names and scope agree with what the code and the sandbox's API serve."""
+    """Group, version, names and scope agree with what the code uses and the upstream CRDs."""
     crds = _crds()
-    assert len(crds) == len(apiserver.CUSTOM_RESOURCES)
-    for (group, version, plural), info in apiserver.CUSTOM_RESOURCES.items():
-        crd = crds.get((group, info.kind))
-        assert crd is not None, f"manifests/crds lacks {info.kind} ({group})"
+    assert len(crds) == len(CUSTOM_RESOURCES)
+    for (group, version, plural), (kind, singular, shortnames, status) in (
+            CUSTOM_RESOURCES.items()):
+        crd = crds.get((group, kind))
+        assert crd is not None, f"manifests/crds lacks {kind} ({group})"
         spec = crd["spec"]
         assert crd["metadata"]["name"] == f"{plural}.{group}"
         assert spec["names"]["plural"] == plural
-        assert spec["names"]["singular"] == info.singular
-        assert set(info.shortnames or ()) <= set(spec["names"].get("shortNames", ()))
-        assert (spec["scope"] == "Namespaced") == info.namespaced
+        assert spec["names"]["singular"] == singular
+        assert shortnames <= set(spec["names"].get("shortNames", ()))
+        assert spec["scope"] == "Namespaced"
         served = {v["name"] for v in spec["versions"] if v["served"]}
-        assert version in served, f"{info.kind}: {version} is not served (served: {served})"
+        assert version in served, f"{kind}: {version} is not served (served: {served})"
         has_status = any("status" in (v.get("subresources") or {}) for v in spec["versions"])
-        assert has_status == ("status" in (info.subresources or ())), (
-            f"{info.kind}: the status subresource differs between the CRD and the sandbox API")
+        assert has_status == status, f"{kind}: status subresource {has_status}, not {status}"
+    # the controller's path of NADs names the same resource
+    assert apiclient.NAD_PATH == "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions"
 
 
 # --- kustomize ----------------------------------------------------------------------------------
