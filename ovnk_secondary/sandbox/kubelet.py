@@ -227,14 +227,17 @@ class Pod:
     annotations: Mapping[str, str]
     deleting: bool
     phase: str | None
+    containers: tuple[tuple[str, str], ...] = ()  # (name, image) of spec.containers
 
     @classmethod
     def from_json(cls, body: Mapping[str, Any]) -> Pod:
         metadata = body.get("metadata") or {}
+        containers = tuple((str(c.get("name")), str(c.get("image") or ""))
+                           for c in (body.get("spec") or {}).get("containers") or ())
         return cls(uid=str(metadata.get("uid") or ""), namespace=str(metadata.get("namespace")),
                    name=str(metadata.get("name")), annotations=metadata.get("annotations") or {},
                    deleting=bool(metadata.get("deletionTimestamp")),
-                   phase=(body.get("status") or {}).get("phase"))
+                   phase=(body.get("status") or {}).get("phase"), containers=containers)
 
 
 def _nad_key(nad: Mapping[str, Any]) -> tuple[str, str]:
@@ -294,6 +297,14 @@ class Kubelet:
         except ApiException as exc:
             if exc.status != 409:
                 raise
+        # Ready, as a kubelet reports once it runs (nothing here marks a node NotReady later:
+        # the sandbox runs no node lifecycle controller)
+        now = datetime.datetime.now(datetime.UTC).isoformat()
+        self.core.patch_node_status(self.node_name, {"status": {"conditions": [
+            {"type": "Ready", "status": "True", "reason": "KubeletReady",
+             "message": "the sandbox's kubelet stand-in is running",
+             "lastHeartbeatTime": now, "lastTransitionTime": now}]}},
+            _preload_content=False)
 
     def watch_nads(self) -> None:
         """Keep `self.nads` current (list, then watch; list again when the watch ends)."""
@@ -422,6 +433,14 @@ class Kubelet:
                     "conditions": [
                         {"type": "Ready", "status": "True", "lastTransitionTime": now},
                         {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+                    ],
+                    # no container runs (no runtime here): reported ready, as kubectl's READY
+                    # column counts them, once the pod's networks are up
+                    "containerStatuses": [
+                        {"name": name, "image": image, "imageID": "", "ready": True,
+                         "started": True, "restartCount": 0,
+                         "state": {"running": {"startedAt": now}}}
+                        for name, image in pod.containers
                     ],
                 }
             },

@@ -469,3 +469,15 @@ def test_a_nad_mtu_edit_reaches_running_pods_on_both_ends(world: harness.Cluster
     assert [line for line in changed if b.host_side in line], changed
     assert not [line for line in log.splitlines() if "MTU" in line and bystander.host_side
                 in line]
+
+
+def test_no_agent_was_refused_by_the_api_server(world: harness.Cluster) -> None:
+    """After this module's tests, no node agent (on the node agent's ServiceAccount, bound by
+    manifests/rbac.yaml) met a 403. (Last in the module on purpose.)"""
+    refusal = re.compile(r"\b403\b|[Ff]orbidden")  # not "403" inside a port name
+    logs = {agent.node: world.sb.exec(agent.node, f"cat {agent.log}").stdout
+            for agent in world.agents.values()}
+    assert all(logs.values()), "an agent's log is empty: nothing was checked"
+    refused = {node: [line for line in text.splitlines() if refusal.search(line)]
+               for node, text in logs.items()}
+    assert not any(refused.values()), refused
