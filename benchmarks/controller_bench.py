@@ -195,14 +195,20 @@ def run(count: int, workdir: pathlib.Path) -> dict[str, float]:
             "baseline_ports_per_s": base,
         }
     finally:
-        if controller is not None:
-            controller.terminate()
-            try:
-                controller.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                controller.kill()
+        stop(controller)
         api.stop()
         nb.stop()
+
+
+def stop(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, then SIGKILL after 30 s."""
+    if process is None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def main() -> int:

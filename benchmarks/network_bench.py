@@ -307,12 +307,7 @@ def run(networks: int, pods: int, single: int, workdir: pathlib.Path) -> dict[st
             re.findall(r"lost Lease", text))
         result["error_lines"] = len(re.findall(r"^(ERROR|Traceback)", text, re.M))
     finally:
-        if controller is not None:
-            controller.terminate()
-            try:
-                controller.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                controller.kill()
+        controller_bench.stop(controller)
         api.stop()
         nb.stop()
     base_nb = servers.NbServer(directory=workdir / "nb-baseline")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import time
 from typing import Any
 
 import kubernetes
@@ -99,24 +98,9 @@ class KubeApi:
     def ensure_namespace(self, namespace: str) -> None:
         """Namespace `namespace` exists with its default ServiceAccount (without which the
         ServiceAccount admission refuses pods)."""
-        if namespace in self._ready:
-            return
-        core = self.core()
-        try:
-            core.create_namespace({"metadata": {"name": namespace}})
-        except kubernetes.client.ApiException as exc:
-            if exc.status != 409:
-                raise
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                core.read_namespaced_service_account("default", namespace)
-                break
-            except kubernetes.client.ApiException as exc:
-                if exc.status != 404 or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        self._ready.add(namespace)
+        if namespace not in self._ready:
+            kubeapi.ensure_namespace(self.core(), namespace)
+            self._ready.add(namespace)
 
     def stored(self, resource: ResourceId, namespace: str | None,
                name: str) -> dict[str, Any] | None:

@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -57,6 +58,28 @@ def binaries() -> pathlib.Path:
     if done.returncode != 0:
         raise errors.SandboxError(done.stderr.strip() or f"{BUILD_SCRIPT} failed")
     return pathlib.Path(done.stdout.strip().splitlines()[-1])
+
+
+def ensure_namespace(core: Any, name: str, *, timeout: float = 30.0) -> None:
+    """Namespace `name` exists, with the default ServiceAccount without which the
+    ServiceAccount admission refuses pods (the controller-manager makes it a moment after the
+    namespace). `core`: an official client's CoreV1Api, as someone allowed to do that."""
+    import kubernetes  # the official client: only its callers need it
+
+    try:
+        core.create_namespace({"metadata": {"name": name}})
+    except kubernetes.client.ApiException as exc:
+        if exc.status != 409:
+            raise
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            core.read_namespaced_service_account("default", name)
+            return
+        except kubernetes.client.ApiException as exc:
+            if exc.status != 404 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.1)
 
 
 @functools.cache

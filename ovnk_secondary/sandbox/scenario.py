@@ -90,25 +90,8 @@ def custom_api(sb: cluster.Sandbox) -> Any:
 
 
 def ensure_namespace(sb: cluster.Sandbox, name: str, *, timeout: float = 30) -> None:
-    """Namespace `name` exists, with the default ServiceAccount pods need (made by the
-    controller-manager a moment after the namespace)."""
-    import kubernetes
-
-    core = core_api(sb)
-    try:
-        core.create_namespace({"metadata": {"name": name}})
-    except kubernetes.client.ApiException as exc:
-        if exc.status != 409:
-            raise
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            core.read_namespaced_service_account("default", name)
-            return
-        except kubernetes.client.ApiException as exc:
-            if exc.status != 404 or time.monotonic() > deadline:
-                raise
-        time.sleep(0.1)
+    """Namespace `name` exists with its default ServiceAccount (`kubeapi.ensure_namespace`)."""
+    kubeapi.ensure_namespace(core_api(sb), name, timeout=timeout)
 
 
 def wait_gone(
