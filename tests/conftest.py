@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +18,23 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 SANDBOX_NAME = os.environ.get("OVNK_TEST_SANDBOX", "ovnk-test")
 CLUSTER_NAME = f"{SANDBOX_NAME}-cluster"
+
+
+REFUSAL = re.compile(r"\b403\b|[Ff]orbidden")  # an HTTP 403, not "403" inside a port name
+
+
+@pytest.fixture(autouse=True)
+def _no_call_refused_by_rbac(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """The code under test authenticates as the product's ServiceAccounts (bound by exactly
+    manifests/rbac.yaml): a call the RBAC does not grant shows up as a logged 403, and fails
+    the test that made it, whatever that test checks."""
+    caplog.set_level(logging.WARNING, logger="ovnk_secondary")
+    yield
+    refused = [record.getMessage()
+               for phase in ("setup", "call") for record in caplog.get_records(phase)
+               if record.name.startswith("ovnk_secondary") and REFUSAL.search(
+                   record.getMessage())]
+    assert not refused, f"the API server refused calls of the product: {refused}"
 
 
 @pytest.fixture
