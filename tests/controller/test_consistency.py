@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 
 import kubernetes
+import pytest
 import urllib3
 
 from ovnk_secondary.northbound import servers
@@ -139,6 +140,7 @@ def _until_created(api: Api, namespace: str, name: str, timeout: float = 90) -> 
         time.sleep(0.2)
 
 
+@pytest.mark.restarts_api_server
 def test_an_api_server_restart_during_a_burst_of_pod_creations_loses_nothing(
     api: Api, nb_server: servers.NbServer, controller: Controller
 ) -> None:

@@ -145,6 +145,7 @@ class Partition:
             self._server.close()
 
 
+@pytest.mark.restarts_api_server
 def test_a_watch_too_old_after_compaction_relists_without_losing_or_replaying(
         api: Api, loop: LoopThread, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger=informers.__name__)
