@@ -37,7 +37,15 @@ GC_THRESHOLDS = (2_000, 10, 1_000_000)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ovn-nb", required=True, metavar="REMOTE",
-                        help="OVN northbound database, e.g. tcp:10.0.0.1:6641 or unix:/path")
+                        help="OVN northbound database, e.g. tcp:10.0.0.1:6641, "
+                        "ssl:10.0.0.1:6641 or unix:/path; comma-separated for the members of "
+                        "a clustered NB")
+    parser.add_argument("--ovn-nb-private-key", metavar="PATH",
+                        help="for ssl: remotes, this client's private key (PEM)")
+    parser.add_argument("--ovn-nb-certificate", metavar="PATH",
+                        help="for ssl: remotes, this client's certificate (PEM)")
+    parser.add_argument("--ovn-nb-ca-cert", metavar="PATH",
+                        help="for ssl: remotes, the CA certificate that signed NB's (PEM)")
     parser.add_argument("--kubeconfig", metavar="PATH",
                         help="kubeconfig (default: in-cluster account, $KUBECONFIG, "
                         "~/.kube/config)")
@@ -67,9 +75,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
+def tls_files(args: argparse.Namespace) -> client.Tls | None:
+    """The --ovn-nb-* TLS files: all three, or none (InvalidConfig names what is missing)."""
+    given = {"--ovn-nb-private-key": args.ovn_nb_private_key,
+             "--ovn-nb-certificate": args.ovn_nb_certificate,
+             "--ovn-nb-ca-cert": args.ovn_nb_ca_cert}
+    if not any(given.values()):
+        return None
+    missing = [flag for flag, value in given.items() if not value]
+    if missing:
+        raise errors.InvalidConfig(f"{', '.join(missing)} missing: TLS to NB needs the private "
+                                   "key, the certificate and the CA certificate")
+    return client.Tls(private_key=args.ovn_nb_private_key,
+                      certificate=args.ovn_nb_certificate, ca_cert=args.ovn_nb_ca_cert)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.resync_period <= 0:
         raise errors.InvalidConfig(f"--resync-period {args.resync_period} must be positive")
+    tls = tls_files(args)
+    client.check_remote(args.ovn_nb, tls)  # before anything starts: say what to fix
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # CPython's oldest-generation collections scan every object (the NB copy alone is
@@ -97,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         lost = asyncio.Event()
         await serve(ovn_nb=args.ovn_nb, credentials=credentials,
                     resync_period=args.resync_period, health_port=args.health_port,
-                    nb_timeout=args.nb_timeout, stop=stop, election=election,
+                    nb_timeout=args.nb_timeout, stop=stop, election=election, nb_tls=tls,
                     lost_lease=lost)
         return lost.is_set()
 
@@ -121,6 +146,7 @@ async def serve(
     health_port: int = 0,
     health_host: str = "0.0.0.0",
     nb_timeout: float = 10.0,
+    nb_tls: client.Tls | None = None,
     started: asyncio.Event | None = None,
     election: leaderelection.Config | None = None,
     lost_lease: asyncio.Event | None = None,
@@ -130,7 +156,7 @@ async def serve(
     With `election`, work starts only once the Lease is held, and a lost Lease sets `stop` and
     `lost_lease`.
     """
-    northbound = client.Northbound(remote=ovn_nb, timeout=nb_timeout)
+    northbound = client.Northbound(remote=ovn_nb, timeout=nb_timeout, tls=nb_tls)
     api = apiclient.ApiClient(credentials)
     policy = reconciler.Reconciler(northbound=northbound, api=api, resync_period=resync_period)
     runner = await health.start(host=health_host, port=health_port, policy=policy) \

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import ovs.stream
 import prometheus_client
 from ovs.db import data as ovs_data
 from ovs.db import types as ovs_types
@@ -181,12 +183,62 @@ class _Converge(command.BaseCommand):  # type: ignore[misc]
         self.result = change
 
 
+@dataclasses.dataclass(frozen=True)
+class Tls:
+    """The files of an `ssl:` connection to NB (PEM): this client's private key and
+    certificate, and the CA certificate that signed the server's (ovn-nbctl's `-p`, `-c`,
+    `-C`)."""
+
+    private_key: str
+    certificate: str
+    ca_cert: str
+
+
+def check_remote(remote: str, tls: Tls | None) -> list[str]:
+    """The remotes of `remote` (comma-separated: the members of a clustered NB), checked.
+
+    Each is `tcp:HOST:PORT`, `ssl:HOST:PORT` or `unix:PATH` (ovsdb's active remotes; IPv6
+    hosts in brackets). `ssl:` needs `tls`, with files that can be read. InvalidConfig says
+    what to fix.
+    """
+    remotes = [r.strip() for r in remote.split(",")]
+    for one in remotes:
+        kind, _, rest = one.partition(":")
+        if kind == "unix" and rest:
+            continue
+        host, _, port = rest.rpartition(":")
+        if kind not in ("tcp", "ssl") or not host or not port.isdigit():
+            raise errors.InvalidConfig(
+                f"--ovn-nb: {one!r} is not an OVSDB remote; use tcp:HOST:PORT, ssl:HOST:PORT or "
+                "unix:PATH, comma-separated for the members of a clustered NB")
+    if any(r.startswith("ssl:") for r in remotes):
+        if tls is None:
+            raise errors.InvalidConfig(
+                "--ovn-nb: an ssl: remote needs --ovn-nb-private-key, --ovn-nb-certificate and "
+                "--ovn-nb-ca-cert (PEM files: this client's key and certificate, and the CA "
+                "that signed the NB server's certificate)")
+        for flag, path in (("--ovn-nb-private-key", tls.private_key),
+                           ("--ovn-nb-certificate", tls.certificate),
+                           ("--ovn-nb-ca-cert", tls.ca_cert)):
+            if not os.access(path, os.R_OK):
+                raise errors.InvalidConfig(f"{flag} {path}: no such readable file")
+    return remotes
+
+
 class Northbound:
     """A connection to one NB database."""
 
     def __init__(self, *, remote: str, timeout: float = 10.0,
-                 on_change: Callable[[RowChange], None] | None = None) -> None:
-        """`on_change`: see `_Idl`; called in the connection thread, so it must be quick."""
+                 on_change: Callable[[RowChange], None] | None = None,
+                 tls: Tls | None = None) -> None:
+        """`remote`: see `check_remote` (InvalidConfig when wrong); `tls` for `ssl:` remotes
+        (python-ovs keeps one key, certificate and CA per process). `on_change`: see `_Idl`;
+        called in the connection thread, so it must be quick."""
+        check_remote(remote, tls)
+        if tls is not None:
+            ovs.stream.Stream.ssl_set_private_key_file(tls.private_key)
+            ovs.stream.Stream.ssl_set_certificate_file(tls.certificate)
+            ovs.stream.Stream.ssl_set_ca_cert_file(tls.ca_cert)
         self.remote = remote
         self.timeout = timeout
         self.on_change = on_change

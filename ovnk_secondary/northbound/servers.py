@@ -17,6 +17,7 @@ import subprocess
 import time
 
 from ovnk_secondary import errors
+from ovnk_secondary.northbound import client
 
 SCHEMA = pathlib.Path("/usr/share/ovn/ovn-nb.ovsschema")
 
@@ -24,9 +25,16 @@ SCHEMA = pathlib.Path("/usr/share/ovn/ovn-nb.ovsschema")
 class NbServer:
     """`ovsdb-server` for OVN_Northbound in `directory`; `remote` is what clients connect to."""
 
-    def __init__(self, *, directory: pathlib.Path, tcp_port: int | None = None) -> None:
+    def __init__(self, *, directory: pathlib.Path, tcp_port: int | None = None,
+                 ssl_port: int | None = None, tls: client.Tls | None = None) -> None:
+        """`ssl_port` with `tls` (the server's key and certificate, and the CA whose
+        certificates it accepts from clients) also serves NB over TLS on 127.0.0.1."""
+        if (ssl_port is None) != (tls is None):
+            raise errors.NorthboundError("ssl_port and tls go together")
         self.directory = directory
         self.tcp_port = tcp_port
+        self.ssl_port = ssl_port
+        self.tls = tls
         self.database = directory / "ovnnb_db.db"
         self.socket = directory / "ovnnb_db.sock"
         self.control = directory / "ovnnb_db.ctl"
@@ -44,6 +52,12 @@ class NbServer:
         return f"tcp:127.0.0.1:{self.tcp_port}"
 
     @property
+    def ssl_remote(self) -> str:
+        if self.ssl_port is None:
+            raise errors.NorthboundError("this NB server serves no TLS; pass ssl_port and tls")
+        return f"ssl:127.0.0.1:{self.ssl_port}"
+
+    @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
@@ -59,6 +73,11 @@ class NbServer:
         remotes = [f"--remote=punix:{self.socket}"]
         if self.tcp_port is not None:
             remotes.append(f"--remote=ptcp:{self.tcp_port}:127.0.0.1")
+        if self.ssl_port is not None and self.tls is not None:
+            remotes += [f"--remote=pssl:{self.ssl_port}:127.0.0.1",
+                        f"--private-key={self.tls.private_key}",
+                        f"--certificate={self.tls.certificate}",
+                        f"--ca-cert={self.tls.ca_cert}"]
         self._process = subprocess.Popen(
             ["ovsdb-server", str(self.database), *remotes, f"--unixctl={self.control}",
              f"--log-file={self.log}", "-vconsole:off", "-vfile:info"],
@@ -83,9 +102,11 @@ class NbServer:
                 probe.connect(str(self.socket))
             except OSError:
                 return False
-        if self.tcp_port is not None:
+        for port in (self.tcp_port, self.ssl_port):
+            if port is None:
+                continue
             try:
-                socket.create_connection(("127.0.0.1", self.tcp_port), timeout=1).close()
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
             except OSError:
                 return False
         return True
