@@ -1,6 +1,10 @@
 """Liveness, readiness and metrics over HTTP: `/healthz` (the loop answers), `/readyz`, `/metrics`.
 
-Ready means: connected to OVN northbound with a complete copy, and the first full sync done.
+Ready means, for the leader (or a controller without leader election): connected to OVN
+northbound with a complete copy, and the first full sync done. A standby that is alive is
+ready too (leadership is not readiness: a rolling update with maxUnavailable 0 waits for the
+new pod's readiness, and the new pod stands by until the old one releases the Lease); its
+`/readyz` says it is a standby and who holds the Lease.
 `/metrics` is the Prometheus text format of the process's registry (prometheus_client).
 """
 
@@ -9,14 +13,21 @@ from __future__ import annotations
 import aiohttp.web
 import prometheus_client
 
-from ovnk_secondary.controller import reconciler
+from ovnk_secondary.controller import leaderelection, reconciler
 
 
-async def start(*, host: str, port: int, policy: reconciler.Reconciler) -> aiohttp.web.AppRunner:
+async def start(*, host: str, port: int, policy: reconciler.Reconciler,
+                elector: leaderelection.LeaderElector | None = None) -> aiohttp.web.AppRunner:
     async def healthz(_: aiohttp.web.Request) -> aiohttp.web.Response:
         return aiohttp.web.Response(text="ok\n")
 
     async def readyz(_: aiohttp.web.Request) -> aiohttp.web.Response:
+        if elector is not None and not elector.leading:
+            holder = elector.holder()
+            return aiohttp.web.Response(
+                text=f"ready: standby for Lease {elector.config.namespace}/"
+                     f"{elector.config.name}, " + (f"held by {holder}\n" if holder else
+                                                   "no holder seen yet\n"))
         if not policy.northbound.ready():
             return aiohttp.web.Response(status=503, text="OVN northbound not connected\n")
         if not policy.synced.is_set():

@@ -181,6 +181,10 @@ class LeaderElector:
             logger.warning("leader election: Kubernetes API unreachable: %s", exc)
             return False
 
+    def holder(self) -> str:
+        """The holder of the Lease as last observed ("" when none or not yet read)."""
+        return self._seen[1] if self._seen else ""
+
     def _won(self) -> bool:
         self.leading = True
         self._last_renewal = self._clock()

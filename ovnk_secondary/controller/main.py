@@ -5,7 +5,8 @@
 
 With `--leader-elect`, the controller first waits to hold its Lease (`leaderelection`) and
 works only while it holds it; losing it ends the process (exit code 1) for its Deployment to
-restart it as a candidate. A standby replica is live but not ready.
+restart it as a candidate. A standby replica is live and ready (`/readyz` says it stands by):
+leadership is not readiness, else a rolling update would wait forever for the new pod.
 """
 
 from __future__ import annotations
@@ -159,14 +160,14 @@ async def serve(
     northbound = client.Northbound(remote=ovn_nb, timeout=nb_timeout, tls=nb_tls)
     api = apiclient.ApiClient(credentials)
     policy = reconciler.Reconciler(northbound=northbound, api=api, resync_period=resync_period)
-    runner = await health.start(host=health_host, port=health_port, policy=policy) \
-        if health_port else None
+    elector = None if election is None else leaderelection.LeaderElector(
+        apiclient.ApiClient(credentials), election)
+    runner = await health.start(host=health_host, port=health_port, policy=policy,
+                                elector=elector) if health_port else None
     logger.info("controller starting: OVN NB %s, Kubernetes API %s, resync every %gs",
                 ovn_nb, credentials.server, resync_period)
     if started is not None:
         started.set()
-    elector = None if election is None else leaderelection.LeaderElector(
-        apiclient.ApiClient(credentials), election)
     tasks: list[asyncio.Task[Any]] = []
     lag = asyncio.create_task(looplag.LoopLag().run(stop))  # from the start: standby too
     try:

@@ -6,8 +6,11 @@ import asyncio
 import datetime
 import logging
 import signal
+import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
@@ -218,3 +221,41 @@ def test_sigterm_stops_the_controller_process_and_releases_its_lease(
     assert process.returncode == 0, output
     assert _lease(api)["holderIdentity"] == "", output
     assert "released Lease" in output
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _readyz(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def test_a_standby_is_ready_and_says_it_stands_by(
+        api: Api, nb_server: servers.NbServer) -> None:
+    """Leadership is not readiness: a rolling update (maxUnavailable 0) waits for the new pod to
+    be ready, and the new pod stands by until the old one releases the Lease."""
+    ports = [_free_port(), _free_port()]
+    first, second = (Controller(nb_remote=nb_server.remote, kubeconfig=api.kubeconfig,
+                                health_port=port, election=leaderelection.Config(
+                                    namespace="ovnk-secondary", identity=identity, **FAST))
+                     for identity, port in zip(("first", "second"), ports, strict=True))
+    first.start()
+    try:
+        until(lambda: _readyz(ports[0]) == (200, "ready\n"), "the leader never became ready")
+        second.start()
+        expected = (200, "ready: standby for Lease ovnk-secondary/ovnk-secondary-controller, "
+                         "held by first\n")
+        until(lambda: _readyz(ports[1]) == expected,
+              f"the standby's /readyz is not {expected}: {_readyz(ports[1])}")
+    finally:
+        second.stop()
+        first.stop()
