@@ -89,12 +89,16 @@ def _parse_entry(entry: object, *, where: str) -> BridgeMapping:
                                    f"allowed: {', '.join(sorted(_FIELDS))}")
     physnet = entry.get("physicalNetworkName")
     bridge = entry.get("bridge")
+    if physnet is None:
+        raise errors.InvalidConfig(f"{where}: physicalNetworkName is missing")
     if not isinstance(physnet, str) or not _PHYSNET.match(physnet):
-        raise errors.InvalidConfig(f"{where}: physicalNetworkName {physnet!r} is missing or not "
-                                   "a plain name (letters, digits, _ . -)")
+        raise errors.InvalidConfig(f"{where}: physicalNetworkName {physnet!r} is not a plain "
+                                   "name (letters, digits, _ . -)")
+    if bridge is None:
+        raise errors.InvalidConfig(f"{where} (physicalNetworkName {physnet}): bridge is missing")
     if not isinstance(bridge, str) or not _NAME.match(bridge):
-        raise errors.InvalidConfig(f"{where}: bridge {bridge!r} is missing or not a valid bridge "
-                                   "name (at most 15 letters, digits, _ . -)")
+        raise errors.InvalidConfig(f"{where}: bridge {bridge!r} is not a valid bridge name "
+                                   "(at most 15 letters, digits, _ . -)")
     uplinks = entry.get("uplinks") or []
     if isinstance(uplinks, str):
         uplinks = [uplinks]

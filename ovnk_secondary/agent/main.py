@@ -22,6 +22,7 @@ from ovnk_secondary import errors
 from ovnk_secondary.agent import (
     attachments,
     bridgemappings,
+    health,
     interfaces,
     mtus,
     ovs,
@@ -55,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(netdev) datapath, which forwards offloaded checksums unfinished")
     parser.add_argument("--workers", type=int, default=32,
                         help="threads for blocking netlink/OVSDB/API calls (default: 32)")
+    parser.add_argument("--health-port", type=int, default=0, metavar="P",
+                        help="port of /healthz and /readyz (default 0: none; the DaemonSet "
+                        "sets one)")
+    parser.add_argument("--health-host", default="0.0.0.0", metavar="ADDR",
+                        help="address of /healthz and /readyz (default: %(default)s)")
     parser.add_argument("--log-level", default="INFO", help="default: %(default)s")
 
 
@@ -80,6 +86,7 @@ class BridgeMappingsLoop:
         self.node_name = node_name
         self._last_text: str | None = None
         self._last_annotation: str | None = None
+        self.error: str | None = "not applied yet"  # why the file is not in force, if so
 
     def converge(self, *, force: bool = False) -> None:
         try:
@@ -105,6 +112,7 @@ class BridgeMappingsLoop:
             except Exception as exc:  # OVSDB trouble: report, retry at the next resync
                 error = f"applying {self.path} failed: {exc}"
                 self._last_text = None
+        self.error = error
         if error:
             LOG.error("bridge mappings not applied: %s", error)
             mappings = ()
@@ -157,6 +165,7 @@ async def _serve(args: argparse.Namespace) -> None:
                                    "pass --kubeconfig") from None
     reader.watch_node(args.node_name)
     tasks: list[asyncio.Task[Any]] = []
+    mappings: BridgeMappingsLoop | None = None
     if args.bridge_mappings:
         mappings = BridgeMappingsLoop(path=args.bridge_mappings, switch=switch, reader=reader,
                                       node_name=args.node_name)
@@ -179,6 +188,13 @@ async def _serve(args: argparse.Namespace) -> None:
     keeper.start()  # after the clean-up: ports of vanished pods are gone
     cni = server.CniServer(path=args.socket, handler=agent.handle)
     await cni.start()
+
+    def problems() -> list[str]:
+        return health.problems(ovs_connected=switch.connected(), socket_serving=cni.serving(),
+                               mappings_error=mappings.error if mappings else None)
+
+    runner = await health.start(host=args.health_host, port=args.health_port,
+                                check=problems) if args.health_port else None
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
@@ -187,6 +203,8 @@ async def _serve(args: argparse.Namespace) -> None:
         await stop.wait()
     finally:
         LOG.info("stopping (pods stay connected)")
+        if runner is not None:
+            await runner.cleanup()
         await cni.close()
         for task in tasks:
             task.cancel()

@@ -431,6 +431,11 @@ class LocalOvs:
         self.api = api_class(connection.Connection(idl, timeout))
         self._plugs = _GroupCommit(self.api)
 
+    def connected(self) -> bool:
+        """Connected to the local OVSDB, with a complete copy of what the agent monitors."""
+        idl = self.api.idl
+        return bool(idl._session.is_connected() and idl.state == idl.IDL_S_MONITORING)
+
     # --- waiting for ovn-controller --------------------------------------------------------
 
     def _on_interface(self, event: str, row: Any) -> None:

@@ -66,6 +66,11 @@ class CniServer:
         os.chmod(self.path, 0o600)
         LOG.info("serving CNI requests on %s", self.path)
 
+    def serving(self) -> bool:
+        """Listening, and the socket file is still the one it listens on."""
+        return (self._server is not None and self._server.is_serving()
+                and os.path.exists(self.path))
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()

@@ -27,6 +27,7 @@ from tests import kube
 AGENT_DIR = "/run/ovnk-agent-test"
 SOCKET = f"{AGENT_DIR}/sock/cni.sock"
 PLUGIN = "/opt/cni/bin/ovn-k8s-cni-overlay"
+HEALTH_PORT = 9190  # the test agents' /healthz and /readyz, on the chassis' loopback
 NAD_GROUP, NAD_VERSION, NAD_PLURAL = "k8s.cni.cncf.io", "v1", "network-attachment-definitions"
 
 
@@ -310,7 +311,8 @@ class Agent:
         argv = ["ovnk-secondary", "node-agent", "--node-name", self.node,
                 "--kubeconfig", f"{AGENT_DIR}/kubeconfig", "--socket", SOCKET,
                 "--annotation-timeout", str(self.annotation_timeout),
-                "--binding-timeout", str(self.binding_timeout)]
+                "--binding-timeout", str(self.binding_timeout),
+                "--health-port", str(HEALTH_PORT), "--health-host", "127.0.0.1"]
         if self.mappings is not None:
             argv += ["--bridge-mappings", f"{AGENT_DIR}/bridge-mappings.yaml"]
         script = (f"echo $$ > {self.pidfile}; exec {shlex.join(argv)} >> {self.log} 2>&1")
@@ -323,6 +325,18 @@ class Agent:
         self.sb.exec(self.node, f"test -f {self.pidfile} && kill $(cat {self.pidfile}); "
                      f"for i in $(seq 50); do test -S {SOCKET} || break; sleep 0.1; done; "
                      f"rm -f {self.pidfile}", check=False)
+
+    def readyz(self) -> tuple[int, str]:
+        """(status, text) of the agent's /readyz, asked from inside its node."""
+        probe = ("import urllib.request, urllib.error\n"
+                 "try:\n"
+                 f"    r = urllib.request.urlopen('http://127.0.0.1:{HEALTH_PORT}/readyz', "
+                 "timeout=5); print(r.status); print(r.read().decode(), end='')\n"
+                 "except urllib.error.HTTPError as e:\n"
+                 "    print(e.code); print(e.read().decode(), end='')\n")
+        done = self.sb.exec(self.node, ["/opt/venv/bin/python", "-c", probe], check=False)
+        status, _, text = done.stdout.partition("\n")
+        return (int(status), text) if status.isdigit() else (0, done.stderr)
 
     def log_text(self) -> str:
         return self.sb.exec(self.node, ["cat", self.log], check=False).stdout

@@ -41,7 +41,8 @@ def test_json_and_empty_files_are_accepted() -> None:
      " - {physicalNetworkName: a, bridge: c}\n", "physical network a is mapped twice"),
     ("bridgeMappings:\n - {physicalNetworkName: a, bridge: b, uplinks: [eth9]}\n"
      " - {physicalNetworkName: c, bridge: d, uplinks: [eth9]}\n", "uplink eth9 is listed for"),
-    ("bridgeMappings:\n - {physicalNetworkName: a}\n", "bridge None is missing"),
+    ("bridgeMappings:\n - {physicalNetworkName: a}\n",
+     "(physicalNetworkName a): bridge is missing"),
     ("bridgeMappings:\n - {physicalNetworkName: 'a:b', bridge: b}\n", "not a plain name"),
     ("bridgeMappings:\n - {physicalNetworkName: a, bridge: b, vlan: 3}\n", "unknown key(s) vlan"),
     ("bridgeMappings:\n - {physicalNetworkName: a, bridge: averyveryverylongbridge}\n",

@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from tests.agent import harness
+from tests.agent import conftest, harness
 from tests.agent.harness import Network, Pod
 
 pytestmark = pytest.mark.sandbox
@@ -469,6 +469,23 @@ def test_a_nad_mtu_edit_reaches_running_pods_on_both_ends(world: harness.Cluster
     assert [line for line in changed if b.host_side in line], changed
     assert not [line for line in log.splitlines() if "MTU" in line and bystander.host_side
                 in line]
+
+
+def test_an_agent_is_ready_only_while_its_bridge_mappings_apply(
+        world: harness.Cluster) -> None:
+    agent = world.agents["node-1"]
+    assert agent.readyz() == (200, "ready\n")
+    try:
+        agent.write_mappings("bridgeMappings:\n  - physicalNetworkName: physnet9\n")  # no bridge
+        _, text = harness.wait_until(
+            lambda: (answer := agent.readyz())[0] == 503 and answer, timeout=30,
+            what="the agent to report the broken bridge-mappings file")
+        assert text.startswith("bridge mappings not applied: "), text
+        assert text.endswith("entry 1 (physicalNetworkName physnet9): bridge is missing\n"), text
+    finally:
+        agent.write_mappings(conftest.MAPPINGS_FILE)
+    harness.wait_until(lambda: agent.readyz() == (200, "ready\n"), timeout=30,
+                       what="the agent to be ready again once the file is fixed")
 
 
 def test_no_agent_was_refused_by_the_api_server(world: harness.Cluster) -> None:

@@ -1,0 +1,48 @@
+"""The node agent's liveness and readiness over HTTP, for its DaemonSet's probes.
+
+`/healthz`: the event loop answers. `/readyz`: 200 "ready" when the agent can serve ADDs on
+this node: connected to the local OVSDB with a complete copy, the CNI socket serving, and the
+bridge-mappings file applied (when one is given); otherwise 503 with one line per problem, in
+words that say what is wrong (the Node's ovnk-secondary.io/bridge-mappings annotation has the
+mapping error in full).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import aiohttp.web
+
+
+def problems(*, ovs_connected: bool, socket_serving: bool,
+             mappings_error: str | None) -> list[str]:
+    """What keeps the agent from being ready (pure): empty when ready."""
+    found = []
+    if not ovs_connected:
+        found.append("not connected to the local OVSDB (is ovsdb-server running?)")
+    if not socket_serving:
+        found.append("the CNI socket is not serving")
+    if mappings_error:
+        found.append(f"bridge mappings not applied: {mappings_error}")
+    return found
+
+
+async def start(*, host: str, port: int,
+                check: Callable[[], list[str]]) -> aiohttp.web.AppRunner:
+    """Serve /healthz and /readyz on `host`:`port`; `check` returns the current problems."""
+    async def healthz(_: aiohttp.web.Request) -> aiohttp.web.Response:
+        return aiohttp.web.Response(text="ok\n")
+
+    async def readyz(_: aiohttp.web.Request) -> aiohttp.web.Response:
+        found = check()
+        if found:
+            return aiohttp.web.Response(status=503, text="".join(f"{p}\n" for p in found))
+        return aiohttp.web.Response(text="ready\n")
+
+    app = aiohttp.web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    runner = aiohttp.web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await aiohttp.web.TCPSite(runner, host, port).start()
+    return runner
