@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import aiohttp.web
 
+from ovnk_secondary import probes
+
 
 def problems(*, ovs_connected: bool, socket_serving: bool,
              mappings_error: str | None) -> list[str]:
@@ -30,19 +32,10 @@ def problems(*, ovs_connected: bool, socket_serving: bool,
 async def start(*, host: str, port: int,
                 check: Callable[[], list[str]]) -> aiohttp.web.AppRunner:
     """Serve /healthz and /readyz on `host`:`port`; `check` returns the current problems."""
-    async def healthz(_: aiohttp.web.Request) -> aiohttp.web.Response:
-        return aiohttp.web.Response(text="ok\n")
-
     async def readyz(_: aiohttp.web.Request) -> aiohttp.web.Response:
         found = check()
         if found:
             return aiohttp.web.Response(status=503, text="".join(f"{p}\n" for p in found))
         return aiohttp.web.Response(text="ready\n")
 
-    app = aiohttp.web.Application()
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    runner = aiohttp.web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await aiohttp.web.TCPSite(runner, host, port).start()
-    return runner
+    return await probes.serve(host=host, port=port, readyz=readyz)

@@ -13,14 +13,12 @@ from __future__ import annotations
 import aiohttp.web
 import prometheus_client
 
+from ovnk_secondary import probes
 from ovnk_secondary.controller import leaderelection, reconciler
 
 
 async def start(*, host: str, port: int, policy: reconciler.Reconciler,
                 elector: leaderelection.LeaderElector | None = None) -> aiohttp.web.AppRunner:
-    async def healthz(_: aiohttp.web.Request) -> aiohttp.web.Response:
-        return aiohttp.web.Response(text="ok\n")
-
     async def readyz(_: aiohttp.web.Request) -> aiohttp.web.Response:
         if elector is not None and not elector.leading:
             holder = elector.holder()
@@ -38,11 +36,4 @@ async def start(*, host: str, port: int, policy: reconciler.Reconciler,
         return aiohttp.web.Response(body=prometheus_client.generate_latest(),
                                     headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
 
-    app = aiohttp.web.Application()
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    runner = aiohttp.web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await aiohttp.web.TCPSite(runner, host, port).start()
-    return runner
+    return await probes.serve(host=host, port=port, readyz=readyz, routes={"/metrics": metrics})

@@ -1,0 +1,26 @@
+"""The HTTP endpoint of a long-running component's probes (aiohttp): `/healthz` answers while
+the event loop runs; `/readyz` and any other routes are the component's own."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+
+import aiohttp.web
+
+Handler = Callable[[aiohttp.web.Request], Awaitable[aiohttp.web.Response]]
+
+
+async def serve(*, host: str, port: int, readyz: Handler,
+                routes: Mapping[str, Handler] | None = None) -> aiohttp.web.AppRunner:
+    """Serve /healthz, /readyz and `routes` (path -> GET handler) on `host`:`port`; the runner
+    to `cleanup()` at the end."""
+    async def healthz(_: aiohttp.web.Request) -> aiohttp.web.Response:
+        return aiohttp.web.Response(text="ok\n")
+
+    app = aiohttp.web.Application()
+    for path, handler in {"/healthz": healthz, "/readyz": readyz, **(routes or {})}.items():
+        app.router.add_get(path, handler)
+    runner = aiohttp.web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await aiohttp.web.TCPSite(runner, host, port).start()
+    return runner
