@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
-import re
 from collections.abc import Iterator
 
 import pytest
@@ -18,9 +17,6 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 SANDBOX_NAME = os.environ.get("OVNK_TEST_SANDBOX", "ovnk-test")
 CLUSTER_NAME = f"{SANDBOX_NAME}-cluster"
-
-
-REFUSAL = re.compile(r"\b403\b|[Ff]orbidden")  # an HTTP 403, not "403" inside a port name
 
 
 @pytest.fixture(autouse=True)
@@ -39,7 +35,7 @@ def _no_call_refused_by_rbac(request: pytest.FixtureRequest,
         return
     refused = [record.getMessage()
                for phase in ("setup", "call") for record in caplog.get_records(phase)
-               if record.name.startswith("ovnk_secondary") and REFUSAL.search(
+               if record.name.startswith("ovnk_secondary") and kube.REFUSAL.search(
                    record.getMessage())]
     assert not refused, f"the API server refused calls of the product: {refused}"
 

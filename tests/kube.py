@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 from typing import Any
 
 import kubernetes
@@ -28,6 +29,9 @@ CONTROLLER = "ovnk-secondary-controller"
 NODE_AGENT = "ovnk-secondary-node-agent"
 # Namespaces of the cluster itself: wiped of the tests' objects, never deleted.
 SYSTEM_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
+# A refusal in a log line: an HTTP status 403 or its reason. Not "403" inside a port name
+# (ovke40319a4ffbe: no word boundary) nor the milliseconds of a timestamp ("17:46:26,403").
+REFUSAL = re.compile(r"(?<![,.])\b403\b|[Ff]orbidden")
 
 
 def start(directory: pathlib.Path, *, advertise: str = "127.0.0.1") -> kubeapi.ControlPlane:

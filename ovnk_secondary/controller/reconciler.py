@@ -261,6 +261,7 @@ class Reconciler:
         self._waiting: dict[str, set[Key]] = collections.defaultdict(set)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._repair_networks: asyncio.Task[None] | None = None
+        self._closing = False  # set by aclose: no new repair then
         self._drifted: set[str] = set()  # switch names whose network rows changed behind us
         self._tasks: set[asyncio.Future[None]] = set()
         northbound.on_change = self._nb_row_changed
@@ -1017,7 +1018,8 @@ class Reconciler:
             desired.switch_name(network) if network is not None else None)
         if switch is not None:
             self._drifted.add(switch)
-        if self._drifted and (self._repair_networks is None or self._repair_networks.done()):
+        if self._drifted and not self._closing and (
+                self._repair_networks is None or self._repair_networks.done()):
             self._repair_networks = asyncio.ensure_future(self._repair_networks_soon())
 
     async def _repair_networks_soon(self) -> None:
@@ -1206,6 +1208,11 @@ class Reconciler:
         self._nb_thread.shutdown(wait=False, cancel_futures=True)
 
     async def aclose(self) -> None:
+        self._closing = True
+        if self._repair_networks is not None:  # before the NB thread goes: it writes through it
+            self._repair_networks.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._repair_networks
         await self._pod_queue.close()
         await self._nad_queue.close()
         await self._nb_writes.close()

@@ -289,9 +289,17 @@ class ControlPlane:
 
     def install_manifests(self, manifests: pathlib.Path = MANIFESTS) -> None:
         """Apply the product's CRDs (kustomization `crds/`), namespace and RBAC as a user does,
-        with server-side validation, and wait until the CRDs are served."""
+        with server-side validation, and wait until the CRDs are served (listed without error)."""
         self.kubectl("apply", "-k", str(manifests / "crds"))
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd", "--all")
+        # Established is not yet served: the first lists get 429 "storage is (re)initializing"
+        crds = ",".join(self.kubectl("get", "crd", "-o", "name").stdout.replace(
+            "customresourcedefinition.apiextensions.k8s.io/", "").split())
+        deadline = time.monotonic() + 60
+        while (listed := self.kubectl("get", crds, "-A", check=False)).returncode != 0:
+            if time.monotonic() > deadline:
+                raise errors.SandboxError(f"CRDs not served: {listed.stderr.strip()}")
+            time.sleep(0.2)
         self.kubectl("apply", "-f", str(manifests / "namespace.yaml"),
                      "-f", str(manifests / "rbac.yaml"))
 

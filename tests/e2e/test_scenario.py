@@ -8,7 +8,6 @@ as a user applies them. Tests run in file order on one sandbox cluster; the last
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import threading
 import time
@@ -17,6 +16,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from ovnk_secondary.sandbox import cluster, scenario
+from tests import kube
 
 pytestmark = pytest.mark.sandbox
 NS = scenario.NAMESPACE
@@ -294,8 +294,6 @@ def test_no_component_was_refused_by_the_api_server(sb: cluster.Sandbox) -> None
     texts = {who: log if isinstance(log, str) else log.stdout + log.stderr
              for who, log in logs.items()}
     assert all(texts.values()), "a component's log is empty: nothing was checked"
-    # an HTTP status 403 or its reason (not "403" inside a port name such as ovke40319a4ffbe)
-    refusal = re.compile(r"\b403\b|[Ff]orbidden")
-    refused = {who: [line for line in text.splitlines() if refusal.search(line)]
+    refused = {who: [line for line in text.splitlines() if kube.REFUSAL.search(line)]
                for who, text in texts.items()}
     assert not any(refused.values()), refused
