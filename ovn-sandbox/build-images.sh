@@ -5,8 +5,9 @@
 # answers, otherwise made locally from Debian packages (debootstrap + docker import).
 #
 # usage: ovn-sandbox/build-images.sh [PYTHON [product]]   (PYTHON builds the wheels; default:
-# python3). Prints the product's and the two sandbox images' references on its last three
-# lines, or with `product` builds only the product image and prints its reference.
+# python3). Prints the references of the product image, the two sandbox images (central,
+# chassis) and the nodes' pause and workload images on its last five lines, or with `product`
+# builds only the product image and prints its reference.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
@@ -33,7 +34,8 @@ PY
 version=$(cat "$build/version")
 # The product image's inputs: its Dockerfile, the dependencies and the package itself.
 product_hash=$( (cat "$repo/image/Dockerfile" "$build/runtime.txt" "$repo/pyproject.toml";
-                 cd "$repo" && find ovnk_secondary -name '*.py' | LC_ALL=C sort | xargs cat) \
+                 cd "$repo" && find ovnk_secondary cni-shim -name '*.py' -o -name '*.go' -o -name go.mod \
+                   | LC_ALL=C sort | xargs cat; go version) \
                | sha256sum | cut -c1-12)
 product=ovnk-secondary:$version
 product_keyed=ovnk-secondary:$version-$product_hash
@@ -43,11 +45,11 @@ finish() {  # `:latest` names the newest build, for compose.yaml; older builds a
   docker tag "$chassis" ovnk-sandbox/ovn-chassis:latest
   docker tag "$product_keyed" ovnk-secondary:latest
   for old in $(docker images --format '{{.Repository}}:{{.Tag}}' | grep -E \
-      '^(ovnk-sandbox/ovn-(central|chassis):[0-9a-f]{12}|ovnk-secondary:[^:]+-[0-9a-f]{12})$'); do
-    case "$old" in "$central"|"$chassis"|"$product_keyed") ;;
+      '^(ovnk-sandbox/(ovn-central|ovn-chassis|pause|workload):[0-9a-f]{12}|ovnk-secondary:[^:]+-[0-9a-f]{12})$'); do
+    case "$old" in "$central"|"$chassis"|"$product_keyed"|"$pause_keyed"|"$workload_keyed") ;;
       *) docker rmi "$old" >/dev/null 2>&1 || true ;; esac  # in use by a container: kept
   done
-  echo "$product"; echo "$central"; echo "$chassis"
+  echo "$product"; echo "$central"; echo "$chassis"; echo "$pause"; echo "$workload"
   exit 0
 }
 
@@ -78,6 +80,7 @@ if ! docker image inspect "$product_keyed" >/dev/null 2>&1; then
   "$python" -m pip wheel -q -w "$context/dependencies" -r "$build/runtime.txt" >"$build/wheels.log" 2>&1 \
     || die "building the dependencies' wheels failed (log: $build/wheels.log)"
   cp "$build/runtime.txt" "$context/dependencies/requirements.txt"
+  "$here/build-shim.sh" "$context/ovn-k8s-cni-overlay"
   "$python" -m pip wheel -q --no-deps -w "$context/project" "$repo" >>"$build/wheels.log" 2>&1 \
     || die "building the project's wheel failed (log: $build/wheels.log)"
   rm -rf "$repo/build"  # setuptools' scratch directory
@@ -86,6 +89,21 @@ if ! docker image inspect "$product_keyed" >/dev/null 2>&1; then
 fi
 docker tag "$product_keyed" "$product"
 [ "$mode" = product ] && { echo "$product"; exit 0; }
+
+# The nodes' own images (node-images/Dockerfile): the pod sandbox's pause and the workload. Their
+# names are what containerd's config and manifests/examples/ use; the keyed tags say which build.
+node_hash=$( (cat "$here/node-images/Dockerfile"; docker image inspect -f '{{.Id}}' "$base") \
+            | sha256sum | cut -c1-12)
+pause=ovnk-sandbox/pause:catatonit; pause_keyed=ovnk-sandbox/pause:$node_hash
+workload=ovnk-sandbox/workload:busybox; workload_keyed=ovnk-sandbox/workload:$node_hash
+for target in pause workload; do
+  keyed=ovnk-sandbox/$target:$node_hash
+  if ! docker image inspect "$keyed" >/dev/null 2>&1; then
+    docker build -q --network host --build-arg BASE="$base" --target "$target" -t "$keyed" \
+      "$here/node-images" >"$build/$target.log" 2>&1 || die "building $keyed failed (log: $build/$target.log)"
+  fi
+  docker tag "$keyed" "ovnk-sandbox/$target:$([ $target = pause ] && echo catatonit || echo busybox)"
+done
 
 # The sandbox images: the chassis is built FROM the product image, so its tag covers it too.
 inputs_hash=$( (cd "$here" && cat build-images.sh central/* chassis/* "$build/sandbox.txt";

@@ -3,8 +3,8 @@
 # binaries machine-wide (outside the checkout) so that every clone on the machine reuses them.
 #
 # usage: ovn-sandbox/build-kube.sh [kube|node]
-#   kube (the default): kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kubectl
-#     (k8s.io/kubernetes) and etcd, etcdctl (go.etcd.io/etcd), cached in
+#   kube (the default): kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
+#     kube-proxy, kubectl (k8s.io/kubernetes) and etcd, etcdctl (go.etcd.io/etcd), cached in
 #       ${OVNK_CACHE:-/var/cache/ovnk-secondary}/kube/<k8s>-<etcd>-<hash>/bin/
 #   node: what a node runs beside the kubelet: containerd, ctr, containerd-shim-runc-v2, runc, the
 #     reference CNI plugins (bridge, ptp, host-local, loopback, portmap) and Multus (multus: the thin
@@ -142,14 +142,14 @@ build() {
 build_kube() {
   begin "kube/$K8S_VERSION-$ETCD_VERSION"
 
-  local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl) minor build_date pkg kv cmd
+  local cmds=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl) minor build_date pkg kv cmd
   local pkgs=("${cmds[@]/#/k8s.io/kubernetes/cmd/}")
   minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
   build_date=$(mod_field "k8s.io/kubernetes@$K8S_VERSION" Time)  # the release's time: reproducible
   # The staging modules (k8s.io/api, ...) are published as v0.Y.Z for Kubernetes v1.Y.Z.
   new_module kube "v0.${K8S_VERSION#v1.}" "k8s.io/kubernetes@$K8S_VERSION" "${pkgs[@]}"
   # The version stamps (hack/lib/version.sh) that --version and `kubectl version` print, and the tags of
-  # Kubernetes' own non-debug build (hack/lib/golang.sh); all five in one go build.
+  # Kubernetes' own non-debug build (hack/lib/golang.sh); all six in one go build.
   local ldflags="-s -w"
   for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
     for kv in gitVersion="$K8S_VERSION" gitMajor=1 gitMinor="$minor" gitTreeState=clean buildDate="$build_date"; do
@@ -164,7 +164,7 @@ build_kube() {
   build etcd -ldflags="-s -w" "${pkgs[@]}"
   mv "$tmp/bin/server" "$tmp/bin/etcd"  # go names the binary of .../server/v3 `server`
 
-  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubelet; do
+  for cmd in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do
     check "$cmd" "Kubernetes $K8S_VERSION" "$tmp/bin/$cmd" --version
   done
   check kubectl "Client Version: $K8S_VERSION" "$tmp/bin/kubectl" version --client

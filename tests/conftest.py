@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import subprocess
 from collections.abc import Iterator
 
 import pytest
@@ -15,6 +16,7 @@ from tests import kube
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
+REPO = pathlib.Path(__file__).resolve().parents[1]
 SANDBOX_NAME = os.environ.get("OVNK_TEST_SANDBOX", "ovnk-test")
 CLUSTER_NAME = f"{SANDBOX_NAME}-cluster"
 
@@ -38,6 +40,15 @@ def _no_call_refused_by_rbac(request: pytest.FixtureRequest,
                if record.name.startswith("ovnk_secondary") and kube.REFUSAL.search(
                    record.getMessage())]
     assert not refused, f"the API server refused calls of the product: {refused}"
+
+
+@pytest.fixture(scope="session")
+def cni_shim(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """The CNI binary (`cni-shim/`, static Go) built as the product image gets it."""
+    binary = tmp_path_factory.mktemp("cni-shim") / "ovn-k8s-cni-overlay"
+    subprocess.run([str(REPO / "ovn-sandbox" / "build-shim.sh"), str(binary)], check=True,
+                   timeout=600)
+    return binary
 
 
 @pytest.fixture

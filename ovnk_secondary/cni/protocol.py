@@ -1,15 +1,14 @@
-"""The CNI protocol as the plugin and the node agent share it.
+"""The CNI protocol as the node agent speaks it (CNI spec 1.0, SPEC.md; 0.3.1 and 0.4.0 too).
 
-Three layers, all pure values:
-- the CNI request as a runtime (Multus) hands it to the plugin: `CNI_*` environment variables
-  and the network config on stdin, validated into a `Request`;
-- what the agent answers on the unix socket: the plugin's exit code and stdout, rendered here
-  (the framing is in `wire`: the plugin forwards and prints bytes without parsing them);
-- CNI error objects and the VERSION answer (results live in `results`, which only the agent
-  needs).
+Pure values:
+- the CNI request as a runtime (Multus) hands it to the CNI binary: `CNI_*` environment
+  variables and the network config on stdin, validated into a `Request`;
+- what the agent answers on the unix socket: the binary's exit code and stdout, rendered here
+  (the framing is in `wire`: the shim forwards and prints bytes without parsing them);
+- CNI error objects (results live in `results`).
 
-Standard library only, and only its cheap part: the plugin imports this module when it has to
-answer by itself (VERSION, the agent unreachable).
+The shim (`cni-shim/`) answers VERSION and "agent unreachable" (code 11) by itself; its list of
+versions is SUPPORTED_VERSIONS (tests/cni/test_shim.py holds them equal).
 """
 
 from __future__ import annotations
@@ -17,12 +16,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from typing import Any
 
 from ovnk_secondary.cni import wire
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:  # typing costs start-up time and is needed by the type checker only
-    from typing import Any
 
 SUPPORTED_VERSIONS = ("0.3.1", "0.4.0", "1.0.0")
 DEFAULT_VERSION = "0.3.1"  # what OVN-K's NADs in the wild declare (and the reference scenario)
@@ -226,35 +222,7 @@ def render_error(error: CniError, cni_version: str | None = DEFAULT_VERSION) -> 
 
 def answer(*, result: Mapping[str, Any] | None = None, error: CniError | None = None,
            cni_version: str = DEFAULT_VERSION) -> bytes:
-    """What the agent sends back: the plugin's exit code and stdout, ready to print."""
+    """What the agent sends back: the shim's exit code and stdout, ready to print."""
     if error is not None:
         return wire.encode_answer(1, render_error(error, cni_version))
     return wire.encode_answer(0, render_result(result))
-
-
-def unavailable_error(failure: BaseException | None, *, path: str, timeout: float) -> CniError:
-    """Why the agent gave no answer, as the runtime should read it."""
-    if isinstance(failure, wire.ConnectFailed):
-        if isinstance(failure.error, PermissionError):
-            return CniError(IO_FAILURE, f"no permission to connect to {path}",
-                            f"{failure.error.strerror}; the plugin must run as root like the "
-                            "agent")
-        return CniError(TRY_AGAIN_LATER,
-                        "the ovnk-secondary node agent is not running or still starting; "
-                        "try again later",
-                        f"cannot connect to {path}: {failure.error.strerror}; check the "
-                        "node-agent pod on this node")
-    if isinstance(failure, TimeoutError):
-        return CniError(TRY_AGAIN_LATER, f"the node agent did not answer within {timeout:.0f} s",
-                        "the agent may be overloaded; see its log; the runtime will retry")
-    if failure is not None:
-        return CniError(TRY_AGAIN_LATER, f"lost the connection to the node agent: {failure}",
-                        "the agent may have restarted; the runtime will retry")
-    return CniError(TRY_AGAIN_LATER, "the node agent closed the connection without an answer",
-                    "it may have restarted; the runtime will retry")
-
-
-def version_result(requested: str | None) -> dict[str, Any]:
-    """Answer to VERSION: the versions this plugin speaks."""
-    version = requested if requested in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[-1]
-    return {"cniVersion": version, "supportedVersions": list(SUPPORTED_VERSIONS)}

@@ -185,7 +185,8 @@ class Sandbox:
         """
         if nodes < 1:
             raise errors.SandboxError(f"--nodes must be at least 1, got {nodes}")
-        product_image, central_image, chassis_image = images.ensure(python=python)
+        built = images.ensure(python=python)
+        product_image, central_image, chassis_image = built.product, built.central, built.chassis
         down(name)
         try:
             networks = {

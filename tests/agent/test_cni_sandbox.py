@@ -14,6 +14,7 @@ import re
 
 import pytest
 
+from tests import kube
 from tests.agent import conftest, harness
 from tests.agent.harness import Network, Pod
 
@@ -491,10 +492,9 @@ def test_an_agent_is_ready_only_while_its_bridge_mappings_apply(
 def test_no_agent_was_refused_by_the_api_server(world: harness.Cluster) -> None:
     """After this module's tests, no node agent (on the node agent's ServiceAccount, bound by
     manifests/rbac.yaml) met a 403. (Last in the module on purpose.)"""
-    refusal = re.compile(r"\b403\b|[Ff]orbidden")  # not "403" inside a port name
     logs = {agent.node: world.sb.exec(agent.node, f"cat {agent.log}").stdout
             for agent in world.agents.values()}
     assert all(logs.values()), "an agent's log is empty: nothing was checked"
-    refused = {node: [line for line in text.splitlines() if refusal.search(line)]
+    refused = {node: [line for line in text.splitlines() if kube.REFUSAL.search(line)]
                for node, text in logs.items()}
     assert not any(refused.values()), refused

@@ -1,4 +1,5 @@
-"""The CNI socket: the real plugin binary against the real server, with a recording handler.
+"""The CNI socket: the real CNI binary (the shim) against the real server, with a recording
+handler.
 
 The handler stands in for the attachments (tested against OVN in the sandbox); here what is
 under test is the socket's permissions, the result/error round trip and the per-interface
@@ -12,29 +13,28 @@ import json
 import os
 import pathlib
 import stat
-import sys
 from typing import Any
 
 from ovnk_secondary.agent import server
 from ovnk_secondary.cni import protocol, results
 
-PLUGIN = str(pathlib.Path(sys.executable).parent / "ovn-k8s-cni-overlay")
 CONFIG = json.dumps({"cniVersion": "1.0.0", "name": "n", "type": "ovn-k8s-cni-overlay"})
 
 
-async def invoke(sock: str, *, pod: str, ifname: str = "net1",
+async def invoke(shim: pathlib.Path, sock: str, *, pod: str, ifname: str = "net1",
                  command: str = "ADD") -> tuple[int, Any]:
     env = {"PATH": os.environ["PATH"], "CNI_COMMAND": command, "CNI_CONTAINERID": f"c-{pod}",
            "CNI_NETNS": "/var/run/netns/x", "CNI_IFNAME": ifname,
            "CNI_ARGS": f"K8S_POD_NAMESPACE=ns;K8S_POD_NAME={pod}",
            "OVNK_SECONDARY_CNI_SOCKET": sock}
-    proc = await asyncio.create_subprocess_exec(PLUGIN, env=env, stdin=asyncio.subprocess.PIPE,
+    proc = await asyncio.create_subprocess_exec(shim, env=env, stdin=asyncio.subprocess.PIPE,
                                                 stdout=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate(CONFIG.encode())
     return proc.returncode or 0, json.loads(out) if out.strip() else None
 
 
-async def test_results_errors_and_serialisation(tmp_path: pathlib.Path) -> None:
+async def test_results_errors_and_serialisation(tmp_path: pathlib.Path,
+                                                cni_shim: pathlib.Path) -> None:
     active: dict[tuple[str, str], int] = {}
     overlaps: list[tuple[str, str]] = []
     concurrent_pods: set[int] = set()
@@ -59,9 +59,10 @@ async def test_results_errors_and_serialisation(tmp_path: pathlib.Path) -> None:
     try:
         assert stat.S_IMODE(os.stat(sock).st_mode) == 0o600
         assert stat.S_IMODE(os.stat(os.path.dirname(sock)).st_mode) == 0o700
-        answers = await asyncio.gather(
-            invoke(sock, pod="a"), invoke(sock, pod="a"), invoke(sock, pod="a", command="DEL"),
-            invoke(sock, pod="b"), invoke(sock, pod="c"), invoke(sock, pod="broken"))
+        answers = await asyncio.gather(*(
+            invoke(cni_shim, sock, pod=pod, command=command)
+            for pod, command in (("a", "ADD"), ("a", "ADD"), ("a", "DEL"), ("b", "ADD"),
+                                 ("c", "ADD"), ("broken", "ADD"))))
     finally:
         await cni.close()
     assert answers[0] == (0, {"cniVersion": "1.0.0", "interfaces": [{"name": "net1", "mac": "m"}],

@@ -24,7 +24,6 @@ import pathlib
 import re
 import shutil
 import subprocess
-import sys
 import tomllib
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -38,7 +37,7 @@ from ovnk_secondary import cli, nads, selections
 from ovnk_secondary.agent import bridgemappings
 from ovnk_secondary.cni import protocol
 from ovnk_secondary.controller import apiclient
-from ovnk_secondary.sandbox import cluster
+from ovnk_secondary.sandbox import cluster, images
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -450,39 +449,59 @@ def _install_script() -> tuple[dict[str, Any], str]:
     daemonset = _one("DaemonSet", "ovnk-secondary-node-agent")
     pod_spec = daemonset["spec"]["template"]["spec"]
     init = next(c for c in pod_spec["initContainers"] if c["name"] == "install-cni")
-    assert init["command"][:2] == ["python3", "-c"]
+    assert init["command"][:2] == ["sh", "-c"]
     _, host = _host_path_at(pod_spec, init,
                             next(e["value"] for e in init["env"] if e["name"] == "CNI_BIN_DIR"))
     assert host.rstrip("/") == "/opt/cni/bin"
     return init, init["command"][2]
 
 
-def test_install_cni_installs_a_working_plugin(tmp_path: pathlib.Path) -> None:
-    """The init container's script, run here: the installed plugin answers as Multus expects."""
-    _, script = _install_script()
+def _elf_interpreter(data: bytes) -> bytes | None:
+    """The program interpreter (PT_INTERP) of a 64-bit little-endian ELF executable: None for
+    a static one."""
+    assert data[:6] == b"\x7fELF\x02\x01", "not a 64-bit little-endian ELF file"
+    phoff = int.from_bytes(data[0x20:0x28], "little")
+    entsize = int.from_bytes(data[0x36:0x38], "little")
+    for index in range(int.from_bytes(data[0x38:0x3A], "little")):
+        header = data[phoff + index * entsize:phoff + (index + 1) * entsize]
+        if int.from_bytes(header[:4], "little") == 3:  # PT_INTERP
+            offset = int.from_bytes(header[8:16], "little")
+            size = int.from_bytes(header[32:40], "little")
+            return data[offset:offset + size].rstrip(b"\0")
+    return None
+
+
+def test_install_cni_installs_a_plugin_that_needs_nothing_on_the_host(
+        tmp_path: pathlib.Path) -> None:
+    """The init container, run from the product image as the kubelet would (its command, its
+    CNI_BIN_DIR on a host directory): what lands on the host is a static binary that answers
+    as Multus expects, run here with an empty environment (no Python, no library needed)."""
+    init, _ = _install_script()
+    product = images.ensure().product
     bin_dir = tmp_path / "opt-cni-bin"
     bin_dir.mkdir()
-    done = subprocess.run([sys.executable, "-c", script], env={**os.environ,
-                          "CNI_BIN_DIR": str(bin_dir)}, capture_output=True, text=True,
-                          timeout=60, check=False)
+    env_dir = next(e["value"] for e in init["env"] if e["name"] == "CNI_BIN_DIR")
+    done = subprocess.run(
+        ["docker", "run", "--rm", "--user", "0", "-v", f"{bin_dir}:{env_dir}",
+         "-e", f"CNI_BIN_DIR={env_dir}", "--entrypoint", init["command"][0], product,
+         *init["command"][1:]], capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     plugin = bin_dir / "ovn-k8s-cni-overlay"
     assert os.access(plugin, os.X_OK)
     assert sorted(p.name for p in bin_dir.iterdir()) == ["ovn-k8s-cni-overlay"]
+    assert _elf_interpreter(plugin.read_bytes()) is None, "dynamically linked"
 
-    # Run it as the host would: its own interpreter, no site-packages (-S), no environment (-I):
-    # the archive alone must hold everything beyond the standard library.
     def run(command: str, stdin: str) -> subprocess.CompletedProcess[str]:
         env = {"CNI_COMMAND": command, "CNI_CONTAINERID": "c1", "CNI_NETNS": "/var/run/netns/x",
                "CNI_IFNAME": "net1", "CNI_PATH": str(bin_dir),
                "CNI_ARGS": "K8S_POD_NAMESPACE=test;K8S_POD_NAME=p;K8S_POD_UID=u",
                "OVNK_SECONDARY_CNI_SOCKET": str(tmp_path / "absent.sock")}
-        return subprocess.run([sys.executable, "-I", "-S", str(plugin)], input=stdin, env=env,
-                              capture_output=True, text=True, timeout=30, check=False)
+        return subprocess.run([str(plugin)], input=stdin, env=env, capture_output=True,
+                              text=True, timeout=30, check=False)
 
     version = run("VERSION", '{"cniVersion": "1.0.0"}')
     assert version.returncode == 0, version.stdout + version.stderr
-    assert "0.3.1" in json.loads(version.stdout)["supportedVersions"]
+    assert json.loads(version.stdout)["supportedVersions"] == list(protocol.SUPPORTED_VERSIONS)
     config = EXAMPLE_NADS["nad-layer2"]["spec"]["config"]
     add = run("ADD", config)  # no agent on this socket: "try again later"
     assert add.returncode != 0

@@ -1,0 +1,3 @@
+module ovnk-secondary/cni-shim
+
+go 1.26
