@@ -39,10 +39,12 @@ image: host venv
 images: host venv
 	@ovn-sandbox/build-images.sh $(VPY) >/dev/null
 
-# kube-apiserver, kube-controller-manager, etcd, kubectl... of pinned releases, built from the Go
-# module proxy once per machine (cached in /var/cache/ovnk-secondary/kube; ~11 min the first time)
-kube:
+# kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy, etcd, kubectl,
+# and the nodes' containerd, runc, CNI plugins and Multus, of pinned releases, built from the Go
+# module proxy once per machine (cached in /var/cache/ovnk-secondary; ~17 min the first time)
+kube: host
 	@ovn-sandbox/build-kube.sh kube >/dev/null
+	@ovn-sandbox/build-kube.sh node >/dev/null
 
 down: venv
 	$(VPY) -m ovnk_secondary sandbox down

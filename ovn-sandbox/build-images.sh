@@ -106,7 +106,7 @@ for target in pause workload; do
 done
 
 # The sandbox images: the chassis is built FROM the product image, so its tag covers it too.
-inputs_hash=$( (cd "$here" && cat build-images.sh central/* chassis/* "$build/sandbox.txt";
+inputs_hash=$( (cd "$here" && cat build-images.sh $(find central chassis -type f | LC_ALL=C sort) "$build/sandbox.txt";
                 docker image inspect -f '{{.Id}}' "$product_keyed") | sha256sum | cut -c1-12)
 central=ovnk-sandbox/ovn-central:$inputs_hash
 chassis=ovnk-sandbox/ovn-chassis:$inputs_hash

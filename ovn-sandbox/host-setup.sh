@@ -6,7 +6,7 @@ die() { echo "host-setup: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root (packages, dockerd, network namespaces); rerun with sudo"
 
 packages="ovn-central ovn-host openvswitch-switch docker.io debootstrap tcpdump ethtool iproute2
-  iputils-ping python3-venv python3-openvswitch procps"
+  iputils-ping python3-venv python3-openvswitch procps gcc pkg-config libseccomp-dev"
 missing=""
 for p in $packages; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

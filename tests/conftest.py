@@ -88,8 +88,9 @@ def sandbox() -> Iterator[cluster.Sandbox]:
 
 @pytest.fixture(scope="session")
 def cluster_sandbox() -> Iterator[cluster.Sandbox]:
-    """A sandbox cluster: OVN plus the Kubernetes API, our controller, node agents and kubelet
-    stand-ins; for end-to-end tests through the user's path."""
+    """A sandbox cluster: OVN plus a real Kubernetes (control plane, kubelets, containerd,
+    Multus) with the product deployed from manifests/; for end-to-end tests through the user's
+    path."""
     sb = cluster.Sandbox.up(name=CLUSTER_NAME, nodes=2, kubernetes=True)
     try:
         yield sb

@@ -1,7 +1,9 @@
 """The controller's calls to the Kubernetes API: list, watch, patch annotations, post Events.
 
 Plain async HTTP (aiohttp) on the controller's loop, so they stay off any thread pool. The
-connection comes from a kubeconfig (or the in-cluster service account), read once.
+connection comes from a kubeconfig (or the in-cluster service account), read once; the
+in-cluster token is read again from its file at most once a minute, as client-go does: the
+kubelet rotates the projected token (KEP-1205) and an old one is eventually refused.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import dataclasses
 import datetime
 import json
 import ssl
+import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -23,6 +26,7 @@ from ovnk_secondary import errors
 NAD_PATH = "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions"
 PODS_PATH = "/api/v1/pods"
 WATCH_EVENTS_PER_TURN = 50
+TOKEN_FILE_TTL = 60.0  # seconds between reads of the in-cluster token file (client-go: 1 min)
 Objects = list[dict[str, Any]]  # (`list` is a method of ApiClient)
 
 
@@ -30,6 +34,7 @@ Objects = list[dict[str, Any]]  # (`list` is a method of ApiClient)
 class Credentials:
     server: str
     token: str | None = None
+    token_file: str | None = None  # in-cluster: the projected token, read again as it rotates
     ca_path: str | None = None
     certificate_path: str | None = None
     private_key_path: str | None = None
@@ -56,10 +61,16 @@ def load_credentials(kubeconfig: str | None) -> Credentials:
                                    "pass --kubeconfig PATH") from exc
     header = configuration.get_api_key_with_prefix("BearerToken") or \
         configuration.get_api_key_with_prefix("authorization") or ""
-    token = header.split(" ", 1)[1] if header.startswith("Bearer ") else (header or None)
+    # the in-cluster loader writes "bearer <token>", a kubeconfig's loader "Bearer <token>"
+    scheme, _, rest = header.partition(" ")
+    token = rest if scheme.lower() == "bearer" and rest else (header or None)
+    token_file = None
+    if not kubeconfig and configuration.refresh_api_key_hook is not None:  # in-cluster
+        token_file = kubernetes.config.incluster_config.SERVICE_TOKEN_FILENAME
     return Credentials(
         server=configuration.host.rstrip("/"),
         token=token,
+        token_file=token_file,
         ca_path=configuration.ssl_ca_cert,
         certificate_path=configuration.cert_file,
         private_key_path=configuration.key_file,
@@ -73,6 +84,8 @@ class ApiClient:
     def __init__(self, credentials: Credentials) -> None:
         self.credentials = credentials
         self._session: aiohttp.ClientSession | None = None
+        self._token = credentials.token
+        self._token_read = time.monotonic()
 
     def _ssl(self) -> ssl.SSLContext | bool:
         if not self.credentials.server.startswith("https"):
@@ -86,19 +99,29 @@ class ApiClient:
                                     self.credentials.private_key_path)
         return context
 
+    def _headers(self) -> dict[str, str]:
+        path = self.credentials.token_file
+        if path is not None and time.monotonic() - self._token_read >= TOKEN_FILE_TTL:
+            try:
+                with open(path, encoding="utf-8") as file:
+                    self._token = file.read().strip() or self._token
+            except OSError:
+                pass  # keep the token we have; the API server says when it is no longer good
+            self._token_read = time.monotonic()
+        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
+
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
-            headers = {"Authorization": f"Bearer {self.credentials.token}"} \
-                if self.credentials.token else {}
             self._session = aiohttp.ClientSession(
-                base_url=self.credentials.server, headers=headers,
+                base_url=self.credentials.server,
                 connector=aiohttp.TCPConnector(ssl=self._ssl(), limit=32),
                 timeout=aiohttp.ClientTimeout(total=30),
             )
         return self._session
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        async with self._open().request(method, path, **kwargs) as response:
+        headers = self._headers() | kwargs.pop("headers", {})
+        async with self._open().request(method, path, headers=headers, **kwargs) as response:
             body = await response.json(content_type=None)
             if response.status >= 400:
                 message = body.get("message") if isinstance(body, dict) else body
@@ -126,7 +149,7 @@ class ApiClient:
         if resource_version:
             params["resourceVersion"] = resource_version
         async with self._open().get(
-            path, params=params,
+            path, params=params, headers=self._headers(),
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout + 30),
         ) as response:
             if response.status >= 400:

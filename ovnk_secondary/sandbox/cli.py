@@ -1,5 +1,8 @@
-"""`ovnk-secondary sandbox up [--nodes N] [--bare] | status | exec NODE -- CMD |
-exec-pod NS/NAME -- CMD | down`."""
+"""`ovnk-secondary sandbox up [--nodes N] [--bare] | status | exec NODE -- CMD | down`.
+
+Inside pods, use kubectl with the sandbox's admin kubeconfig (`status` prints its path):
+`kubectl --kubeconfig PATH exec -n test l2-pod-1 -- ping 10.100.0.12`.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     up.add_argument(
         "--bare",
         action="store_true",
-        help="OVN only: no Kubernetes API, controller, node agents or kubelet stand-ins",
+        help="OVN only: no Kubernetes (control plane, kubelets, Multus) and no product",
     )
     actions.add_parser("status", parents=[common], help="print the running sandbox as JSON")
     run = actions.add_parser(
@@ -32,11 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument("node")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
-    pod = actions.add_parser(
-        "exec-pod", parents=[common], help="run a command in a pod's network namespace"
-    )
-    pod.add_argument("pod", metavar="NS/NAME")
-    pod.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
     actions.add_parser(
         "down", parents=[common], help="remove every container and network of the sandbox"
     )
@@ -54,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "down":
         cluster.down(args.name)
+        print(f"sandbox {args.name!r} removed (nothing of it is left)", file=sys.stderr)
         return 0
     sb = cluster.Sandbox.attach(args.name)
     if args.action == "status":
@@ -63,12 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if not command:
         print(f"ovnk-secondary sandbox {args.action}: give a command after --", file=sys.stderr)
         return 2
-    if args.action == "exec-pod":
-        namespace, _, name = args.pod.rpartition("/")
-        node, netns = sb.pod_netns(namespace or "default", name)
-        target, command = node, ["ip", "netns", "exec", netns, *command]
-    else:
-        target = args.node
+    target = args.node
     # interactive: the caller's terminal goes straight to the container
     tty = ["-it"] if sys.stdin.isatty() else ["-i"]
     return subprocess.call(["docker", "exec", *tty, sb.container(target), *command])

@@ -43,6 +43,7 @@ from ovnk_secondary.sandbox import images, kubeapi
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # the reaper image cannot be pulled
 
+import docker
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.network import Network
 
@@ -56,27 +57,36 @@ API = "api"
 API_PORT = 6443
 KUBE_IN_CONTAINER = "/var/lib/ovnk-kube"
 KUBE_BIN_IN_CONTAINER = "/opt/kube/bin"
-KUBELET_RBAC = "kubelet-standin-rbac.yaml"
-# ServiceAccount identities of the sandbox's components: kubeconfig file -> (namespace, name).
-# The product's accounts are bound by exactly manifests/rbac.yaml.
-IDENTITIES = {
-    "controller": ("ovnk-secondary", "ovnk-secondary-controller"),
-    "node-agent": ("ovnk-secondary", "ovnk-secondary-node-agent"),
-    "kubelet": ("kube-system", "ovnk-sandbox-kubelet"),
-}
-CONTROLLER = "controller"
+NODE_BIN_IN_CONTAINER = "/opt/node/bin"
+MULTUS_RBAC = "multus-rbac.yaml"
 SOURCE_IN_CONTAINER = "/opt/ovnk-secondary"
 CONFIG_IN_CONTAINER = "/etc/ovnk-secondary"
 # The sandbox nodes' bridge mappings: the reference scenario's nmstate policies as agent input.
 BRIDGE_MAPPINGS = f"{SOURCE_IN_CONTAINER}/ovn-sandbox/bridge-mappings.yaml"
-# Long-running processes inside a chassis: name -> argv (after `ovnk-secondary` or python -m).
-NODE_SERVICES = ("node-agent", "kubelet")
+# A Kubernetes node's own processes in a chassis (started in this order), and the node agent
+# that tests run as a plain process on an OVN-only sandbox.
+KUBE_NODE_SERVICES = ("containerd", "kubelet", "kube-proxy")
+NODE_SERVICES = ("node-agent", *KUBE_NODE_SERVICES)
+PRODUCT_NAMESPACE = "ovnk-secondary"
+POD_CIDR = "10.244.{index}.0/24"  # node-N's pods' eth0 (the bridge plugin, host-local IPAM)
 REPO_DIR = pathlib.Path(__file__).resolve().parents[2]
 STATE_DIR = pathlib.Path(os.environ.get("XDG_STATE_HOME", pathlib.Path.home() / ".local/state"))
 CHASSIS_CAPS = {
     "cap_add": ["NET_ADMIN", "SYS_ADMIN", "NET_RAW"],
     "devices": ["/dev/net/tun:/dev/net/tun"],
     "security_opt": ["apparmor=unconfined"],
+}
+# A chassis that is a Kubernetes node: containerd, runc and the kubelet need cgroups, mounts,
+# sysctls and devices, as kind's nodes do. Not `privileged`: these machines' docker daemon lacks
+# CAP_SYS_RESOURCE, and privileged asks for every capability. Everything else privileged gives,
+# explicitly: the other capabilities, no AppArmor or seccomp, every device (node-prepare.sh makes
+# /sys, /proc/sys and the cgroup hierarchies writable).
+NODE_PRIVILEGES: dict[str, Any] = {
+    "cap_add": ["ALL"],
+    "cap_drop": ["SYS_RESOURCE"],
+    "security_opt": ["apparmor=unconfined", "seccomp=unconfined"],
+    "device_cgroup_rules": ["a *:* rwm"],
+    "devices": ["/dev/net/tun:/dev/net/tun", "/dev/kmsg:/dev/kmsg"],
 }
 # The reference scenario's external hosts: VLAN -> (namespace in the external container, address).
 EXTERNAL_HOSTS = {33: ("vlan33", "172.17.33.1"), 34: ("vlan34", "172.17.34.1")}
@@ -177,16 +187,17 @@ class Sandbox:
     ) -> Sandbox:
         """Start central, `nodes` chassis and the external host (leftovers of `name` go first).
 
-        With `kubernetes`, the sandbox is a small cluster: a real Kubernetes control plane (etcd,
-        kube-apiserver, kube-controller-manager in the `api` container, `kubeapi.main`), our
-        controller (`controller` container), and in every chassis our node agent and the
-        kubelet/Multus stand-in, each with its own ServiceAccount token; an admin kubeconfig
-        for the host is written.
+        With `kubernetes`, the sandbox is a small real cluster: etcd, kube-apiserver,
+        kube-controller-manager and kube-scheduler in the `api` container (`kubeapi.main`);
+        every chassis a node (containerd, kubelet, kube-proxy; Multus as the node's CNI with
+        the reference plugins' bridge as the pods' eth0); the product deployed from
+        `manifests/` through a sandbox overlay (`deploy`). An admin kubeconfig for the host is
+        written.
         """
         if nodes < 1:
             raise errors.SandboxError(f"--nodes must be at least 1, got {nodes}")
         built = images.ensure(python=python)
-        product_image, central_image, chassis_image = built.product, built.central, built.chassis
+        node_bin = kubeapi.node_binaries() if kubernetes else None
         down(name)
         try:
             networks = {
@@ -199,8 +210,8 @@ class Sandbox:
             cidrs = {role: _subnet(f"{name}-{role}") for role in NETWORKS}
 
             central = _container(
-                central_image, name=name, role="central", hostname=CENTRAL, network=networks["mgmt"]
-            )
+                built.central, name=name, role="central", hostname=CENTRAL,
+                network=networks["mgmt"])
             central.start()
             central_ip = _inspect(f"{name}-{CENTRAL}")["NetworkSettings"]["Networks"][
                 f"{name}-mgmt"
@@ -211,12 +222,12 @@ class Sandbox:
             config_dir.mkdir(parents=True, exist_ok=True)
             kube_dir = config_dir / "kube"
             if kubernetes:
-                # etcd, kube-apiserver and kube-controller-manager in the `api` container;
-                # their directory (certificates, kubeconfigs, etcd's data) is on the host
+                # the control plane in the `api` container; its directory (certificates,
+                # kubeconfigs, etcd's data, logs) is on the host
                 shutil.rmtree(kube_dir, ignore_errors=True)
                 kube_dir.mkdir(parents=True)
                 api = _container(
-                    chassis_image,
+                    built.chassis,
                     name=name,
                     role="api",
                     hostname=API,
@@ -224,9 +235,9 @@ class Sandbox:
                     entrypoint=[
                         "/opt/venv/bin/python", "-m", "ovnk_secondary.sandbox.kubeapi",
                         "--directory", KUBE_IN_CONTAINER, "--bin", KUBE_BIN_IN_CONTAINER,
-                        "--port", str(API_PORT),
+                        "--port", str(API_PORT), "--cluster",
                         "--manifests", f"{SOURCE_IN_CONTAINER}/manifests",
-                        "--apply", f"{SOURCE_IN_CONTAINER}/ovn-sandbox/{KUBELET_RBAC}",
+                        "--apply", f"{SOURCE_IN_CONTAINER}/ovn-sandbox/{MULTUS_RBAC}",
                     ],
                 )
                 api.with_env("PYTHONPATH", SOURCE_IN_CONTAINER)
@@ -236,23 +247,35 @@ class Sandbox:
                 api.start()
             for index in range(1, nodes + 1):
                 node = f"node-{index}"
+                if kubernetes:
+                    kwargs: dict[str, Any] = dict(NODE_PRIVILEGES)
+                    # containerd's snapshots live on a volume: overlayfs cannot stack on the
+                    # container's own overlay root
+                    kwargs["mounts"] = [docker.types.Mount(target="/var/lib/containerd",
+                                                           source=None, type="volume")]
+                else:
+                    kwargs = dict(CHASSIS_CAPS)
                 chassis = _container(
-                    chassis_image,
+                    built.chassis,
                     name=name,
                     role="chassis",
                     hostname=node,
                     network=networks["mgmt"],
-                    **CHASSIS_CAPS,
+                    **kwargs,
                 )
                 chassis.with_envs(CENTRAL=central_ip, NODE_NAME=node, **env)
                 chassis.with_volume_mapping(str(REPO_DIR), SOURCE_IN_CONTAINER, "ro")
                 chassis.with_volume_mapping(str(config_dir), CONFIG_IN_CONTAINER, "ro")
+                if node_bin is not None:
+                    chassis.with_volume_mapping(str(kubeapi.binaries()), KUBE_BIN_IN_CONTAINER,
+                                                "ro")
+                    chassis.with_volume_mapping(str(node_bin), NODE_BIN_IN_CONTAINER, "ro")
                 chassis.start()
                 for role in ("underlay", "physnet", "physnet2"):
                     networks[role].connect(chassis.get_container_id())
                 started.append(f"{name}-{node}")
             external = _container(
-                chassis_image,
+                built.chassis,
                 name=name,
                 role="external",
                 hostname=EXTERNAL,
@@ -266,43 +289,16 @@ class Sandbox:
                 networks[role].connect(external.get_container_id())
             started.append(f"{name}-{EXTERNAL}")
 
-            if kubernetes:
-                _write_identities(kube_dir, config_dir, container=f"{name}-{API}",
-                                  address=_inspect(f"{name}-{API}")["NetworkSettings"][
-                                      "Networks"][f"{name}-mgmt"]["IPAddress"])
-                # the product image itself, as manifests/controller.yaml runs it
-                controller = _container(
-                    product_image,
-                    name=name,
-                    role="controller",
-                    hostname=CONTROLLER,
-                    network=networks["mgmt"],
-                    # as its Deployment would: a controller that lost its Lease exits 1
-                    restart_policy={"Name": "on-failure"},
-                    user="65532:65532",
-                    entrypoint=[
-                        "/usr/local/bin/ovnk-secondary",
-                        "controller",
-                        "--ovn-nb",
-                        f"tcp:{central_ip}:6641",
-                        "--kubeconfig",
-                        f"{CONFIG_IN_CONTAINER}/controller.kubeconfig",
-                        "--health-port",
-                        "8080",
-                        "--leader-elect",  # as deployed (manifests/controller.yaml)
-                        "--leader-elect-namespace",
-                        "ovnk-secondary",
-                    ],
-                )
-                controller.with_volume_mapping(str(config_dir), CONFIG_IN_CONTAINER, "ro")
-                controller.start()
-
             with concurrent.futures.ThreadPoolExecutor() as pool:
                 list(pool.map(_wait_ready, [f"{name}-{CENTRAL}", *started]))
             sandbox = cls.attach(name)
             sandbox._wait_chassis_registered()
             if kubernetes:
-                sandbox._start_node_components()
+                plane = _write_identities(
+                    kube_dir, config_dir, container=f"{name}-{API}", nodes=sandbox.node_names,
+                    address=sandbox.address(API, "mgmt"))
+                sandbox._start_nodes(built)
+                sandbox.deploy(plane)
         except BaseException:
             down(name)
             raise
@@ -491,38 +487,30 @@ class Sandbox:
     # -- services inside chassis containers --------------------------------------------------
 
     def _service_argv(self, node: str, service: str) -> list[str]:
-        # each with its own identity (`_write_identities`)
-        kubeconfig = f"{CONFIG_IN_CONTAINER}/{service}.kubeconfig"
-        if service == "node-agent":
-            return [
-                "ovnk-secondary",
-                "node-agent",
-                "--node-name",
-                node,
-                "--kubeconfig",
-                kubeconfig,
-                "--bridge-mappings",
-                BRIDGE_MAPPINGS,
-            ]
+        if service == "node-agent":  # a plain process: the agent tests' sandbox (no kubelet)
+            return ["ovnk-secondary", "node-agent", "--node-name", node, "--kubeconfig",
+                    f"{CONFIG_IN_CONTAINER}/node-agent.kubeconfig",
+                    "--bridge-mappings", BRIDGE_MAPPINGS]
+        if service == "containerd":
+            return [f"{NODE_BIN_IN_CONTAINER}/containerd", "--config",
+                    "/etc/containerd/config.toml"]
         if service == "kubelet":
-            return [
-                "/opt/venv/bin/python",
-                "-m",
-                "ovnk_secondary.sandbox.kubelet",
-                "--node-name",
-                node,
-                "--kubeconfig",
-                kubeconfig,
-            ]
+            return [f"{KUBE_BIN_IN_CONTAINER}/kubelet", "--config=/etc/kubernetes/kubelet.yaml",
+                    f"--kubeconfig={CONFIG_IN_CONTAINER}/kubelet-{node}.kubeconfig",
+                    f"--hostname-override={node}", f"--node-ip={self.address(node, 'mgmt')}"]
+        if service == "kube-proxy":
+            return [f"{KUBE_BIN_IN_CONTAINER}/kube-proxy",
+                    "--config=/etc/kubernetes/kube-proxy.yaml"]
         raise errors.SandboxError(f"unknown service {service!r}; known: {', '.join(NODE_SERVICES)}")
 
     def start_service(self, node: str, service: str) -> None:
-        """Start `service` (node-agent, kubelet) on `node`; logs in /var/log/ovnk-secondary/."""
+        """Start `service` (containerd, kubelet, kube-proxy; node-agent on an OVN-only sandbox)
+        on `node`; logs in /var/log/ovnk-secondary/<service>.log."""
         argv = shlex.join(self._service_argv(node, service))
         self.exec(
             node,
             "mkdir -p /run/ovnk-secondary-services /var/log/ovnk-secondary; "
-            f"export PYTHONPATH={SOURCE_IN_CONTAINER}; "
+            f"export PYTHONPATH={SOURCE_IN_CONTAINER} PATH={NODE_BIN_IN_CONTAINER}:$PATH; "
             f"nohup {argv} >>/var/log/ovnk-secondary/{service}.log 2>&1 & "
             f"echo $! > /run/ovnk-secondary-services/{service}.pid",
         )
@@ -542,25 +530,123 @@ class Sandbox:
         self.stop_service(node, service)
         self.start_service(node, service)
 
-    def restart_controller(self) -> None:
-        """Restart the controller container (SIGTERM, then a fresh process)."""
-        _docker("restart", "-t", "10", self.container(CONTROLLER), timeout=60)
-
     def restart_nb(self, *, down_for: float = 0) -> None:
         """Stop the NB ovsdb-server, wait `down_for` seconds, start it on the same database."""
         self.exec(CENTRAL, ["ovn-restart-nb", str(down_for)], timeout=30 + down_for)
 
-    def _start_node_components(self) -> None:
-        for node in self.node_names:
-            for service in NODE_SERVICES:
+    # -- the Kubernetes nodes and the product ------------------------------------------------
+
+    def _start_nodes(self, built: images.Images, timeout: float = 180) -> None:
+        """Make every chassis a node: prepare it (`ovn-node-prepare`), start containerd, import
+        the images (no registry), start the kubelet and kube-proxy; wait until all are Ready."""
+        saved = state_dir(self.name) / "images.tar"
+        # one archive for all nodes (the product image is most of it), read through the
+        # state directory's mount
+        _docker("save", "-o", str(saved), built.pause, built.workload, built.product,
+                timeout=300)
+
+        def start(index_node: tuple[int, str]) -> None:
+            index, node = index_node
+            self.exec(node, ["ovn-node-prepare", node, self.address(node, "mgmt"),
+                             POD_CIDR.format(index=index)])
+            self.start_service(node, "containerd")
+            self.exec(node, "for i in $(seq 300); do ctr version >/dev/null 2>&1 && exit 0; "
+                      "sleep 0.1; done; tail -20 /var/log/ovnk-secondary/containerd.log; exit 1",
+                      env={"PATH": f"{NODE_BIN_IN_CONTAINER}:/usr/bin:/bin"}, timeout=60)
+            self.exec(node, [f"{NODE_BIN_IN_CONTAINER}/ctr", "-n", "k8s.io", "images", "import",
+                             "--no-unpack=false", f"{CONFIG_IN_CONTAINER}/images.tar"],
+                      timeout=300)
+            for service in ("kubelet", "kube-proxy"):
                 self.start_service(node, service)
-        for node in self.node_names:  # the agent opens its CNI socket once it is ready
-            self.exec(
-                node,
-                "for i in $(seq 300); do [ -S /var/run/ovnk-secondary/cni.sock ] && exit 0; "
-                "sleep 0.1; done; tail -20 /var/log/ovnk-secondary/node-agent.log; exit 1",
-                timeout=40,
-            )
+
+        try:
+            with concurrent.futures.ThreadPoolExecutor() as pool:
+                list(pool.map(start, enumerate(self.node_names, start=1)))
+        finally:
+            saved.unlink(missing_ok=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            nodes = json.loads(self.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+            ready = {n["metadata"]["name"] for n in nodes if any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in n.get("status", {}).get("conditions", []))}
+            missing = sorted(set(self.node_names) - ready)
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                log = self.exec(missing[0], "tail -15 /var/log/ovnk-secondary/kubelet.log",
+                                check=False).stdout
+                raise errors.SandboxError(
+                    f"nodes {missing} not Ready within {timeout:.0f} s; the kubelet of "
+                    f"{missing[0]} says:\n{log}")
+            time.sleep(0.5)
+
+    def deploy(self, plane: kubeapi.ControlPlane, *, timeout: float = 180) -> None:
+        """Deploy the product as a user does: `kubectl apply -k` of a sandbox overlay of
+        `manifests/` (the NB address, the reference scenario's bridge mappings; everything else
+        as the base says), then wait until the controller and every node agent are Ready."""
+        overlay = state_dir(self.name) / "deploy"
+        overlay.mkdir(exist_ok=True)
+        # the scenario's bridge mappings: the examples' ConfigMap itself, as a patch (applying
+        # the examples later changes nothing)
+        shutil.copyfile(REPO_DIR / "manifests" / "examples" / "05-bridge-mappings.yaml",
+                        overlay / "bridge-mappings.yaml")
+        (overlay / "kustomization.yaml").write_text(json.dumps({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1",
+            "kind": "Kustomization",
+            "resources": [os.path.relpath(REPO_DIR / "manifests", overlay)],
+            "configMapGenerator": [
+                {"name": "ovnk-secondary-controller", "namespace": PRODUCT_NAMESPACE,
+                 "behavior": "merge", "literals": [f"ovn-nb={self.nb_connection}"]},
+            ],
+            "generatorOptions": {"disableNameSuffixHash": True},
+            "patches": [{"path": "bridge-mappings.yaml"}],
+        }, indent=1) + "\n")
+        plane.kubectl("apply", "-k", str(overlay))
+        for workload in ("deployment/ovnk-secondary-controller",
+                         "daemonset/ovnk-secondary-node-agent"):
+            done = plane.kubectl("rollout", "status", "-n", PRODUCT_NAMESPACE, workload,
+                                 f"--timeout={timeout:.0f}s", check=False)
+            if done.returncode != 0:
+                pods = plane.kubectl("get", "pods", "-n", PRODUCT_NAMESPACE, "-o", "wide",
+                                     check=False).stdout
+                raise errors.SandboxError(
+                    f"{workload} did not become ready within {timeout:.0f} s: "
+                    f"{(done.stderr or done.stdout).strip()}\n{pods}")
+
+    def rollout_restart_controller(self, *, timeout: float = 180) -> None:
+        """`kubectl rollout restart` of the controller's Deployment, until it is rolled out."""
+        workload = "deployment/ovnk-secondary-controller"
+        self.kubectl("rollout", "restart", "-n", PRODUCT_NAMESPACE, workload)
+        self.kubectl("rollout", "status", "-n", PRODUCT_NAMESPACE, workload,
+                     f"--timeout={timeout:.0f}s", timeout=timeout + 10)
+
+    def delete_node_agent_pod(self, node: str) -> None:
+        """Delete the node agent's pod on `node` (its DaemonSet starts another)."""
+        self.kubectl("delete", "pod", "-n", PRODUCT_NAMESPACE, "--wait=false",
+                     "-l", "app.kubernetes.io/component=node-agent",
+                     f"--field-selector=spec.nodeName={node}")
+
+    def audit_events(self) -> Iterator[dict[str, Any]]:
+        """The API server's audit events (request metadata: user, verb, object, response
+        code), oldest first."""
+        path = state_dir(self.name) / "kube" / "audit.log"
+        with path.open(encoding="utf-8") as events:
+            for line in events:
+                if line.strip():
+                    yield json.loads(line)
+
+    def kubectl(self, *args: str, timeout: float = 120, check: bool = True,
+                stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """kubectl (of the control plane's release) as the sandbox's admin."""
+        if self.kubeconfig is None:
+            raise errors.SandboxError(
+                f"sandbox {self.name!r} runs no Kubernetes API (started with --bare)")
+        done = subprocess.run([str(kubeapi.kubectl()), f"--kubeconfig={self.kubeconfig}", *args],
+                              input=stdin, capture_output=True, text=True, timeout=timeout)
+        if check and done.returncode != 0:
+            raise errors.SandboxError(f"kubectl {shlex.join(args)}: {done.stderr.strip()}")
+        return done
 
     def kube(self) -> Any:
         """An official `kubernetes` API client for the sandbox's API."""
@@ -571,21 +657,6 @@ class Sandbox:
         import kubernetes  # only sandboxes with an API need it
 
         return kubernetes.config.new_client_from_config(config_file=str(self.kubeconfig))  # type: ignore[no-untyped-call]
-
-    def pod_netns(self, namespace: str, name: str) -> tuple[str, str]:
-        """(node, network namespace) of a pod, as the kubelet stand-in made it."""
-        import kubernetes
-
-        from ovnk_secondary.sandbox import kubelet
-
-        core: Any = kubernetes.client.CoreV1Api(self.kube())
-        try:
-            pod = core.read_namespaced_pod(name, namespace)
-        except kubernetes.client.ApiException as exc:
-            raise errors.SandboxError(f"pod {namespace}/{name}: {exc.reason}") from exc
-        if not pod.spec.node_name:
-            raise errors.SandboxError(f"pod {namespace}/{name} has no spec.nodeName")
-        return pod.spec.node_name, kubelet.netns_name(pod.metadata.uid)
 
     def ovn_nbctl(self, *args: str) -> str:
         """`ovn-nbctl` on central, as an operator would run it."""
@@ -651,10 +722,13 @@ def _subnet(network: str) -> str:
 
 
 def _write_identities(kube_dir: pathlib.Path, config_dir: pathlib.Path, *, container: str,
-                      address: str, timeout: float = 120) -> None:
-    """Wait for the `api` container's control plane, then write the kubeconfigs: the admin's
-    (`kubeconfig`, for the host) and one per component (`IDENTITIES`), each a ServiceAccount
-    token valid for a year."""
+                      address: str, nodes: Sequence[str],
+                      timeout: float = 120) -> kubeapi.ControlPlane:
+    """Wait for the `api` container's control plane, then write what the host and the nodes
+    authenticate with: the admin's kubeconfig (`kubeconfig`), the CA (`ca.crt`, for the kubelets
+    to check the API server's calls), a client certificate per kubelet (`kubelet-NODE.kubeconfig`,
+    `system:node:NODE`) and for kube-proxy, and Multus' ServiceAccount token. A handle on the
+    control plane is returned."""
     deadline = time.monotonic() + timeout
     while not (kube_dir / kubeapi.READY_FILE).exists():
         if _inspect(container)["State"]["Status"] != "running" or time.monotonic() > deadline:
@@ -665,10 +739,14 @@ def _write_identities(kube_dir: pathlib.Path, config_dir: pathlib.Path, *, conta
         time.sleep(0.2)
     plane = kubeapi.ControlPlane(directory=kube_dir, advertise=address, port=API_PORT)
     shutil.copyfile(plane.admin_kubeconfig, config_dir / "kubeconfig")
-    for component, (namespace, account) in IDENTITIES.items():
-        plane.service_account_kubeconfig(namespace, account,
-                                         config_dir / f"{component}.kubeconfig",
-                                         duration="8760h")
+    shutil.copyfile(plane.pki.path("ca.crt"), config_dir / "ca.crt")
+    for node in nodes:
+        plane.client_kubeconfig(config_dir / f"kubelet-{node}.kubeconfig",
+                                common=f"system:node:{node}", organization="system:nodes")
+    plane.client_kubeconfig(config_dir / "kube-proxy.kubeconfig", common="system:kube-proxy")
+    plane.service_account_kubeconfig("kube-system", "multus", config_dir / "multus.kubeconfig",
+                                     duration="8760h")
+    return plane
 
 
 def _wait_ready(container: str, timeout: float = 60) -> None:

@@ -1,10 +1,11 @@
 """`make demo`: the reference scenario on a sandbox cluster, shown the way a person checks it.
 
-It brings up the sandbox (central, two chassis, the external host, a real Kubernetes control
-plane, our controller, node agents and the kubelet/Multus stand-ins), applies `manifests/examples/`
-with kubectl, waits for the pods, then prints `ovn-nbctl show` for our switches, each pod's
-interfaces, a ping matrix, and captures proving Geneve between the nodes and the VLAN tags on
-the physical network. The sandbox stays up afterwards.
+It brings up the sandbox (central, two chassis that are real Kubernetes nodes with containerd,
+kubelet and Multus, the external host, a real control plane, the product deployed from
+`manifests/`), applies `manifests/examples/` with kubectl, waits for the pods, then prints
+`ovn-nbctl show` for our switches, each pod's interfaces, a ping matrix run in the pods with
+`kubectl exec`, and captures proving Geneve between the nodes and the VLAN tags on the physical
+network. The sandbox stays up afterwards.
 
 Run with `python -m ovnk_secondary.sandbox.demo [--name NAME]`.
 """
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         _section("ovn-nbctl show (the switches ovnk-secondary owns)")
         print(scenario.our_switches(sb).rstrip())
 
-        _section("pod interfaces (inside each pod's network namespace)")
+        _section("pod interfaces (`ip` in each pod, with kubectl exec)")
         pods = [scenario.view(sb, name) for name in scenario.PODS]
         for line in scenario.summary(pods):
             print(f"  {line}")
@@ -120,11 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     kubeconfig = f"--kubeconfig {sb.kubeconfig}"
     kubectl = kubeapi.kubectl()
     name = f"--name {sb.name}"
-    print(f"  {kubectl} {kubeconfig} get pods -A")
+    print(f"  {kubectl} {kubeconfig} get pods -A -o wide")
     print(f"  {kubectl} {kubeconfig} get pods -n test -o yaml | grep -A3 network-status")
-    print(
-        f"  .venv/bin/ovnk-secondary sandbox exec-pod {name} test/l2-pod-1 -- ping -c 3 10.100.0.12"
-    )
+    print(f"  {kubectl} {kubeconfig} exec -n test l2-pod-1 -- ping -c 3 10.100.0.12")
+    print(f"  {kubectl} {kubeconfig} logs -n ovnk-secondary deployment/ovnk-secondary-controller")
     print(f"  .venv/bin/ovnk-secondary sandbox exec {name} node-1 -- ovs-vsctl show")
     print(
         f"  .venv/bin/ovnk-secondary sandbox exec {name} central -- "

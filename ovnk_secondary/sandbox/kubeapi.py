@@ -1,4 +1,5 @@
-"""A real Kubernetes control plane on the host: etcd, kube-apiserver, kube-controller-manager.
+"""A real Kubernetes control plane on the host: etcd, kube-apiserver, kube-controller-manager
+(and, for a cluster with nodes, kube-scheduler).
 
 The binaries are built from the Go module proxy by `ovn-sandbox/build-kube.sh` (Kubernetes
 v1.37.2, etcd v3.7.3) and cached machine-wide; `binaries()` finds them (building them when
@@ -7,13 +8,18 @@ certificate; an admin client certificate in `system:masters`; the ServiceAccount
 nothing hand-rolled beyond choosing names and lifetimes.
 
 The API server runs with `--authorization-mode=Node,RBAC` and ServiceAccount tokens, so what
-the product may do is exactly what `manifests/rbac.yaml` grants it; the controller-manager runs
-the namespace, garbage-collector and ServiceAccount controllers (namespace deletion finishes).
+the product may do is exactly what `manifests/rbac.yaml` grants it. Two shapes:
+- API only (the tests of the product on this host): the controller-manager runs the namespace,
+  garbage-collector and ServiceAccount controllers (namespace deletion finishes), nothing
+  schedules or runs pods;
+- `cluster=True` (the sandbox's `api` container, with real kubelets on the chassis): every
+  default controller, kube-scheduler, the `kubernetes` Service's endpoint on the advertised
+  address (kube-proxy routes 10.96.0.1 to it), privileged pods allowed, NodeRestriction, the
+  API server's client certificate for the kubelets (exec, logs), and an audit log of every
+  request's metadata (`audit_log`: who was refused what); `client_kubeconfig`
+  issues the nodes' certificates (`system:node:<name>`, `system:kube-proxy`).
 Everything lives in one directory; `stop` ends the processes in dependency order (the API
 server before etcd: the other way round it hangs retrying etcd).
-
-Used by the tests of the product against a real API server; the sandbox's containers will run the
-same components (issue 14).
 """
 
 from __future__ import annotations
@@ -48,16 +54,27 @@ BUILD_SCRIPT = REPO / "ovn-sandbox" / "build-kube.sh"
 SERVICE_CIDR = "10.96.0.0/16"
 
 
+def _built(section: str) -> pathlib.Path:
+    done = subprocess.run([str(BUILD_SCRIPT), section], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise errors.SandboxError(done.stderr.strip() or f"{BUILD_SCRIPT} {section} failed")
+    return pathlib.Path(done.stdout.strip().splitlines()[-1])
+
+
 def binaries() -> pathlib.Path:
-    """The directory of kube-apiserver, kube-controller-manager, etcd, kubectl...
+    """The directory of kube-apiserver, kube-controller-manager, kube-scheduler, kubelet,
+    kube-proxy, etcd, kubectl...
 
     Runs `ovn-sandbox/build-kube.sh`, which answers at once when its cache holds them (and
     builds them, ~11 minutes on 2 cores, when not). SandboxError when that fails.
     """
-    done = subprocess.run([str(BUILD_SCRIPT), "kube"], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise errors.SandboxError(done.stderr.strip() or f"{BUILD_SCRIPT} failed")
-    return pathlib.Path(done.stdout.strip().splitlines()[-1])
+    return _built("kube")
+
+
+def node_binaries() -> pathlib.Path:
+    """The directory of what a node runs beside the kubelet: containerd, runc, the reference
+    CNI plugins, Multus (`build-kube.sh node`, ~6 minutes the first time)."""
+    return _built("node")
 
 
 def ensure_namespace(core: Any, name: str, *, timeout: float = 30.0) -> None:
@@ -156,7 +173,9 @@ class Pki:
     @classmethod
     def make(cls, directory: pathlib.Path, *, server_names: Sequence[str]) -> Pki:
         """A CA, the API server's serving certificate for `server_names` (IPs and DNS names),
-        an admin client certificate (`system:masters`), the ServiceAccount signing key."""
+        client certificates for the admin (`system:masters`), the controller-manager, the
+        scheduler and the API server towards kubelets (`system:masters`), the ServiceAccount
+        signing key."""
         directory.mkdir(parents=True, exist_ok=True)
         ca_key = _key()
         ca = _certificate(subject=_name("ovnk-sandbox-ca"), key=ca_key, issuer=None,
@@ -167,6 +186,9 @@ class Pki:
             ("apiserver", _name("kube-apiserver"), server_names, False),
             ("admin", _name("admin", "system:masters"), (), True),
             ("controller-manager", _name("system:kube-controller-manager"), (), True),
+            ("scheduler", _name("system:kube-scheduler"), (), True),
+            ("kubelet-client", _name("kube-apiserver-kubelet-client", "system:masters"), (),
+             True),
         ):
             key = _key()
             certificate = _certificate(subject=subject, key=key, issuer=ca, issuer_key=ca_key,
@@ -182,6 +204,22 @@ class Pki:
             path.write_bytes(data)
             path.chmod(0o600 if name.endswith(".key") else 0o644)
         return cls(directory)
+
+    def issue_client(self, name: str, *, common: str, organization: str | None = None,
+                     ) -> tuple[pathlib.Path, pathlib.Path]:
+        """A client certificate for user `common` (group `organization`) signed by the CA:
+        (`<name>.crt`, `<name>.key`) in the directory."""
+        ca = x509.load_pem_x509_certificate(self.path("ca.crt").read_bytes())
+        ca_key = serialization.load_pem_private_key(self.path("ca.key").read_bytes(), None)
+        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        key = _key()
+        certificate = _certificate(subject=_name(common, organization), key=key, issuer=ca,
+                                   issuer_key=ca_key, client=True)
+        crt, key_path = self.path(f"{name}.crt"), self.path(f"{name}.key")
+        crt.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(_pem_key(key))
+        key_path.chmod(0o600)
+        return crt, key_path
 
 
 def kubeconfig(*, server: str, ca: pathlib.Path, user: str,
@@ -219,13 +257,16 @@ class ControlPlane:
     """
 
     def __init__(self, *, directory: pathlib.Path, bin_dir: pathlib.Path | None = None,
-                 advertise: str = "127.0.0.1", port: int | None = None) -> None:
+                 advertise: str = "127.0.0.1", port: int | None = None,
+                 cluster: bool = False) -> None:
         self.directory = directory
+        self.cluster = cluster
         self.bin = bin_dir or binaries()
         self.advertise = advertise
         self.port = port or _free_port()
         self.pki = Pki(directory / "pki")
         self.admin_kubeconfig = directory / "admin.kubeconfig"
+        self.audit_log = directory / "audit.log"  # cluster=True: one JSON event per line
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._arguments: dict[str, list[str]] = {}
         self.etcd_url = ""
@@ -247,6 +288,10 @@ class ControlPlane:
         manager_kubeconfig.write_text(kubeconfig(
             server=self.server, ca=pki("ca.crt"), user="system:kube-controller-manager",
             certificate=pki("controller-manager.crt"), key=pki("controller-manager.key")))
+        scheduler_kubeconfig = self.directory / "scheduler.kubeconfig"
+        scheduler_kubeconfig.write_text(kubeconfig(
+            server=self.server, ca=pki("ca.crt"), user="system:kube-scheduler",
+            certificate=pki("scheduler.crt"), key=pki("scheduler.key")))
         client, peer = _free_port(), _free_port()
         self.etcd_url = f"http://127.0.0.1:{client}"
         self._spawn("etcd", [
@@ -257,6 +302,27 @@ class ControlPlane:
             "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
             "--initial-cluster", f"sandbox=http://127.0.0.1:{peer}", "--listen-metrics-urls=",
         ])
+        if self.cluster:
+            # every request's user, verb, resource and response code (no bodies), so that a
+            # refusal of any component, even of a pod deleted since, can be found afterwards
+            policy = self.directory / "audit-policy.yaml"
+            policy.write_text(json.dumps({
+                "apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+                "omitStages": ["RequestReceived"], "rules": [{"level": "Metadata"}]}))
+            cluster_flags = [
+                f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
+                "--audit-log-maxsize=200", "--audit-log-maxbackup=1",
+                f"--kubelet-client-certificate={pki('kubelet-client.crt')}",
+                f"--kubelet-client-key={pki('kubelet-client.key')}",
+                "--enable-admission-plugins=NodeRestriction",
+                "--allow-privileged=true",  # the node agent's DaemonSet
+            ]
+        else:
+            cluster_flags = [
+                # no Service endpoints for the API server itself: no pod runs to use them and
+                # the reconciler refuses a loopback advertise address
+                "--endpoint-reconciler-type=none",
+            ]
         self._spawn("kube-apiserver", [
             f"--etcd-servers=http://127.0.0.1:{client}",
             "--bind-address=0.0.0.0", f"--advertise-address={self.advertise}",
@@ -269,9 +335,7 @@ class ControlPlane:
             f"--service-account-signing-key-file={pki('sa.key')}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--authorization-mode=Node,RBAC",
-            # no Service endpoints for the API server itself: nothing in the sandbox needs them
-            # and the reconciler refuses a loopback advertise address
-            "--endpoint-reconciler-type=none",
+            *cluster_flags,
         ])
         self._wait_ready(timeout)
         self._spawn("kube-controller-manager", [
@@ -281,11 +345,19 @@ class ControlPlane:
             "--bind-address=127.0.0.1", "--secure-port=0",
             f"--service-account-private-key-file={pki('sa.key')}",
             f"--root-ca-file={pki('ca.crt')}", "--use-service-account-credentials",
+            "--controllers=*" if self.cluster else
             "--controllers=namespace-controller,garbage-collector-controller,"
             "serviceaccount-controller,serviceaccount-token-controller,"
             "root-ca-certificate-publisher-controller",
             "--leader-elect=false",
         ])
+        if self.cluster:
+            self._spawn("kube-scheduler", [
+                f"--kubeconfig={scheduler_kubeconfig}",
+                f"--authentication-kubeconfig={scheduler_kubeconfig}",
+                f"--authorization-kubeconfig={scheduler_kubeconfig}",
+                "--bind-address=127.0.0.1", "--secure-port=0", "--leader-elect=false",
+            ])
 
     def install_manifests(self, manifests: pathlib.Path = MANIFESTS) -> None:
         """Apply the product's CRDs (kustomization `crds/`), namespace and RBAC as a user does,
@@ -366,6 +438,15 @@ class ControlPlane:
                                    token=token))
         return path
 
+    def client_kubeconfig(self, path: pathlib.Path, *, common: str,
+                          organization: str | None = None) -> pathlib.Path:
+        """A kubeconfig authenticating with a new client certificate of user `common` in group
+        `organization` (a kubelet: `system:node:<node>` in `system:nodes`)."""
+        crt, key = self.pki.issue_client(path.stem, common=common, organization=organization)
+        path.write_text(kubeconfig(server=self.server, ca=self.pki.path("ca.crt"), user=common,
+                                   certificate=crt, key=key))
+        return path
+
     def _end(self, name: str) -> None:
         process = self._processes.pop(name, None)
         if process is None:
@@ -378,7 +459,7 @@ class ControlPlane:
             process.wait()
 
     def stop(self) -> None:
-        for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
+        for name in ("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
             self._end(name)
 
 
@@ -396,6 +477,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=6443)
     parser.add_argument("--manifests", type=pathlib.Path, default=MANIFESTS)
     parser.add_argument("--apply", type=pathlib.Path, action="append", default=[])
+    parser.add_argument("--cluster", action="store_true",
+                        help="for real nodes: every controller, kube-scheduler, ...")
     args = parser.parse_args(argv)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -403,7 +486,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ready = args.directory / READY_FILE
     ready.unlink(missing_ok=True)
     plane = ControlPlane(directory=args.directory, bin_dir=args.bin, port=args.port,
-                         advertise=socket.gethostbyname(socket.gethostname()))
+                         advertise=socket.gethostbyname(socket.gethostname()),
+                         cluster=args.cluster)
     try:
         plane.start()
         plane.install_manifests(args.manifests)

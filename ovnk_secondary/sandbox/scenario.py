@@ -2,7 +2,8 @@
 look at them (addresses, pings, captures). Used by `make demo` and by the end-to-end tests.
 
 Everything goes through the user's path: kubectl applies the manifests to the sandbox's API, the
-controller writes northbound, the kubelet stand-in calls the CNI plugin, the agent plugs OVS.
+controller writes northbound, the kubelet starts the pods and Multus calls our CNI binary, the
+agent plugs OVS; pings run in the pods' containers with `kubectl exec`.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
+import re
 import shlex
-import subprocess
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -33,41 +34,26 @@ class PodView:
     namespace: str
     name: str
     node: str
-    netns: str
+    uid: str
     ready: bool
     pod_networks: dict[str, Any]  # k8s.ovn.org/pod-networks
-    network_status: list[dict[str, Any]]  # k8s.v1.cni.cncf.io/network-status
-    interfaces: list[dict[str, Any]]  # `ip -j addr` inside the pod, without lo
+    network_status: list[dict[str, Any]]  # k8s.v1.cni.cncf.io/network-status (Multus)
+    macs: dict[str, str]  # interface -> MAC, as `ip link` shows them inside the pod
+    ips: dict[str, list[str]]  # interface -> global `address/prefix`, as `ip addr` shows them
+    host_ports: dict[str, str]  # secondary interface -> its OVS port on the node (the agent's)
+    netns: str | None  # the pod's network namespace on the node, as the agent recorded it
 
     def addresses(self, interface: str) -> list[str]:
-        """`address/prefix` of IPv4 and global IPv6 addresses of `interface` in the pod."""
-        for link in self.interfaces:
-            if link["ifname"] == interface:
-                return [
-                    f"{a['local']}/{a['prefixlen']}"
-                    for a in link.get("addr_info", [])
-                    if a.get("scope") == "global"
-                ]
-        return []
+        """`address/prefix` of the IPv4 and global IPv6 addresses of `interface` in the pod."""
+        return self.ips.get(interface, [])
 
     def mac(self, interface: str) -> str | None:
-        return next((i["address"] for i in self.interfaces if i["ifname"] == interface), None)
+        return self.macs.get(interface)
 
 
 def kubectl(sb: cluster.Sandbox, *args: str, check: bool = True) -> str:
-    """kubectl of the control plane's release, as the sandbox's admin."""
-    if sb.kubeconfig is None:
-        raise errors.SandboxError(f"sandbox {sb.name!r} has no Kubernetes API")
-    done = subprocess.run(
-        [str(kubeapi.kubectl()), "--kubeconfig", str(sb.kubeconfig), *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    if check and done.returncode != 0:
-        raise errors.SandboxError(f"kubectl {shlex.join(args)}: {done.stderr.strip()}")
-    return done.stdout
+    """kubectl of the control plane's release, as the sandbox's admin; its stdout."""
+    return sb.kubectl(*args, check=check).stdout
 
 
 def apply_examples(sb: cluster.Sandbox, *files: str) -> None:
@@ -94,11 +80,19 @@ def ensure_namespace(sb: cluster.Sandbox, name: str, *, timeout: float = 30) -> 
     kubeapi.ensure_namespace(core_api(sb), name, timeout=timeout)
 
 
+def our_ports(sb: cluster.Sandbox, node: str) -> list[dict[str, str]]:
+    """external_ids of the OVS interfaces the node agent plugged on `node` (its marker)."""
+    out = sb.exec(node, ["ovs-vsctl", "--format=json", "--columns=name,external_ids", "find",
+                         "Interface", "external_ids:ovnk-secondary.io/owner=ovnk-secondary"]).stdout
+    return [{"name": name, **dict(ids[1])} for name, ids in json.loads(out)["data"]]
+
+
 def wait_gone(
-    sb: cluster.Sandbox, names: Iterable[str], *, namespace: str = NAMESPACE, timeout: float = 60
+    sb: cluster.Sandbox, names: Iterable[str], *, namespace: str = NAMESPACE, timeout: float = 90
 ) -> None:
-    """Wait until the pods are gone from the API and every node has torn down the namespaces of
-    pods that no longer exist."""
+    """Wait until the pods are gone from the API, and no node keeps an OVS port of a pod that
+    no longer exists (the port's `iface-id-ver` is the pod's uid) nor a network namespace
+    beyond those of its running pods (the runtime's `cni-*`)."""
     import kubernetes
 
     core = core_api(sb)
@@ -111,20 +105,22 @@ def wait_gone(
             except kubernetes.client.ApiException as exc:
                 if exc.status == 404:
                     left.discard(name)
-        alive = {f"cni-{p.metadata.uid}" for p in core.list_pod_for_all_namespaces().items}
-        stale = {
-            node: [
-                ns
-                for ns in sb.exec(node, "ip netns list").stdout.split()
-                if ns.startswith("cni-") and ns not in alive
-            ]
-            for node in sb.node_names
-        }
-        if not left and not any(stale.values()):
+        pods = core.list_pod_for_all_namespaces().items
+        alive = {p.metadata.uid for p in pods}
+        stale: dict[str, list[str]] = {}
+        for node in sb.node_names:
+            ports = [p["name"] for p in our_ports(sb, node) if p.get("iface-id-ver") not in alive]
+            namespaces = [n for n in sb.exec(node, "ip netns list").stdout.split()
+                          if n.startswith("cni-")]
+            sandboxed = [p for p in pods if p.spec.node_name == node
+                         and not p.spec.host_network and p.status.phase == "Running"]
+            if ports or len(namespaces) > len(sandboxed):
+                stale[node] = ports + namespaces
+        if not left and not stale:
             return
         if time.monotonic() > deadline:
             raise errors.SandboxError(
-                f"not torn down after {timeout} s: pods {sorted(left)}, namespaces {stale}"
+                f"not torn down after {timeout} s: pods {sorted(left)}, on nodes {stale}"
             )
         time.sleep(0.3)
 
@@ -157,38 +153,82 @@ def wait_ready(
         time.sleep(0.2)
 
 
+def in_pod(
+    sb: cluster.Sandbox, pod: PodView | str, command: Sequence[str], *,
+    namespace: str = NAMESPACE, check: bool = False, timeout: float = 60,
+) -> cluster.ExecResult:
+    """`command` in the pod's container, with `kubectl exec` (as a person would)."""
+    if isinstance(pod, PodView):
+        namespace, name = pod.namespace, pod.name
+    else:
+        name = pod
+    done = sb.kubectl("exec", "-n", namespace, name, "--", *command, check=False,
+                      timeout=timeout)
+    result = cluster.ExecResult(done.returncode, done.stdout, done.stderr)
+    if check and result.exit_code != 0:
+        raise errors.SandboxError(
+            f"{shlex.join(command)} in {namespace}/{name} exited {result.exit_code}: "
+            f"{(result.stderr or result.stdout).strip()[-1000:]}")
+    return result
+
+
 def view(sb: cluster.Sandbox, name: str, *, namespace: str = NAMESPACE) -> PodView:
     core = core_api(sb)
     pod = core.read_namespaced_pod(name, namespace)
     annotations = pod.metadata.annotations or {}
-    node, netns = pod.spec.node_name, f"cni-{pod.metadata.uid}"
-    out = sb.exec(node, ["ip", "-j", "-n", netns, "addr"], check=False).stdout
     conditions = (pod.status.conditions or []) if pod.status else []
+    # busybox's `ip -o`: "3: net1@if13: <...> mtu 1400 ...\    link/ether 0a:58:... brd ..."
+    # and "3: net1    inet 10.100.0.13/24 scope global net1\ ..."
+    shown = in_pod(sb, name, ["sh", "-c", "ip -o link; echo --; ip -o addr"],
+                   namespace=namespace).stdout
+    links, _, addresses = shown.partition("--\n")
+    macs: dict[str, str] = {}
+    ips: dict[str, list[str]] = {}
+    for line in links.splitlines():
+        fields = line.split()
+        if len(fields) > 2 and "link/ether" in fields:
+            macs[fields[1].rstrip(":").split("@")[0]] = fields[fields.index("link/ether") + 1]
+    for line in addresses.splitlines():
+        fields = line.split()
+        if len(fields) > 3 and fields[2] in ("inet", "inet6") and "global" in fields:
+            ips.setdefault(fields[1], []).append(fields[3])
+    node = pod.spec.node_name
+    plugged = [p for p in our_ports(sb, node) if p.get("iface-id-ver") == pod.metadata.uid]
     return PodView(
         namespace=namespace,
         name=name,
         node=node,
-        netns=netns,
+        uid=pod.metadata.uid,
         ready=any(c.type == "Ready" and c.status == "True" for c in conditions),
         pod_networks=json.loads(annotations.get(POD_NETWORKS, "{}")),
         network_status=json.loads(annotations.get(NETWORK_STATUS, "[]")),
-        interfaces=[i for i in json.loads(out or "[]") if i["ifname"] != "lo"],
+        macs=macs,
+        ips=ips,
+        host_ports={p["ovnk-secondary.io/ifname"]: p["name"] for p in plugged},
+        netns=next((p["ovnk-secondary.io/netns"] for p in plugged), None),
     )
 
 
-def in_pod(
-    sb: cluster.Sandbox, pod: PodView, command: Sequence[str], *, check: bool = False
-) -> cluster.ExecResult:
-    return sb.exec(pod.node, ["ip", "netns", "exec", pod.netns, *command], check=check)
+def on_pod_network(sb: cluster.Sandbox, pod: PodView, command: Sequence[str], *,
+                   check: bool = False) -> cluster.ExecResult:
+    """`command` in the pod's network namespace, from its node: what the pod's container may
+    not do itself (it has no NET_ADMIN), e.g. add a route."""
+    if pod.netns is None:
+        raise errors.SandboxError(f"pod {pod.namespace}/{pod.name} has no interface of ours")
+    return sb.exec(pod.node, ["nsenter", f"--net={pod.netns}", *command], check=check)
 
 
 def ping(
     sb: cluster.Sandbox, pod: PodView, address: str, *, replies: int = 3, deadline: int = 5
 ) -> bool:
     """`replies` echo replies within `deadline` seconds (pinging every 0.2 s: the first packet
-    of a flow may be lost while the userspace datapath and ARP warm up)."""
-    command = ["ping", "-c", str(replies), "-i", "0.2", "-w", str(deadline), address]
-    return in_pod(sb, pod, command).exit_code == 0
+    of a flow may be lost while the userspace datapath and ARP warm up). busybox's ping counts
+    the requests it sends (-c) and fails on any loss: a few more are sent and the replies
+    counted from its summary."""
+    command = ["ping", "-c", str(replies + 3), "-i", "0.2", "-w", str(deadline), address]
+    summary = re.search(r"(\d+) packets received",
+                        in_pod(sb, pod, command, timeout=deadline + 30).stdout)
+    return summary is not None and int(summary.group(1)) >= replies
 
 
 def ping_matrix(
@@ -206,6 +246,8 @@ def targets(pods: Sequence[PodView]) -> dict[str, str]:
     found = {}
     for pod in pods:
         for status in pod.network_status:
+            if status.get("default"):
+                continue  # the cluster network's eth0
             for ip in status.get("ips", []):
                 found[f"{pod.name}/{status['interface']}"] = ip
     for vlan, (_, address) in cluster.EXTERNAL_HOSTS.items():
@@ -229,6 +271,8 @@ def summary(pods: Sequence[PodView]) -> list[str]:
     lines = []
     for pod in pods:
         for status in pod.network_status:
+            if status.get("default"):
+                continue
             interface = status["interface"]
             lines.append(
                 f"{pod.namespace}/{pod.name} on {pod.node}: {interface} "

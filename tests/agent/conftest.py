@@ -137,12 +137,9 @@ def agent_cluster(sandbox: Any,
     Each agent runs with the reference scenario's bridge-mappings file. Everything is undone at
     the end: agents stopped, their files removed, ovs-br1 and the mappings taken away again.
     """
-    # A sandbox started as a small cluster runs its own node agents on the same OVS: they would
-    # judge our test pods (unknown to their API) as gone. Pause them while this module runs.
-    paused = [node for node in sandbox.node_names
-              if getattr(sandbox, "kubeconfig", None) is not None]
-    for node in paused:
-        sandbox.stop_service(node, "node-agent")
+    if getattr(sandbox, "kubeconfig", None) is not None:
+        pytest.fail(f"sandbox {sandbox.name!r} is a cluster: its own node agents would judge "
+                    "this module's pods (unknown to their API) as gone; use an OVN-only one")
     directory = tmp_path_factory.mktemp("kube-agents")
     plane = kube.start(directory, advertise=sandbox.host_address)
     nb = smoke.nb_api(sandbox.nb_connection)
@@ -175,8 +172,6 @@ def agent_cluster(sandbox: Any,
                          check=False)
         nb.ovsdb_connection.stop()
         plane.stop()
-        for node in paused:
-            sandbox.start_service(node, "node-agent")
 
 
 @pytest.fixture

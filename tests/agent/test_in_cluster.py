@@ -1,8 +1,9 @@
-"""The node agent's errors as a user meets them: through the kubelet stand-in, as pod Events.
+"""The node agent's errors as a user meets them: through the kubelet and Multus, as pod Events.
 
-Runs on the sandbox cluster (controller, node agents, kubelet stand-ins), the user's path:
-kubectl applies a NAD and a pod, the controller annotates the pod, the kubelet stand-in runs the
-plugin and turns a failed ADD into a `FailedCreatePodSandBox` Event on the pod.
+Runs on the sandbox cluster (real kubelets, containerd and Multus; the product deployed from its
+manifests), the user's path: kubectl applies a NAD and a pod, the controller annotates the pod,
+Multus runs our CNI binary and the kubelet turns the failed ADD into a `FailedCreatePodSandBox`
+Event on the pod.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ def unmapped_pod(cluster_sandbox: cluster.Sandbox) -> Iterator[cluster.Sandbox]:
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": POD, "namespace": NAMESPACE, "annotations": {
             "k8s.v1.cni.cncf.io/networks": json.dumps([{"name": NAD}])}},
-        "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "x"}]}})
+        "spec": {"nodeName": "node-1", "terminationGracePeriodSeconds": 1, "containers": [
+            {"name": "c", "image": "ovnk-sandbox/workload:busybox",
+             "imagePullPolicy": "IfNotPresent", "command": ["sleep", "3600"]}]}})
     try:
         yield sb
     finally:
@@ -78,6 +81,9 @@ def test_an_unmapped_physical_network_reaches_the_pod_as_an_event(
                                  what="a FailedCreatePodSandBox Event on the pod")
     assert (f"physical network physnet9 of NAD {NAMESPACE}/{NAD} is not mapped on node node-1 "
             "(ovn-bridge-mappings: localnet1:br-ex,localnet2:ovs-br1)") in message, message
-    assert "(code 105)" in message, message
+    # as the kubelet words it: Multus' failure, carrying our error's msg and details (the
+    # code, 105, is in the error object, which Multus does not print)
+    assert 'plugin type="multus"' in message and "error adding container to network" in message
+    assert "add it to the bridge-mappings file of the node agent" in message, message
     pod = core.read_namespaced_pod(POD, NAMESPACE)
     assert pod.status.phase != "Running", "the pod must not look fine"

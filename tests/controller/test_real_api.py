@@ -15,9 +15,10 @@ import pathlib
 from collections.abc import Iterator
 from typing import Any
 
+import kubernetes
 import pytest
 
-from ovnk_secondary.controller import leaderelection, reconciler
+from ovnk_secondary.controller import apiclient, leaderelection, reconciler
 from ovnk_secondary.northbound import servers
 from ovnk_secondary.sandbox import kubeapi
 from tests import kube
@@ -146,3 +147,37 @@ def test_what_rbac_does_not_grant_is_a_real_403(
     done = control_plane.kubectl("get", "secrets", "-A", kubeconfig_path=controller_kubeconfig,
                                  check=False)
     assert done.returncode != 0 and "Forbidden" in done.stderr
+
+
+async def test_in_cluster_credentials_and_a_rotated_token(
+    control_plane: kubeapi.ControlPlane, tmp_path: pathlib.Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In a pod, the controller takes the ServiceAccount token and CA the kubelet mounts
+    (`kubernetes.config` writes the header as "bearer <token>": it once went out as
+    "Bearer bearer <token>", a 401 for every call), and reads the token file again as the
+    kubelet rotates it."""
+    token = control_plane.kubectl("create", "token", "ovnk-secondary-controller", "-n",
+                                  "ovnk-secondary").stdout.strip()
+    token_file = tmp_path / "token"
+    token_file.write_text(token)
+    incluster = kubernetes.config.incluster_config
+    monkeypatch.setattr(incluster, "SERVICE_TOKEN_FILENAME", str(token_file))
+    monkeypatch.setattr(incluster, "SERVICE_CERT_FILENAME",
+                        str(control_plane.pki.path("ca.crt")))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(control_plane.port))
+    credentials = apiclient.load_credentials(None)
+    assert credentials.token == token and credentials.token_file == str(token_file)
+    api = apiclient.ApiClient(credentials)
+    monkeypatch.setattr(apiclient, "TOKEN_FILE_TTL", 0.0)
+    try:
+        assert await api.list(apiclient.NAD_PATH) == []
+        token_file.write_text("no-longer-valid")  # what a stale token meets
+        with pytest.raises(apiclient.ApiError) as refused:
+            await api.list(apiclient.NAD_PATH)
+        assert refused.value.status == 401
+        token_file.write_text(token + "\n")  # the kubelet wrote the new one
+        assert await api.list(apiclient.NAD_PATH) == []
+    finally:
+        await api.close()

@@ -1,22 +1,25 @@
-"""End to end: the reference scenario through the whole path.
+"""End to end: the reference scenario through the whole path, on real nodes.
 
-kubectl -> API -> controller -> NB -> northd -> SB -> ovn-controller, and API -> kubelet
-stand-in -> CNI plugin -> node agent -> OVS. The manifests are `manifests/examples/`, applied
-as a user applies them. Tests run in file order on one sandbox cluster; the last ones delete.
+kubectl -> API -> controller (its Deployment) -> NB -> northd -> SB -> ovn-controller, and
+API -> kubelet -> containerd -> Multus -> our CNI binary -> node agent (its DaemonSet) -> OVS.
+The manifests are `manifests/examples/`, applied as a user applies them; the pods are real
+containers and every ping runs in one with `kubectl exec`. Tests run in file order on one
+sandbox cluster; the last ones delete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
+import kubernetes
 import pytest
 
 from ovnk_secondary.sandbox import cluster, scenario
-from tests import kube
 
 pytestmark = pytest.mark.sandbox
 NS = scenario.NAMESPACE
@@ -99,15 +102,17 @@ def test_other_networks_cannot_reach_layer2_pods(sb: cluster.Sandbox) -> None:
     """localnet2-pod claims 10.100.0.0/24 is on-link and asks for l2-pod-1: the ARP goes out on
     its own network and never reaches the layer2 pod, which would answer it if it arrived."""
     stranger, target = scenario.view(sb, "localnet2-pod"), scenario.view(sb, "l2-pod-1")
-    scenario.in_pod(
+    scenario.on_pod_network(
         sb, stranger, ["ip", "route", "add", "10.100.0.0/24", "dev", "net1"], check=True
     )
     try:
-        with sb.capture(target.node, "net1", "arp", netns=target.netns) as seen:
+        # everything that reaches the target's net1 passes its OVS port on the node
+        with sb.capture(target.node, target.host_ports["net1"], "arp") as seen:
             assert not scenario.ping(sb, stranger, _ip(target), replies=1, deadline=2)
         assert not any("who-has" in line for line in seen.lines), seen.lines
     finally:
-        scenario.in_pod(sb, stranger, ["ip", "route", "del", "10.100.0.0/24", "dev", "net1"])
+        scenario.on_pod_network(sb, stranger,
+                                ["ip", "route", "del", "10.100.0.0/24", "dev", "net1"])
 
 
 @pytest.mark.parametrize(
@@ -129,15 +134,16 @@ def test_localnet_pod_reaches_its_vlan_host_tagged_through_its_bridge(
     # the other VLAN's host: declared on-link, the ARP for it stays on our VLAN, unanswered
     _, other_host = cluster.EXTERNAL_HOSTS[other_vlan]
     other_subnet = other_host.rsplit(".", 1)[0] + ".0/24"
-    scenario.in_pod(sb, pod, ["ip", "route", "add", other_subnet, "dev", "net1"], check=True)
+    scenario.on_pod_network(sb, pod, ["ip", "route", "add", other_subnet, "dev", "net1"],
+                            check=True)
     try:
         with sb.capture(pod.node, uplink, "vlan and arp") as arp:
             assert not scenario.ping(sb, pod, other_host, replies=1, deadline=2)
             asked = arp.wait_for(lambda line: f"who-has {other_host}" in line, timeout=3)
         assert asked is not None and f"vlan {vlan}," in asked, arp.lines
-        assert not any("is-at" in line for line in arp.lines), arp.lines
+        assert not any(f"{other_host} is-at" in line for line in arp.lines), arp.lines
     finally:
-        scenario.in_pod(sb, pod, ["ip", "route", "del", other_subnet, "dev", "net1"])
+        scenario.on_pod_network(sb, pod, ["ip", "route", "del", other_subnet, "dev", "net1"])
 
 
 def test_pod_with_two_networks_has_both_interfaces_as_annotated(sb: cluster.Sandbox) -> None:
@@ -156,9 +162,48 @@ def test_pod_with_two_networks_has_both_interfaces_as_annotated(sb: cluster.Sand
     assert scenario.ping(sb, pod, cluster.EXTERNAL_HOSTS[33][1])
 
 
-def test_restarts_of_controller_agent_and_nb_while_pods_are_created(sb: cluster.Sandbox) -> None:
-    """Pods on an IPAM network are created while the controller, an agent and NB restart in
-    turn: every pod ends up connected, with a unique IP, and nothing is left over."""
+def _pod(name: str, node: str, networks: str) -> dict[str, Any]:
+    """A pod of the workload image on `node`, as the examples' pods are."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS,
+                     "annotations": {"k8s.v1.cni.cncf.io/networks": networks}},
+        "spec": {
+            "nodeName": node,
+            "terminationGracePeriodSeconds": 1,
+            "containers": [{
+                "name": "sleeper", "image": "ovnk-sandbox/workload:busybox",
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait; done"],
+            }],
+        },
+    }
+
+
+def test_controller_rollout_and_agent_restart_keep_running_pods_connected(
+    sb: cluster.Sandbox,
+) -> None:
+    """A rolling update of the controller's Deployment (maxUnavailable 0: the new pod stands
+    by until the old one hands the Lease over) and a restart of the agents' DaemonSet leave the
+    running pods' interfaces and OVS ports as they were, and the pods keep reaching each other."""
+    before = {name: scenario.view(sb, name) for name in ("l2-pod-1", "l2-pod-2")}
+    sb.rollout_restart_controller()
+    sb.kubectl("rollout", "restart", "-n", cluster.PRODUCT_NAMESPACE,
+               "daemonset/ovnk-secondary-node-agent")
+    sb.kubectl("rollout", "status", "-n", cluster.PRODUCT_NAMESPACE,
+               "daemonset/ovnk-secondary-node-agent", "--timeout=180s", timeout=190)
+    after = {name: scenario.view(sb, name) for name in before}
+    for name, view in after.items():
+        assert (view.uid, view.macs, view.ips, view.host_ports) == (
+            before[name].uid, before[name].macs, before[name].ips, before[name].host_ports)
+    assert scenario.ping(sb, after["l2-pod-1"], _ip(after["l2-pod-2"]))
+
+
+def test_faults_while_30_pods_are_created(sb: cluster.Sandbox) -> None:
+    """30 pods on an IPAM network are created while, in turn, the controller's Deployment is
+    rolled, node-1's agent pod is deleted, node-2's kubelet restarts and NB restarts: every pod
+    ends up Ready and connected with a unique IP, and once deleted nothing is left over."""
     nad = {
         "apiVersion": "k8s.cni.cncf.io/v1",
         "kind": "NetworkAttachmentDefinition",
@@ -181,11 +226,12 @@ def test_restarts_of_controller_agent_and_nb_while_pods_are_created(sb: cluster.
     custom.create_namespaced_custom_object(
         "k8s.cni.cncf.io", "v1", NS, "network-attachment-definitions", nad
     )
-    names = [f"churn-{i}" for i in range(12)]
+    names = [f"churn-{i}" for i in range(30)]
     faults = {
-        3: sb.restart_controller,
-        6: lambda: sb.restart_service("node-1", "node-agent"),
-        9: lambda: sb.restart_nb(down_for=2),
+        4: sb.rollout_restart_controller,
+        10: lambda: sb.delete_node_agent_pod("node-1"),
+        16: lambda: sb.restart_service("node-2", "kubelet"),
+        22: lambda: sb.restart_nb(down_for=2),
     }
 
     fault_threads: list[threading.Thread] = []
@@ -197,36 +243,17 @@ def test_restarts_of_controller_agent_and_nb_while_pods_are_created(sb: cluster.
         except BaseException as exc:  # reported by the test, not lost in a thread
             fault_errors.append(exc)
 
-    def create_all() -> None:
+    try:
         for i, name in enumerate(names):
             if i in faults:
                 fault_threads.append(threading.Thread(target=inject, args=(faults[i],)))
                 fault_threads[-1].start()
-            core.create_namespaced_pod(
-                NS,
-                {
-                    "apiVersion": "v1",
-                    "kind": "Pod",
-                    "metadata": {
-                        "name": name,
-                        "namespace": NS,
-                        "annotations": {"k8s.v1.cni.cncf.io/networks": "nad-ipam"},
-                    },
-                    "spec": {
-                        "nodeName": f"node-{i % 2 + 1}",
-                        "containers": [{"name": "c", "image": "busybox"}],
-                    },
-                },
-            )
-
-    creator = threading.Thread(target=create_all)
-    creator.start()
-    creator.join()
-    try:
+            core.create_namespaced_pod(NS, _pod(name, f"node-{i % 2 + 1}", "nad-ipam"))
+            time.sleep(0.1)
         for thread in fault_threads:  # every fault has run and the component is back
-            thread.join(timeout=120)
+            thread.join(timeout=240)
         assert not fault_errors, fault_errors
-        scenario.wait_ready(sb, names, timeout=180)
+        scenario.wait_ready(sb, names, timeout=240)
         views = [scenario.view(sb, name) for name in names]
         ips = [v.addresses("net1")[0] for v in views]
         assert len(set(ips)) == len(names), ips
@@ -245,8 +272,11 @@ def test_restarts_of_controller_agent_and_nb_while_pods_are_created(sb: cluster.
         first_on_2 = next(v for v in views if v.node == "node-2")
         assert scenario.ping(sb, first_on_1, _ip(first_on_2))
     finally:
+        for thread in fault_threads:
+            thread.join(timeout=240)
         for name in names:
-            core.delete_namespaced_pod(name, NS)
+            with contextlib.suppress(kubernetes.client.ApiException):
+                core.delete_namespaced_pod(name, NS)
         custom.delete_namespaced_custom_object(
             "k8s.cni.cncf.io", "v1", NS, "network-attachment-definitions", "nad-ipam"
         )
@@ -261,7 +291,7 @@ def test_deleting_everything_leaves_nothing_and_a_recreated_pod_works(
 ) -> None:
     scenario.kubectl(sb, "delete", "-f", str(scenario.EXAMPLES / "20-pods.yaml"))
     scenario.kubectl(sb, "delete", "-f", str(scenario.EXAMPLES / "10-nads.yaml"))
-    scenario.wait_gone(sb, scenario.PODS)
+    scenario.wait_gone(sb, scenario.PODS)  # no OVS port, no network namespace left
     _eventually(lambda: _names(sb, "Logical_Switch", owned=True) == [])
     _eventually(lambda: _names(sb, "Logical_Switch_Port", owned=True) == [])
     for node in sb.node_names:
@@ -270,7 +300,7 @@ def test_deleting_everything_leaves_nothing_and_a_recreated_pod_works(
         _eventually(lambda node=node: all(  # type: ignore[misc]
             p.startswith("ovn-") for p in sb.exec(node, "ovs-vsctl list-ports br-int")
             .stdout.split()))
-        assert sb.exec(node, "ip netns list").stdout.strip() == ""
+        assert scenario.our_ports(sb, node) == []
         links = sb.exec(node, "ip -o link show type veth").stdout
         assert "ovk" not in links, links
 
@@ -281,19 +311,27 @@ def test_deleting_everything_leaves_nothing_and_a_recreated_pod_works(
 
 
 def test_no_component_was_refused_by_the_api_server(sb: cluster.Sandbox) -> None:
-    """After the whole scenario (faults included), the controller, the node agents and the
-    kubelet stand-ins, each on its own ServiceAccount, never met a 403: the RBAC of
-    manifests/rbac.yaml grants every call they make. (Last in the module on purpose.)"""
-    logs = {"controller": subprocess.run(
-        ["docker", "logs", sb.container(cluster.CONTROLLER)], capture_output=True, text=True,
-        check=True)}
-    for node in sb.node_names:
-        for service in cluster.NODE_SERVICES:
-            logs[f"{node} {service}"] = sb.exec(
-                node, f"cat /var/log/ovnk-secondary/{service}.log").stdout
-    texts = {who: log if isinstance(log, str) else log.stdout + log.stderr
-             for who, log in logs.items()}
-    assert all(texts.values()), "a component's log is empty: nothing was checked"
-    refused = {who: [line for line in text.splitlines() if kube.REFUSAL.search(line)]
-               for who, text in texts.items()}
-    assert not any(refused.values()), refused
+    """After the whole scenario (faults included), the API server's audit log has no request
+    of the controller, the node agents (their ServiceAccounts, bound by exactly
+    manifests/rbac.yaml) or Multus that it refused (403), pods deleted since included, and no
+    request at all that failed authentication (401: a token sent wrong, as the controller once
+    did in a pod).
+    (Last in the module on purpose.)"""
+    ours = ("system:serviceaccount:ovnk-secondary:", "system:serviceaccount:kube-system:multus")
+    seen: dict[str, int] = {}
+    refused = []
+    for event in sb.audit_events():
+        user = event.get("user", {}).get("username", "")
+        code = event.get("responseStatus", {}).get("code")
+        if code == 401:  # authentication failed: the event cannot say whose credentials
+            refused.append((user, event.get("verb"), event.get("requestURI"), "401"))
+        if not user.startswith(ours):
+            continue
+        seen[user] = seen.get(user, 0) + 1
+        if code == 403:
+            refused.append((user, event.get("verb"), event.get("requestURI"),
+                            event["responseStatus"].get("message", "")))
+    assert set(seen) >= {"system:serviceaccount:ovnk-secondary:ovnk-secondary-controller",
+                         "system:serviceaccount:ovnk-secondary:ovnk-secondary-node-agent",
+                         "system:serviceaccount:kube-system:multus"}, seen  # the log is read
+    assert not refused, refused[:10]
