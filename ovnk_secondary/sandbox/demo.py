@@ -49,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
             f"sandbox {sb.name!r} up in {time.monotonic() - started:.1f} s: nodes "
             f"{', '.join(sb.node_names)}; NB {sb.nb_connection}; kubeconfig {sb.kubeconfig}"
         )
+        _section("kubectl get pods -n ovnk-secondary (deployed from manifests/)")
+        print(scenario.kubectl(sb, "get", "pods", "-n", cluster.PRODUCT_NAMESPACE, "-o",
+                               "wide").rstrip())
+
         _section("kubectl apply -f manifests/examples/")
         started = time.monotonic()
         scenario.apply_examples(sb)

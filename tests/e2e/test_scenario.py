@@ -162,6 +162,50 @@ def test_pod_with_two_networks_has_both_interfaces_as_annotated(sb: cluster.Sand
     assert scenario.ping(sb, pod, cluster.EXTERNAL_HOSTS[33][1])
 
 
+# Run in a node agent's container, with its in-cluster credentials (its pod's token): one merge
+# patch of a Node; prints "allowed" or the API server's status and message. Its user agent marks
+# its requests in the audit log (the refusals it provokes are expected).
+PATCH_NODE = """
+import json, sys
+from kubernetes import client, config
+config.load_incluster_config()
+api = client.ApiClient()
+api.user_agent = "ovnk-e2e-agent-policy"
+try:
+    client.CoreV1Api(api).patch_node(sys.argv[1], json.loads(sys.argv[2]),
+                                     _content_type="application/merge-patch+json")
+    print("allowed")
+except client.ApiException as exc:
+    print(exc.status, json.loads(exc.body)["message"])
+"""
+
+
+def test_a_node_agent_may_change_only_its_own_nodes_report(sb: cluster.Sandbox) -> None:
+    """manifests/node-agent-policy.yaml: RBAC lets the agent patch every Node; the admission
+    policy lets it change only its own Node's ovnk-secondary.io/bridge-mappings annotation."""
+    agent = sb.kubectl("get", "pods", "-n", cluster.PRODUCT_NAMESPACE, "-o", "name",
+                       "-l", "app.kubernetes.io/component=node-agent",
+                       "--field-selector=spec.nodeName=node-1").stdout.split()[0]
+
+    def patch(node: str, metadata: dict[str, Any]) -> str:
+        return sb.kubectl("exec", "-n", cluster.PRODUCT_NAMESPACE, agent, "-c", "node-agent",
+                          "--", "/opt/venv/bin/python", "-c", PATCH_NODE, node,
+                          json.dumps({"metadata": metadata})).stdout.strip()
+
+    report = json.loads(sb.kubectl("get", "node", "node-1", "-o", "json").stdout)[
+        "metadata"]["annotations"]["ovnk-secondary.io/bridge-mappings"]
+    # its own report, rewritten as it is: allowed (the agent does this itself)
+    assert patch("node-1", {"annotations": {"ovnk-secondary.io/bridge-mappings": report}}) \
+        == "allowed"
+    other = patch("node-2", {"annotations": {"ovnk-secondary.io/bridge-mappings": "{}"}})
+    assert other.startswith("403") and "only the Node its pod runs on, not node-2" in other, other
+    for metadata in ({"labels": {"evil": "true"}}, {"annotations": {"evil": "true"}}):
+        own = patch("node-1", metadata)
+        assert own.startswith("403") and "only the ovnk-secondary.io/bridge-mappings" in own, own
+    node = json.loads(sb.kubectl("get", "node", "node-1", "-o", "json").stdout)["metadata"]
+    assert "evil" not in node.get("labels", {}) and "evil" not in node["annotations"]
+
+
 def _pod(name: str, node: str, networks: str) -> dict[str, Any]:
     """A pod of the workload image on `node`, as the examples' pods are."""
     return {
@@ -321,6 +365,8 @@ def test_no_component_was_refused_by_the_api_server(sb: cluster.Sandbox) -> None
     seen: dict[str, int] = {}
     refused = []
     for event in sb.audit_events():
+        if event.get("userAgent", "").startswith("ovnk-e2e-"):
+            continue  # a test's own requests with a component's credentials
         user = event.get("user", {}).get("username", "")
         code = event.get("responseStatus", {}).get("code")
         if code == 401:  # authentication failed: the event cannot say whose credentials

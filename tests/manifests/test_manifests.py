@@ -37,7 +37,7 @@ from ovnk_secondary import cli, nads, selections
 from ovnk_secondary.agent import bridgemappings
 from ovnk_secondary.cni import protocol
 from ovnk_secondary.controller import apiclient
-from ovnk_secondary.sandbox import cluster, images
+from ovnk_secondary.sandbox import cluster, images, kubeapi
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
@@ -278,8 +278,30 @@ def test_kustomizations_list_every_manifest() -> None:
     assert [image["newTag"] for image in base["images"]] == [version]
 
 
+def test_the_cni_binary_directory_is_a_setting_of_the_daemonset(tmp_path: pathlib.Path) -> None:
+    """The component for OpenShift's Multus (/var/lib/cni/bin), built by kustomize as a user's
+    overlay would: the init container installs into that host directory, nothing else moves."""
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "resources": [os.path.relpath(MANIFESTS, overlay)],
+        "components": [os.path.relpath(MANIFESTS / "components" / "openshift-cni-bin-dir",
+                                       overlay)]}))
+    built = subprocess.run([str(kubeapi.kubectl()), "kustomize", str(overlay)],
+                           capture_output=True, text=True, check=True).stdout
+    daemonset = next(d for d in yaml.safe_load_all(built) if d and d["kind"] == "DaemonSet")
+    pod_spec = daemonset["spec"]["template"]["spec"]
+    init = next(c for c in pod_spec["initContainers"] if c["name"] == "install-cni")
+    cni_bin_dir = next(e["value"] for e in init["env"] if e["name"] == "CNI_BIN_DIR")
+    assert _host_path_at(pod_spec, init, cni_bin_dir)[1] == "/var/lib/cni/bin"
+    base = _one("DaemonSet", "ovnk-secondary-node-agent")["spec"]["template"]["spec"]
+    assert [v for v in pod_spec["volumes"] if v["name"] != "cni-bin"] == [
+        v for v in base["volumes"] if v["name"] != "cni-bin"]
+
+
 def test_base_objects_live_in_the_ovnk_secondary_namespace() -> None:
-    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
+    cluster_scoped = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+                      "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
     seen = set()
     for path, doc in _objects(MANIFESTS, recursive=False):
         namespace = doc["metadata"].get("namespace")
