@@ -1,8 +1,9 @@
 // Command ovn-k8s-cni-overlay is the CNI binary that Multus executes on a node: a static shim that
 // forwards each request to the ovnk-secondary node agent's unix socket and prints the agent's
 // answer, unchanged. All CNI policy (validation, results, errors) lives in the Python agent; the
-// shim answers by itself only VERSION and "the agent did not answer" (CNI error code 11, try again
-// later), so a node needs no Python. Multus' thick plugin and OVN-Kubernetes' ovn-k8s-cni-overlay
+// shim answers by itself only VERSION, "the agent did not answer" (CNI error code 11, try again
+// later) and a DEL while no agent runs (success: the agent cleans up when it starts), so a node
+// needs no Python. Multus' thick plugin and OVN-Kubernetes' ovn-k8s-cni-overlay
 // work the same way.
 //
 // The bytes on the socket are specified once, in ovnk_secondary/cni/wire.py (the agent's side):
@@ -82,6 +83,12 @@ func run(environ []string, stdin []byte, out io.Writer) int {
 		timeout = time.Duration(seconds * float64(time.Second))
 	}
 	answer, err := call(path, request(environ, stdin), timeout)
+	if err != nil && env["CNI_COMMAND"] == "DEL" && agentAbsent(err) {
+		// No agent on this node (stopped, or uninstalled): nothing of ours can be torn down now.
+		// The agent removes the ports of gone pods when it starts; failing would only keep the
+		// pod Terminating until an agent returns (CNI spec: DEL should succeed when it can).
+		return 0
+	}
 	if err != nil {
 		code, msg, details := unavailable(err, path, timeout)
 		return failTo(out, stdin, code, msg, details)
@@ -135,7 +142,14 @@ func call(path string, req []byte, timeout time.Duration) ([]byte, error) {
 	return io.ReadAll(unix)
 }
 
-// unavailable: why the agent gave no answer, as protocol.unavailable_error words it.
+// agentAbsent: nobody listens on the socket (no file, or a file nobody accepts on).
+func agentAbsent(err error) bool {
+	var dial dialError
+	return errors.As(err, &dial) &&
+		(errors.Is(dial.err, syscall.ENOENT) || errors.Is(dial.err, syscall.ECONNREFUSED))
+}
+
+// unavailable: why the agent gave no answer, as the runtime should read it.
 func unavailable(err error, path string, timeout time.Duration) (int, string, string) {
 	var dial dialError
 	if errors.As(err, &dial) {

@@ -8,7 +8,7 @@
 set -euo pipefail
 dest=${1:?usage: $0 DEST}
 repo=$(cd "$(dirname "$0")/.." && pwd)
-command -v go >/dev/null || { echo "build-shim: no go on PATH (apt-get install golang-go)" >&2; exit 1; }
+command -v go >/dev/null || { echo "build-shim: no go on PATH: install Go 1.26 or later (cni-shim/go.mod)" >&2; exit 1; }
 cd "$repo/cni-shim"
 # static (no cgo), reproducible (-trimpath, no VCS stamp), stripped
 GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS='' GOWORK=off go build -trimpath -buildvcs=false \

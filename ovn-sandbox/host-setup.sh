@@ -19,6 +19,14 @@ if [ -n "$missing" ]; then
     || die "apt-get install$missing failed (log: /tmp/ovnk-apt.log)"
 fi
 
+# Go builds the CNI shim and the Kubernetes components (the Go module proxy); Debian 12's golang
+# (1.19) is too old for them.
+go_version=$(go env GOVERSION 2>/dev/null || true)
+case $go_version in
+  go1.2[6-9]*|go1.[3-9][0-9]*|go[2-9]*) ;;
+  *) die "Go 1.26 or later is needed on PATH (found: ${go_version:-none}): see https://go.dev/dl" ;;
+esac
+
 if ! docker info >/dev/null 2>&1; then
   command -v dockerd >/dev/null || die "dockerd is missing although docker.io is installed"
   echo "host-setup: starting dockerd (log: /var/log/ovnk-dockerd.log)" >&2

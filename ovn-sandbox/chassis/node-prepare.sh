@@ -9,6 +9,7 @@
 set -euo pipefail
 node=${1:?usage: $0 NODE_NAME NODE_IP POD_CIDR} node_ip=${2:?} pod_cidr=${3:?}
 templates=/usr/local/share/ovn-sandbox/node
+die() { echo "ovn-node-prepare: $*" >&2; exit 1; }
 
 # Mounts made later (pod network namespaces under /var/run/netns, volumes under
 # /var/lib/kubelet) must reach the containers that mount their parents with propagation (the
@@ -19,6 +20,8 @@ mount --make-rshared /
 # container's own subtree only. The kubelet and runc need them writable, and seen as the kernel
 # names them (the paths in /proc/self/cgroup): mount each hierarchy afresh (what a privileged
 # container gets).
+grep -q '^[0-9]*:[^:]' /proc/self/cgroup \
+  || die "no cgroup v1 hierarchy: the sandbox's nodes need docker on cgroup v1 (this one runs v2)"
 mount -o remount,rw /sys
 # /proc/sys: read-only bind mount over the real one (the kubelet and kube-proxy set sysctls)
 while grep -q " /proc/sys proc ro" /proc/mounts; do umount /proc/sys; done
@@ -40,13 +43,17 @@ while IFS=: read -r _ controllers own; do
     cat "$directory$own/cpuset.cpus" >"$directory$own/kubelet/cpuset.cpus"
     cat "$directory$own/cpuset.mems" >"$directory$own/kubelet/cpuset.mems"
   fi
+  # one path in every hierarchy (docker's /docker/<id>): the kubelet's cgroupRoot is one path
+  [ -z "${root:-}" ] || [ "$root" = "$own/kubelet" ] \
+    || die "this container's cgroups differ between hierarchies ($root, $own/kubelet)"
   root=$own/kubelet
 done </proc/self/cgroup
+[ -n "${root:-}" ] || die "found no cgroup of this container in /proc/self/cgroup"
 
 # CNI: the reference plugins and Multus (thin plugin) from the node build; ovn-k8s-cni-overlay is
 # installed by the node agent's init container, as on any cluster (the image's copy goes).
 mkdir -p /opt/cni/bin /etc/cni/net.d/multus.d /var/lib/cni
-rm -f /opt/cni/bin/ovn-k8s-cni-overlay
+[ -L /opt/cni/bin/ovn-k8s-cni-overlay ] && rm /opt/cni/bin/ovn-k8s-cni-overlay  # the image's link
 for plugin in bridge host-local loopback portmap multus; do
   install -m 755 "/opt/node/bin/$plugin" /opt/cni/bin/
 done
@@ -62,7 +69,8 @@ sed -e "s|@NODE_IP@|$node_ip|" -e "s|@CGROUP_ROOT@|$root|" "$templates/kubelet.y
 sed -e "s|@NODE_NAME@|$node|" "$templates/kube-proxy.yaml" >/etc/kubernetes/kube-proxy.yaml
 # Service addresses (10.96.0.0/16, kube-proxy's DNAT) need a route to be DNATed at all: the
 # sandbox's networks have no default route. Through the node's own NIC on the mgmt network.
-mgmt=$(ip -o -4 addr show | awk -v ip="$node_ip" '$4 ~ "^" ip "/" {print $2; exit}')
+mgmt=$(ip -o -4 addr show to "$node_ip/32" | awk '{print $2; exit}')
+[ -n "$mgmt" ] || die "no interface holds the node IP $node_ip"
 ip route replace 10.96.0.0/16 dev "$mgmt" src "$node_ip"
 echo "# the sandbox has no cluster DNS" >/etc/kubernetes/resolv.conf
 [ -s /etc/machine-id ] || cat /proc/sys/kernel/random/uuid | tr -d - >/etc/machine-id

@@ -60,7 +60,8 @@ KUBE_BIN_IN_CONTAINER = "/opt/kube/bin"
 NODE_BIN_IN_CONTAINER = "/opt/node/bin"
 MULTUS_RBAC = "multus-rbac.yaml"
 SOURCE_IN_CONTAINER = "/opt/ovnk-secondary"
-CONFIG_IN_CONTAINER = "/etc/ovnk-secondary"
+CONFIG_IN_CONTAINER = "/etc/ovnk-secondary"  # a node's own credentials (nodes/NODE/ on the host)
+IMAGES_IN_CONTAINER = "/var/lib/ovnk-sandbox-images"  # the images every node imports
 # The sandbox nodes' bridge mappings: the reference scenario's nmstate policies as agent input.
 BRIDGE_MAPPINGS = f"{SOURCE_IN_CONTAINER}/ovn-sandbox/bridge-mappings.yaml"
 # A Kubernetes node's own processes in a chassis (started in this order), and the node agent
@@ -265,7 +266,13 @@ class Sandbox:
                 )
                 chassis.with_envs(CENTRAL=central_ip, NODE_NAME=node, **env)
                 chassis.with_volume_mapping(str(REPO_DIR), SOURCE_IN_CONTAINER, "ro")
-                chassis.with_volume_mapping(str(config_dir), CONFIG_IN_CONTAINER, "ro")
+                # what this node may know, and no more: its own credentials (not the CA's key
+                # nor the admin's kubeconfig), and the images to import
+                node_dir = config_dir / "nodes" / node
+                node_dir.mkdir(parents=True, exist_ok=True)
+                (config_dir / "images").mkdir(exist_ok=True)
+                chassis.with_volume_mapping(str(node_dir), CONFIG_IN_CONTAINER, "ro")
+                chassis.with_volume_mapping(str(config_dir / "images"), IMAGES_IN_CONTAINER, "ro")
                 if node_bin is not None:
                     chassis.with_volume_mapping(str(kubeapi.binaries()), KUBE_BIN_IN_CONTAINER,
                                                 "ro")
@@ -294,13 +301,14 @@ class Sandbox:
             sandbox = cls.attach(name)
             sandbox._wait_chassis_registered()
             if kubernetes:
-                plane = _write_identities(
+                _write_identities(
                     kube_dir, config_dir, container=f"{name}-{API}", nodes=sandbox.node_names,
                     address=sandbox.address(API, "mgmt"))
                 sandbox._start_nodes(built)
-                sandbox.deploy(plane)
+                sandbox.deploy()
         except BaseException:
-            down(name)
+            if os.environ.get("OVNK_SANDBOX_KEEP_FAILED") != "1":
+                down(name)  # else kept for a look; the next `up` or `down` removes it
             raise
         sandbox._write_state()
         return sandbox
@@ -490,13 +498,13 @@ class Sandbox:
         if service == "node-agent":  # a plain process: the agent tests' sandbox (no kubelet)
             return ["ovnk-secondary", "node-agent", "--node-name", node, "--kubeconfig",
                     f"{CONFIG_IN_CONTAINER}/node-agent.kubeconfig",
-                    "--bridge-mappings", BRIDGE_MAPPINGS]
+                    "--bridge-mappings", BRIDGE_MAPPINGS]  # node-agent.kubeconfig: the caller's
         if service == "containerd":
             return [f"{NODE_BIN_IN_CONTAINER}/containerd", "--config",
                     "/etc/containerd/config.toml"]
         if service == "kubelet":
             return [f"{KUBE_BIN_IN_CONTAINER}/kubelet", "--config=/etc/kubernetes/kubelet.yaml",
-                    f"--kubeconfig={CONFIG_IN_CONTAINER}/kubelet-{node}.kubeconfig",
+                    f"--kubeconfig={CONFIG_IN_CONTAINER}/kubelet.kubeconfig",
                     f"--hostname-override={node}", f"--node-ip={self.address(node, 'mgmt')}"]
         if service == "kube-proxy":
             return [f"{KUBE_BIN_IN_CONTAINER}/kube-proxy",
@@ -539,7 +547,7 @@ class Sandbox:
     def _start_nodes(self, built: images.Images, timeout: float = 180) -> None:
         """Make every chassis a node: prepare it (`ovn-node-prepare`), start containerd, import
         the images (no registry), start the kubelet and kube-proxy; wait until all are Ready."""
-        saved = state_dir(self.name) / "images.tar"
+        saved = state_dir(self.name) / "images" / "images.tar"
         # one archive for all nodes (the product image is most of it), read through the
         # state directory's mount
         _docker("save", "-o", str(saved), built.pause, built.workload, built.product,
@@ -554,7 +562,7 @@ class Sandbox:
                       "sleep 0.1; done; tail -20 /var/log/ovnk-secondary/containerd.log; exit 1",
                       env={"PATH": f"{NODE_BIN_IN_CONTAINER}:/usr/bin:/bin"}, timeout=60)
             self.exec(node, [f"{NODE_BIN_IN_CONTAINER}/ctr", "-n", "k8s.io", "images", "import",
-                             "--no-unpack=false", f"{CONFIG_IN_CONTAINER}/images.tar"],
+                             f"{IMAGES_IN_CONTAINER}/images.tar"],
                       timeout=300)
             for service in ("kubelet", "kube-proxy"):
                 self.start_service(node, service)
@@ -581,7 +589,7 @@ class Sandbox:
                     f"{missing[0]} says:\n{log}")
             time.sleep(0.5)
 
-    def deploy(self, plane: kubeapi.ControlPlane, *, timeout: float = 180) -> None:
+    def deploy(self, *, timeout: float = 180) -> None:
         """Deploy the product as a user does: `kubectl apply -k` of a sandbox overlay of
         `manifests/` (the NB address, the reference scenario's bridge mappings; everything else
         as the base says), then wait until the controller and every node agent are Ready."""
@@ -602,14 +610,14 @@ class Sandbox:
             "generatorOptions": {"disableNameSuffixHash": True},
             "patches": [{"path": "bridge-mappings.yaml"}],
         }, indent=1) + "\n")
-        plane.kubectl("apply", "-k", str(overlay))
+        self.kubectl("apply", "-k", str(overlay))
         for workload in ("deployment/ovnk-secondary-controller",
                          "daemonset/ovnk-secondary-node-agent"):
-            done = plane.kubectl("rollout", "status", "-n", PRODUCT_NAMESPACE, workload,
-                                 f"--timeout={timeout:.0f}s", check=False)
+            done = self.kubectl("rollout", "status", "-n", PRODUCT_NAMESPACE, workload,
+                                f"--timeout={timeout:.0f}s", check=False, timeout=timeout + 10)
             if done.returncode != 0:
-                pods = plane.kubectl("get", "pods", "-n", PRODUCT_NAMESPACE, "-o", "wide",
-                                     check=False).stdout
+                pods = self.kubectl("get", "pods", "-n", PRODUCT_NAMESPACE, "-o", "wide",
+                                    check=False).stdout
                 raise errors.SandboxError(
                     f"{workload} did not become ready within {timeout:.0f} s: "
                     f"{(done.stderr or done.stdout).strip()}\n{pods}")
@@ -723,12 +731,12 @@ def _subnet(network: str) -> str:
 
 def _write_identities(kube_dir: pathlib.Path, config_dir: pathlib.Path, *, container: str,
                       address: str, nodes: Sequence[str],
-                      timeout: float = 120) -> kubeapi.ControlPlane:
+                      timeout: float = 120) -> None:
     """Wait for the `api` container's control plane, then write what the host and the nodes
-    authenticate with: the admin's kubeconfig (`kubeconfig`), the CA (`ca.crt`, for the kubelets
-    to check the API server's calls), a client certificate per kubelet (`kubelet-NODE.kubeconfig`,
-    `system:node:NODE`) and for kube-proxy, and Multus' ServiceAccount token. A handle on the
-    control plane is returned."""
+    authenticate with: the admin's kubeconfig (`kubeconfig`) and, in each node's own directory
+    (`nodes/NODE/`), the CA (`ca.crt`, for the kubelet to check the API server's calls), the
+    kubelet's client certificate (`kubelet.kubeconfig`, `system:node:NODE`), kube-proxy's and
+    Multus' ServiceAccount token."""
     deadline = time.monotonic() + timeout
     while not (kube_dir / kubeapi.READY_FILE).exists():
         if _inspect(container)["State"]["Status"] != "running" or time.monotonic() > deadline:
@@ -739,14 +747,19 @@ def _write_identities(kube_dir: pathlib.Path, config_dir: pathlib.Path, *, conta
         time.sleep(0.2)
     plane = kubeapi.ControlPlane(directory=kube_dir, advertise=address, port=API_PORT)
     shutil.copyfile(plane.admin_kubeconfig, config_dir / "kubeconfig")
-    shutil.copyfile(plane.pki.path("ca.crt"), config_dir / "ca.crt")
+    proxy = plane.client_kubeconfig(config_dir / "kube-proxy.kubeconfig",
+                                    common="system:kube-proxy")
+    multus = plane.service_account_kubeconfig("kube-system", "multus",
+                                              config_dir / "multus.kubeconfig", duration="8760h")
     for node in nodes:
-        plane.client_kubeconfig(config_dir / f"kubelet-{node}.kubeconfig",
+        node_dir = config_dir / "nodes" / node
+        shutil.copyfile(plane.pki.path("ca.crt"), node_dir / "ca.crt")
+        plane.client_kubeconfig(node_dir / "kubelet.kubeconfig", name=f"kubelet-{node}",
                                 common=f"system:node:{node}", organization="system:nodes")
-    plane.client_kubeconfig(config_dir / "kube-proxy.kubeconfig", common="system:kube-proxy")
-    plane.service_account_kubeconfig("kube-system", "multus", config_dir / "multus.kubeconfig",
-                                     duration="8760h")
-    return plane
+        for shared in (proxy, multus):
+            shutil.copyfile(shared, node_dir / shared.name)
+    proxy.unlink()
+    multus.unlink()
 
 
 def _wait_ready(container: str, timeout: float = 60) -> None:

@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  {kubectl} {kubeconfig} get pods -n test -o yaml | grep -A3 network-status")
     print(f"  {kubectl} {kubeconfig} exec -n test l2-pod-1 -- ping -c 3 10.100.0.12")
     print(f"  {kubectl} {kubeconfig} logs -n ovnk-secondary deployment/ovnk-secondary-controller")
+    print("  (no registry: use the image ovnk-sandbox/workload:busybox; no cluster DNS)")
     print(f"  .venv/bin/ovnk-secondary sandbox exec {name} node-1 -- ovs-vsctl show")
     print(
         f"  .venv/bin/ovnk-secondary sandbox exec {name} central -- "

@@ -439,10 +439,13 @@ class ControlPlane:
         return path
 
     def client_kubeconfig(self, path: pathlib.Path, *, common: str,
-                          organization: str | None = None) -> pathlib.Path:
+                          organization: str | None = None, name: str | None = None,
+                          ) -> pathlib.Path:
         """A kubeconfig authenticating with a new client certificate of user `common` in group
-        `organization` (a kubelet: `system:node:<node>` in `system:nodes`)."""
-        crt, key = self.pki.issue_client(path.stem, common=common, organization=organization)
+        `organization` (a kubelet: `system:node:<node>` in `system:nodes`); the certificate and
+        key are kept in the PKI directory as `<name>.crt/.key` (default: the file's stem)."""
+        crt, key = self.pki.issue_client(name or path.stem, common=common,
+                                         organization=organization)
         path.write_text(kubeconfig(server=self.server, ca=self.pki.path("ca.crt"), user=common,
                                    certificate=crt, key=key))
         return path

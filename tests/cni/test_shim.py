@@ -134,18 +134,34 @@ def test_agent_absent_is_try_again_later(cni_shim: pathlib.Path, env: dict[str, 
                    "node-agent pod on this node"})
 
 
-def test_stale_socket_is_try_again_later_in_the_configs_version(
-        cni_shim: pathlib.Path, env: dict[str, str]) -> None:
+def _stale_socket(env: dict[str, str]) -> None:
     path = pathlib.Path(env["OVNK_SECONDARY_CNI_SOCKET"])
     path.parent.mkdir()
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     stale.bind(str(path))
     stale.close()  # the file stays, nobody listens: an agent that crashed
-    code, output, _ = invoke(cni_shim, env | {"CNI_COMMAND": "DEL"},
+
+
+def test_stale_socket_is_try_again_later_in_the_configs_version(
+        cni_shim: pathlib.Path, env: dict[str, str]) -> None:
+    _stale_socket(env)
+    code, output, _ = invoke(cni_shim, env | {"CNI_COMMAND": "CHECK"},
                              json.dumps(CONFIG | {"cniVersion": "1.0.0"}).encode())
     assert code == 1 and output is not None
     assert (output["cniVersion"], output["code"]) == ("1.0.0", protocol.TRY_AGAIN_LATER)
     assert "Connection refused" in output["details"]
+
+
+@pytest.mark.parametrize("socket_state", ["absent", "stale"])
+def test_del_without_an_agent_succeeds(cni_shim: pathlib.Path, env: dict[str, str],
+                                       socket_state: str) -> None:
+    """No agent on the node (stopped, or the product uninstalled): a DEL has nothing it could
+    tear down now and succeeds, so the pod does not stay Terminating; the agent removes the
+    ports of gone pods when it starts."""
+    if socket_state == "stale":
+        _stale_socket(env)
+    assert invoke(cni_shim, env | {"CNI_COMMAND": "DEL"}, json.dumps(CONFIG).encode()) == (
+        0, None, b"")
 
 
 def test_agent_closing_without_an_answer_is_try_again_later(

@@ -503,10 +503,21 @@ def test_install_cni_installs_a_plugin_that_needs_nothing_on_the_host(
     bin_dir = tmp_path / "opt-cni-bin"
     bin_dir.mkdir()
     env_dir = next(e["value"] for e in init["env"] if e["name"] == "CNI_BIN_DIR")
-    done = subprocess.run(
-        ["docker", "run", "--rm", "--user", "0", "-v", f"{bin_dir}:{env_dir}",
-         "-e", f"CNI_BIN_DIR={env_dir}", "--entrypoint", init["command"][0], product,
-         *init["command"][1:]], capture_output=True, text=True, timeout=120, check=False)
+
+    def install() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["docker", "run", "--rm", "--user", "0", "-v", f"{bin_dir}:{env_dir}",
+             "-e", f"CNI_BIN_DIR={env_dir}", "--entrypoint", init["command"][0], product,
+             *init["command"][1:]], capture_output=True, text=True, timeout=120, check=False)
+
+    # a node whose plugin of that name is another product's (OVN-Kubernetes'): left alone
+    foreign = bin_dir / "ovn-k8s-cni-overlay"
+    foreign.write_bytes(b"#!/bin/sh\necho OVN-Kubernetes\n")
+    refused = install()
+    assert refused.returncode != 0 and "refusing to replace" in refused.stderr, refused.stderr
+    assert foreign.read_bytes() == b"#!/bin/sh\necho OVN-Kubernetes\n"
+    foreign.unlink()
+    done = install()
     assert done.returncode == 0, done.stderr
     plugin = bin_dir / "ovn-k8s-cni-overlay"
     assert os.access(plugin, os.X_OK)
@@ -521,6 +532,9 @@ def test_install_cni_installs_a_plugin_that_needs_nothing_on_the_host(
         return subprocess.run([str(plugin)], input=stdin, env=env, capture_output=True,
                               text=True, timeout=30, check=False)
 
+    # installed again over its own (an upgrade): replaced
+    plugin.write_bytes(plugin.read_bytes() + b"\0older")
+    assert install().returncode == 0 and not plugin.read_bytes().endswith(b"older")
     version = run("VERSION", '{"cniVersion": "1.0.0"}')
     assert version.returncode == 0, version.stdout + version.stderr
     assert json.loads(version.stdout)["supportedVersions"] == list(protocol.SUPPORTED_VERSIONS)
