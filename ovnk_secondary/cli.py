@@ -8,10 +8,27 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 
 from ovnk_secondary import errors
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def add_log_level(parser: argparse.ArgumentParser) -> None:
+    """`--log-level` of a component, checked at parsing (any case: `debug` is DEBUG)."""
+    parser.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS,
+                        help="default: %(default)s")
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("ovnk-secondary")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree not installed
+        return "unknown (not installed)"
+
 
 # subcommand -> module exposing `add_arguments(parser)` and `run(args) -> int`
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -29,6 +46,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     top = argparse.ArgumentParser(prog="ovnk-secondary", description=__doc__)
+    top.add_argument("--version", action="version", version=f"ovnk-secondary {version()}")
     top.add_argument(
         "command",
         choices=SUBCOMMANDS,

@@ -18,7 +18,7 @@ import signal
 from concurrent import futures
 from typing import Any
 
-from ovnk_secondary import errors
+from ovnk_secondary import cli, errors
 from ovnk_secondary.agent import (
     attachments,
     bridgemappings,
@@ -61,11 +61,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "sets one)")
     parser.add_argument("--health-host", default="0.0.0.0", metavar="ADDR",
                         help="address of /healthz and /readyz (default: %(default)s)")
-    parser.add_argument("--log-level", default="INFO", help="default: %(default)s")
+    cli.add_log_level(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(),
+    logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name, value in (("--annotation-timeout", args.annotation_timeout),
                         ("--binding-timeout", args.binding_timeout)):

@@ -20,7 +20,7 @@ import logging
 import signal
 from typing import Any
 
-from ovnk_secondary import errors
+from ovnk_secondary import cli, errors
 from ovnk_secondary.controller import (
     apiclient,
     health,
@@ -72,8 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default 10)")
     parser.add_argument("--leader-elect-retry-period", type=float, default=2.0, metavar="S",
                         help="seconds between attempts to take or renew the Lease (default 2)")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    cli.add_log_level(parser)
 
 
 def tls_files(args: argparse.Namespace) -> client.Tls | None:

@@ -812,12 +812,11 @@ class Reconciler:
             return []
         result = []
         ports: dict[str, str] = {}  # port name -> NAD key, within this pod
+        missing: list[str] = []  # NADs that do not exist
         for selection in chosen:
             nad = self._nads.get((selection.namespace, selection.name))
             if nad is None:
-                others = " (the pod's other networks are attached)" if len(chosen) > 1 else ""
-                problems.append((NETWORK_NOT_FOUND, f"NAD {selection.nad_key} does not exist; "
-                                 f"create it{others}"))
+                missing.append(selection.nad_key)
                 continue
             if nad.config is None:
                 if nad.problem is not None:
@@ -856,6 +855,12 @@ class Reconciler:
                 nad_key=selection.nad_key, pod_namespace=namespace, pod_name=name,
                 pod_uid=uid, node=str(node), mac=entry.mac_address, ips=entry.ip_addresses,
             )))
+        # said once the others are known: attached ones are named, never assumed
+        attached = ", ".join(a.nad_key for _, a in result)
+        others = f" (the pod's other networks, {attached}, are attached)" if attached else ""
+        for nad_key in missing:
+            problems.append((NETWORK_NOT_FOUND, f"NAD {nad_key} does not exist; "
+                             f"create it{others}"))
         return result
 
     def _allocate(

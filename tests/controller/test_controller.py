@@ -71,6 +71,14 @@ def test_invalid_and_missing_nads_get_warning_events_and_no_nb_rows(
         "NetworkNotFound", "InvalidConfig"} and {e["reason"] for e in api.events("p")},
         "no Events on the pod for its missing and invalid NADs")
     assert reasons >= {"NetworkNotFound", "InvalidConfig"}
+    missing = next(e["message"] for e in api.events("p") if e["reason"] == "NetworkNotFound")
+    # the networks it does have are named, and only those: bad-vlan is not attached
+    assert "NAD test/missing does not exist; create it (the pod's other networks, test/good, " \
+        "are attached)" in missing, missing
+    api.create_pod("test", "lonely", "test/missing")
+    lonely = until(lambda: [e["message"] for e in api.events("lonely")
+                            if e["reason"] == "NetworkNotFound"], "no Event on the lonely pod")
+    assert lonely[0].endswith("NAD test/missing does not exist; create it"), lonely
 
 
 def test_disagreeing_nad_of_one_network_is_refused(
