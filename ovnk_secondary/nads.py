@@ -25,6 +25,13 @@ CNI_TYPE = "ovn-k8s-cni-overlay"
 DEFAULT_MTU = 1400
 RESERVED_NAMES = frozenset({"default", "ovn-kubernetes"})
 TOPOLOGIES = (naming.LAYER2, naming.LOCALNET)
+# The keys of a config of ours that are read (the CNI spec's own, OVN-K's that we implement);
+# any other is reported as ignored (OVN-K's layer3/primary-network keys, typos).
+KNOWN_KEYS = frozenset({
+    "cniVersion", "name", "type", "topology", "netAttachDefName", "subnets", "excludeSubnets",
+    "mtu", "vlanID", "physicalNetworkName", "allowPersistentIPs", "role",
+    "capabilities", "runtimeConfig", "args", "prevResult", "dns",  # the CNI spec's, any plugin
+})
 # Fields every NAD of one network must agree on (the conventions' list).
 NETWORK_FIELDS = (
     "topology",
@@ -50,6 +57,8 @@ class NetworkConfig:
     allow_persistent_ips: bool = False
     role: str = "secondary"
     cni_version: str = "0.3.1"
+    # what the config says that is not acted on (yet), one sentence each: a Warning Event
+    ignored: tuple[str, ...] = dataclasses.field(default=(), compare=False)
 
     @property
     def has_ipam(self) -> bool:
@@ -207,6 +216,16 @@ def parse_config(config: Mapping[str, Any], *, nad_key: str | None = None) -> Ne
     if persistent and not subnets:
         raise _fail(nad_key, "allowPersistentIPs needs subnets (IPAM) to keep IPs for")
 
+    ignored = []
+    if persistent:
+        ignored.append("allowPersistentIPs is not acted on yet: IPAMClaims are not implemented, "
+                       "and a pod's addresses return to the pool when the pod is deleted")
+    unknown = sorted(set(config) - KNOWN_KEYS)
+    if unknown:
+        ignored.append(f"{', '.join(unknown)}: not known to ovnk-secondary, ignored (check the "
+                       "spelling; OVN-Kubernetes' layer3 and primary-network fields are not "
+                       "supported)")
+
     return NetworkConfig(
         name=name,
         topology=topology,
@@ -219,6 +238,7 @@ def parse_config(config: Mapping[str, Any], *, nad_key: str | None = None) -> Ne
         allow_persistent_ips=persistent,
         role=role,
         cni_version=cni_version,
+        ignored=tuple(ignored),
     )
 
 

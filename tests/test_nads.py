@@ -98,6 +98,20 @@ def test_invalid_configs_say_what_to_fix(overrides: dict[str, Any], message: str
         nads.parse_config(_config(**overrides), nad_key="test/nad-layer2")
 
 
+def test_what_is_accepted_but_not_acted_on_is_listed() -> None:
+    """Nothing accepted and silently ignored: allowPersistentIPs (no IPAMClaims yet) and keys we
+    do not read (OVN-K's layer3 fields, typos) are named for a Warning Event."""
+    plain = nads.parse_config(_config(subnets="10.1.0.0/24"), nad_key="test/nad-layer2")
+    assert plain is not None and plain.ignored == ()
+    config = nads.parse_config(_config(subnets="10.1.0.0/24", allowPersistentIPs=True,
+                                       joinSubnet="100.65.0.0/16", vlanid=5),
+                               nad_key="test/nad-layer2")
+    assert config is not None and len(config.ignored) == 2
+    assert config.ignored[0].startswith("allowPersistentIPs is not acted on yet")
+    assert config.ignored[1].startswith("joinSubnet, vlanid: not known to ovnk-secondary")
+    assert config == plain.__class__(**{**plain.__dict__, "allow_persistent_ips": True})
+
+
 def test_chained_conflist_is_refused() -> None:
     with pytest.raises(errors.InvalidConfig, match="exactly one plugin"):
         nads.parse_config({"name": "n", "plugins": [_config(), {"type": "tuning"}]})

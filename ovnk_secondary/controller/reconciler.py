@@ -63,6 +63,7 @@ NETWORK_NOT_FOUND = "NetworkNotFound"
 IPAM_FAILED = "IPAMFailed"
 ADDRESS_IN_USE = "AddressInUse"
 NB_CONFLICT = "NorthboundConflict"
+FIELD_IGNORED = "FieldIgnored"  # accepted, not acted on (yet): said rather than silently ignored
 # On each NAD of ours: the spec.config in force (accepted). A change of the network's identity
 # (name, topology, subnets, excludeSubnets) is refused while pods are attached; keeping what
 # was accepted on the NAD itself makes the refusal survive full syncs and restarts.
@@ -322,6 +323,15 @@ class Reconciler:
 
     # -- NADs -----------------------------------------------------------------------------
 
+    async def _warn_ignored(self, body: dict[str, Any], nad: _Nad, before: _Nad | None) -> None:
+        """A Warning Event naming what the NAD's config says that is not acted on, when that
+        is new (not again on every full sync or echo of our own annotation)."""
+        ignored = nad.config.ignored if nad.config is not None else ()
+        was = before.config.ignored if before is not None and before.config is not None else ()
+        if ignored and ignored != was:
+            await self._warn(body, FIELD_IGNORED,
+                             f"NAD {_key(body)[0]}/{_key(body)[1]}: {'; '.join(ignored)}")
+
     def _decide_nad(self, body: dict[str, Any]) -> tuple[_Nad, str | None]:
         """Record a NAD; returns it and the message of a refused change (else None)."""
         key = _key(body)
@@ -482,6 +492,7 @@ class Reconciler:
             await self._warn(body, CHANGE_REFUSED, refused)
         if nad.problem is not None and nad.reason is not None:
             await self._warn(body, nad.reason, nad.problem)
+        await self._warn_ignored(body, nad, before)
         if (before is not None and before.config == nad.config and before.problem ==
                 nad.problem and not nad.pending and old_network is not None
                 and nad.config is not None and self._networks.get(nad.config.name)
@@ -838,6 +849,11 @@ class Reconciler:
                                  f"one of them: {selection.nad_key} is not attached"))
                 continue
             ports[port] = selection.nad_key
+            if selection.ipam_claim_reference is not None:
+                problems.append((FIELD_IGNORED, f"ipam-claim-reference "
+                                 f"{selection.ipam_claim_reference} of {selection.nad_key} is "
+                                 "not acted on yet (IPAMClaims are not implemented): the pod "
+                                 "gets addresses from the pool, released when it is deleted"))
             owner = ipam.Owner(nad_key=selection.nad_key, namespace=namespace, name=name)
             entry = recorded.get(selection.nad_key)
             if entry is None:
@@ -1120,6 +1136,7 @@ class Reconciler:
             if nad.problem is not None and nad.reason is not None and (
                     old is None or old.problem != nad.problem):
                 await self._warn(body, nad.reason, nad.problem)
+            await self._warn_ignored(body, nad, old)
         # the accepted configs are recorded on their NADs before any pod is allocated on them
         limit = asyncio.Semaphore(ANNOTATE_CONCURRENCY)
 

@@ -81,6 +81,26 @@ def test_invalid_and_missing_nads_get_warning_events_and_no_nb_rows(
     assert lonely[0].endswith("NAD test/missing does not exist; create it"), lonely
 
 
+def test_fields_accepted_but_not_acted_on_get_a_warning_and_the_rest_applies(
+    api: Api, nb_server: servers.NbServer, controller: Controller
+) -> None:
+    api.create_nad("test", "claims", name="claims", topology="layer2", subnets="10.7.0.0/24",
+                   allowPersistentIPs=True, joinSubnet="100.65.0.0/16")
+    until(lambda: "claims_ovn_layer2_switch" in switches(nb_server), "the NAD not applied")
+    events = until(lambda: [e for e in api.events("claims") if e["reason"] == "FieldIgnored"],
+                   "no FieldIgnored Event on the NAD")
+    assert events[0]["type"] == "Warning"
+    assert "allowPersistentIPs is not acted on yet" in events[0]["message"]
+    assert "joinSubnet: not known to ovnk-secondary" in events[0]["message"]
+    api.create_pod("test", "vm", json.dumps([{"name": "claims",
+                                              "ipam-claim-reference": "vm.claims"}]))
+    until(lambda: api.pod_networks("test", "vm"), "the pod was not annotated")
+    ignored = until(lambda: [e["message"] for e in api.events("vm")
+                             if e["reason"] == "FieldIgnored"], "no FieldIgnored Event on pod")
+    assert ignored[0].startswith("ipam-claim-reference vm.claims of test/claims is not acted on")
+    assert len(api.events("claims")) == len(events)  # said once, not at each update echo
+
+
 def test_disagreeing_nad_of_one_network_is_refused(
     api: Api, nb_server: servers.NbServer, controller: Controller
 ) -> None:
