@@ -1,6 +1,7 @@
 #!/bin/bash
 # Central: NB and SB databases on TCP (the control plane lives on the mgmt network) and
-# ovn-northd on their unix sockets.
+# ovn-northd on their unix sockets. NB also serves what its own Connection and SSL tables say
+# (empty until a test turns TLS on with ovn-nbctl set-ssl / set-connection, as an operator does).
 set -euo pipefail
 mkdir -p /run/ovn /var/lib/ovn /var/log/ovn
 cd /var/lib/ovn
@@ -10,7 +11,9 @@ ip route del default 2>/dev/null || true
 [ -f sb.db ] || ovsdb-tool create sb.db /usr/share/ovn/ovn-sb.ovsschema
 export OVS_RUNDIR=/run/ovn
 ovsdb-server --detach --pidfile=/run/ovn/nb.pid --log-file=/var/log/ovn/nb.log \
-    --unixctl=/run/ovn/nb.ctl --remote=punix:/run/ovn/nb.sock --remote=ptcp:6641 /var/lib/ovn/nb.db
+    --unixctl=/run/ovn/nb.ctl --remote=punix:/run/ovn/nb.sock --remote=ptcp:6641 \
+    --remote=db:OVN_Northbound,NB_Global,connections --private-key=db:OVN_Northbound,SSL,private_key \
+    --certificate=db:OVN_Northbound,SSL,certificate --ca-cert=db:OVN_Northbound,SSL,ca_cert /var/lib/ovn/nb.db
 ovsdb-server --detach --pidfile=/run/ovn/sb.pid --log-file=/var/log/ovn/sb.log \
     --unixctl=/run/ovn/sb.ctl --remote=punix:/run/ovn/sb.sock --remote=ptcp:6642 /var/lib/ovn/sb.db
 ovn-northd --detach --pidfile=/run/ovn/northd.pid --log-file=/var/log/ovn/northd.log \

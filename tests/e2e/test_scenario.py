@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pathlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -204,6 +205,47 @@ def test_a_node_agent_may_change_only_its_own_nodes_report(sb: cluster.Sandbox) 
         assert own.startswith("403") and "only the ovnk-secondary.io/bridge-mappings" in own, own
     node = json.loads(sb.kubectl("get", "node", "node-1", "-o", "json").stdout)["metadata"]
     assert "evil" not in node.get("labels", {}) and "evil" not in node["annotations"]
+
+
+def _controller_nb(sb: cluster.Sandbox, remote: str) -> None:
+    """Point the deployed controller at `remote` (its ConfigMap) and roll it out."""
+    sb.kubectl("patch", "configmap", "-n", cluster.PRODUCT_NAMESPACE,
+               "ovnk-secondary-controller", "--type=merge", "-p",
+               json.dumps({"data": {"ovn-nb": remote}}))
+    sb.rollout_restart_controller()
+
+
+def test_the_deployed_controller_reaches_nb_over_tls_from_its_secret(
+    sb: cluster.Sandbox, tmp_path: pathlib.Path,
+) -> None:
+    """Issue 16, item 2 on the real cluster: NB serves TLS, the user creates the Secret the
+    Deployment mounts (manifests/controller.yaml) and sets an ssl: remote; the controller pod
+    connects with the client certificate and converges a new NAD through it."""
+    remote, pki = sb.serve_nb_over_tls(tmp_path / "pki")
+    sb.kubectl("create", "secret", "generic", "-n", cluster.PRODUCT_NAMESPACE,
+               "ovnk-secondary-nb-tls", f"--from-file=tls.key={pki.path('admin.key')}",
+               f"--from-file=tls.crt={pki.path('admin.crt')}",
+               f"--from-file=ca.crt={pki.path('ca.crt')}")
+    nad = tmp_path / "nad.json"
+    nad.write_text(json.dumps({
+        "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": "nad-tls", "namespace": NS},
+        "spec": {"config": json.dumps({
+            "cniVersion": "0.3.1", "name": "tls-net", "type": "ovn-k8s-cni-overlay",
+            "topology": "layer2", "netAttachDefName": f"{NS}/nad-tls"})}}))
+    try:
+        _controller_nb(sb, remote)
+        sb.kubectl("apply", "-f", str(nad))
+        _eventually(lambda: "tls.net_ovn_layer2_switch" in _names(sb, "Logical_Switch"))
+        log = sb.kubectl("logs", "-n", cluster.PRODUCT_NAMESPACE,
+                         "deployment/ovnk-secondary-controller").stdout
+        assert f"connected to OVN northbound at {remote}" in log, log[-2000:]
+    finally:
+        sb.kubectl("delete", "-f", str(nad), "--ignore-not-found")
+        _controller_nb(sb, sb.nb_connection)
+        sb.kubectl("delete", "secret", "-n", cluster.PRODUCT_NAMESPACE, "ovnk-secondary-nb-tls")
+        sb.ovn_nbctl("del-connection")
+    _eventually(lambda: "tls.net_ovn_layer2_switch" not in _names(sb, "Logical_Switch"))
 
 
 def _pod(name: str, node: str, networks: str) -> dict[str, Any]:

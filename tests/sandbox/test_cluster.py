@@ -43,9 +43,11 @@ def test_one_node_sandbox_up_status_from_another_process_and_down_leaves_nothing
     sb = cluster.Sandbox.up(name=name, nodes=1)
     try:
         assert sb.node_names == ["node-1"]
-        assert sorted(_docker_names("network", name)) == [
+        networks = sorted(_docker_names("network", name))
+        assert [n.rsplit("-", 1)[0] for n in networks] == [
             f"{name}-{role}" for role in sorted(cluster.NETWORKS)
         ]
+        assert networks == sorted(sb.network_name(role) for role in cluster.NETWORKS)
         # another process finds it through the CLI
         status = subprocess.run(
             [sys.executable, "-m", "ovnk_secondary", "sandbox", "status", "--name", name],
