@@ -14,8 +14,9 @@
 //
 // Environment overrides (tests, unusual layouts): OVNK_SECONDARY_CNI_SOCKET (the socket path,
 // default /var/run/ovnk-secondary/cni.sock) and OVNK_SECONDARY_CNI_TIMEOUT (seconds to wait for the
-// answer, default 150: a little longer than the agent's own 120 s annotation timeout, so that the
-// agent's more precise error wins).
+// answer, default 200: longer than the agent's own worst case, its 120 s annotation and 60 s
+// binding timeouts in turn, so that the agent's more precise error wins; shorter than the 4 minutes
+// the kubelet gives a pod sandbox's creation).
 package main
 
 import (
@@ -36,7 +37,7 @@ import (
 const (
 	magic          = "ovnk-cni/2\n"
 	defaultSocket  = "/var/run/ovnk-secondary/cni.sock"
-	defaultTimeout = 150 * time.Second
+	defaultTimeout = 200 * time.Second
 	// CNI spec error codes (SPEC.md, "Error"): 5 I/O failure, 11 try again later.
 	ioFailure     = 5
 	tryAgainLater = 11
