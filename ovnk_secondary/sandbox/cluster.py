@@ -63,12 +63,8 @@ MULTUS_RBAC = "multus-rbac.yaml"
 SOURCE_IN_CONTAINER = "/opt/ovnk-secondary"
 CONFIG_IN_CONTAINER = "/etc/ovnk-secondary"  # a node's own credentials (nodes/NODE/ on the host)
 IMAGES_IN_CONTAINER = "/var/lib/ovnk-sandbox-images"  # the images every node imports
-# The sandbox nodes' bridge mappings: the reference scenario's nmstate policies as agent input.
-BRIDGE_MAPPINGS = f"{SOURCE_IN_CONTAINER}/ovn-sandbox/bridge-mappings.yaml"
-# A Kubernetes node's own processes in a chassis (started in this order), and the node agent
-# that tests run as a plain process on an OVN-only sandbox.
-KUBE_NODE_SERVICES = ("containerd", "kubelet", "kube-proxy")
-NODE_SERVICES = ("node-agent", *KUBE_NODE_SERVICES)
+# A Kubernetes node's own processes in a chassis, in the order they start.
+NODE_SERVICES = ("containerd", "kubelet", "kube-proxy")
 PRODUCT_NAMESPACE = "ovnk-secondary"
 POD_CIDR = "10.244.{index}.0/24"  # node-N's pods' eth0 (the bridge plugin, host-local IPAM)
 REPO_DIR = pathlib.Path(__file__).resolve().parents[2]
@@ -199,6 +195,7 @@ class Sandbox:
         if nodes < 1:
             raise errors.SandboxError(f"--nodes must be at least 1, got {nodes}")
         built = images.ensure(python=python)
+        kube_bin = kubeapi.binaries() if kubernetes else None
         node_bin = kubeapi.node_binaries() if kubernetes else None
         down(name)
         try:
@@ -247,7 +244,7 @@ class Sandbox:
                 )
                 api.with_env("PYTHONPATH", SOURCE_IN_CONTAINER)
                 api.with_volume_mapping(str(REPO_DIR), SOURCE_IN_CONTAINER, "ro")
-                api.with_volume_mapping(str(kubeapi.binaries()), KUBE_BIN_IN_CONTAINER, "ro")
+                api.with_volume_mapping(str(kube_bin), KUBE_BIN_IN_CONTAINER, "ro")
                 api.with_volume_mapping(str(kube_dir), KUBE_IN_CONTAINER, "rw")
                 api.start()
             for index in range(1, nodes + 1):
@@ -277,9 +274,8 @@ class Sandbox:
                 (config_dir / "images").mkdir(exist_ok=True)
                 chassis.with_volume_mapping(str(node_dir), CONFIG_IN_CONTAINER, "ro")
                 chassis.with_volume_mapping(str(config_dir / "images"), IMAGES_IN_CONTAINER, "ro")
-                if node_bin is not None:
-                    chassis.with_volume_mapping(str(kubeapi.binaries()), KUBE_BIN_IN_CONTAINER,
-                                                "ro")
+                if kube_bin is not None and node_bin is not None:
+                    chassis.with_volume_mapping(str(kube_bin), KUBE_BIN_IN_CONTAINER, "ro")
                     chassis.with_volume_mapping(str(node_bin), NODE_BIN_IN_CONTAINER, "ro")
                 chassis.start()
                 for role in ("underlay", "physnet", "physnet2"):
@@ -505,10 +501,6 @@ class Sandbox:
     # -- services inside chassis containers --------------------------------------------------
 
     def _service_argv(self, node: str, service: str) -> list[str]:
-        if service == "node-agent":  # a plain process: the agent tests' sandbox (no kubelet)
-            return ["ovnk-secondary", "node-agent", "--node-name", node, "--kubeconfig",
-                    f"{CONFIG_IN_CONTAINER}/node-agent.kubeconfig",
-                    "--bridge-mappings", BRIDGE_MAPPINGS]  # node-agent.kubeconfig: the caller's
         if service == "containerd":
             return [f"{NODE_BIN_IN_CONTAINER}/containerd", "--config",
                     "/etc/containerd/config.toml"]
@@ -522,13 +514,13 @@ class Sandbox:
         raise errors.SandboxError(f"unknown service {service!r}; known: {', '.join(NODE_SERVICES)}")
 
     def start_service(self, node: str, service: str) -> None:
-        """Start `service` (containerd, kubelet, kube-proxy; node-agent on an OVN-only sandbox)
-        on `node`; logs in /var/log/ovnk-secondary/<service>.log."""
+        """Start `service` (containerd, kubelet, kube-proxy) on `node`; logs in
+        /var/log/ovnk-secondary/<service>.log."""
         argv = shlex.join(self._service_argv(node, service))
         self.exec(
             node,
             "mkdir -p /run/ovnk-secondary-services /var/log/ovnk-secondary; "
-            f"export PYTHONPATH={SOURCE_IN_CONTAINER} PATH={NODE_BIN_IN_CONTAINER}:$PATH; "
+            f"export PATH={NODE_BIN_IN_CONTAINER}:$PATH; "
             f"nohup {argv} >>/var/log/ovnk-secondary/{service}.log 2>&1 & "
             f"echo $! > /run/ovnk-secondary-services/{service}.pid",
         )
@@ -663,7 +655,7 @@ class Sandbox:
     def audit_events(self) -> Iterator[dict[str, Any]]:
         """The API server's audit events (request metadata: user, verb, object, response
         code), oldest first."""
-        path = state_dir(self.name) / "kube" / "audit.log"
+        path = state_dir(self.name) / "kube" / kubeapi.AUDIT_LOG
         with path.open(encoding="utf-8") as events:
             for line in events:
                 if line.strip():
@@ -781,10 +773,11 @@ def _write_identities(kube_dir: pathlib.Path, config_dir: pathlib.Path, *, conta
         time.sleep(0.2)
     plane = kubeapi.ControlPlane(directory=kube_dir, advertise=address, port=API_PORT)
     shutil.copyfile(plane.admin_kubeconfig, config_dir / "kubeconfig")
-    proxy = plane.client_kubeconfig(config_dir / "kube-proxy.kubeconfig",
+    # one of each for all nodes, kept with the control plane's files (not for the host's use)
+    proxy = plane.client_kubeconfig(kube_dir / "kube-proxy.kubeconfig",
                                     common="system:kube-proxy")
     multus = plane.service_account_kubeconfig("kube-system", "multus",
-                                              config_dir / "multus.kubeconfig", duration="8760h")
+                                              kube_dir / "multus.kubeconfig", duration="8760h")
     for node in nodes:
         node_dir = config_dir / "nodes" / node
         shutil.copyfile(plane.pki.path("ca.crt"), node_dir / "ca.crt")
@@ -792,8 +785,6 @@ def _write_identities(kube_dir: pathlib.Path, config_dir: pathlib.Path, *, conta
                                 common=f"system:node:{node}", organization="system:nodes")
         for shared in (proxy, multus):
             shutil.copyfile(shared, node_dir / shared.name)
-    proxy.unlink()
-    multus.unlink()
 
 
 def _wait_ready(container: str, timeout: float = 60) -> None:

@@ -52,6 +52,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 MANIFESTS = REPO / "manifests"
 BUILD_SCRIPT = REPO / "ovn-sandbox" / "build-kube.sh"
 SERVICE_CIDR = "10.96.0.0/16"
+AUDIT_LOG = "audit.log"  # in the control plane's directory
 
 
 def _built(section: str) -> pathlib.Path:
@@ -266,7 +267,7 @@ class ControlPlane:
         self.port = port or _free_port()
         self.pki = Pki(directory / "pki")
         self.admin_kubeconfig = directory / "admin.kubeconfig"
-        self.audit_log = directory / "audit.log"  # cluster=True: one JSON event per line
+        self.audit_log = directory / AUDIT_LOG  # cluster=True: one JSON event per line
         self._processes: dict[str, subprocess.Popen[bytes]] = {}
         self._arguments: dict[str, list[str]] = {}
         self.etcd_url = ""

@@ -118,14 +118,10 @@ def pod_netns() -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
-MAPPINGS_FILE = """\
-bridgeMappings:
-  - physicalNetworkName: localnet1
-    bridge: br-ex
-  - physicalNetworkName: localnet2
-    bridge: ovs-br1
-    uplinks: [enp2s0]
-"""
+# The sandbox nodes' bridge mappings (the reference scenario's; tests/manifests keeps them equal
+# to manifests/examples' ConfigMap).
+MAPPINGS_FILE = (pathlib.Path(__file__).resolve().parents[2] / "ovn-sandbox"
+                 / "bridge-mappings.yaml").read_text()
 
 
 @pytest.fixture(scope="module")
