@@ -12,6 +12,12 @@
 //	         then the runtime's stdin; the shim half-closes the connection after writing.
 //	answer:  the exit code in ASCII, "\n", then the bytes to print on stdout.
 //
+// OVN-Kubernetes as the primary network (its multi-network support off): its own plugin has this
+// binary's name. The installer (ovnk_secondary/agent/cnibindir.py) then keeps it beside this
+// one as ovn-k8s-cni-overlay.primary, and every request whose network configuration is OVN-K's
+// primary one ("name": "ovn-kubernetes") is handed to it unchanged: same arguments, environment
+// and stdin, its stdout, stderr and exit status passed through. The rest comes to the agent.
+//
 // Environment overrides (tests, unusual layouts): OVNK_SECONDARY_CNI_SOCKET (the socket path,
 // default /var/run/ovnk-secondary/cni.sock) and OVNK_SECONDARY_CNI_TIMEOUT (seconds to wait for the
 // answer, default 200: longer than the agent's own worst case, its 120 s annotation and 60 s
@@ -27,6 +33,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -49,6 +57,14 @@ var supportedVersions = []string{"0.3.1", "0.4.0", "1.0.0"}
 
 const defaultVersion = "0.3.1" // protocol.DEFAULT_VERSION: for errors when the config declares none
 
+// The name OVN-Kubernetes gives its primary network's CNI configuration (dist/images/ovnkube.sh
+// writes 10-ovn-kubernetes.conf with it), and where its plugin is kept when chained
+// (ovnk_secondary/agent/cnibindir.py PRIMARY_NAME).
+const (
+	primaryNetworkName = "ovn-kubernetes"
+	primaryPluginName  = "ovn-k8s-cni-overlay.primary"
+)
+
 type cniError struct {
 	CNIVersion string `json:"cniVersion"`
 	Code       int    `json:"code"`
@@ -61,7 +77,50 @@ func main() {
 	if err != nil {
 		os.Exit(fail(nil, ioFailure, "cannot read the network configuration on stdin", err.Error()))
 	}
+	if primary := primaryPlugin(stdin); primary != "" {
+		os.Exit(delegate(primary, stdin))
+	}
 	os.Exit(run(os.Environ(), stdin, os.Stdout))
+}
+
+// primaryPlugin: OVN-Kubernetes' own plugin kept beside this binary, when the request is for its
+// primary network and the plugin is there; else "".
+func primaryPlugin(stdin []byte) string {
+	var config struct {
+		Name string `json:"name"`
+	}
+	if json.Unmarshal(stdin, &config) != nil || config.Name != primaryNetworkName {
+		return ""
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return ""
+	}
+	path := filepath.Join(filepath.Dir(self), primaryPluginName)
+	if info, err := os.Stat(path); err != nil || !info.Mode().IsRegular() {
+		return "" // not chained: the agent explains why it refuses that network name
+	}
+	return path
+}
+
+// delegate runs the primary plugin with this invocation's arguments, environment and stdin, and
+// returns its exit status (its stdout and stderr are this process's).
+func delegate(path string, stdin []byte) int {
+	cmd := exec.Command(path, os.Args[1:]...)
+	cmd.Env = os.Environ()
+	cmd.Stdin = bytes.NewReader(stdin)
+	cmd.Stdout = os.Stdout
+	cmd.Stderr = os.Stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &exit) && exit.ExitCode() >= 0:
+		return exit.ExitCode()
+	default:
+		return fail(stdin, tryAgainLater, "cannot run OVN-Kubernetes' plugin "+path, err.Error())
+	}
 }
 
 // run is one invocation: the exit code, with what to print written to out.

@@ -40,6 +40,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "ovnk_secondary.agent.main",
         "run the node agent (CNI requests, bridge mappings)",
     ),
+    "install-cni": (
+        "ovnk_secondary.agent.cnibindir",
+        "install ovn-k8s-cni-overlay into the node's CNI binary directory",
+    ),
     "sandbox": ("ovnk_secondary.sandbox.cli", "multi-node OVN sandbox in containers"),
 }
 

@@ -1,8 +1,9 @@
 """The node agent's liveness and readiness over HTTP, for its DaemonSet's probes.
 
 `/healthz`: the event loop answers. `/readyz`: 200 "ready" when the agent can serve ADDs on
-this node: connected to the local OVSDB with a complete copy, the CNI socket serving, and the
-bridge-mappings file applied (when one is given); otherwise 503 with one line per problem, in
+this node: connected to the local OVSDB with a complete copy, the CNI socket serving, the
+bridge-mappings file applied (when one is given) and our CNI plugin in place (when the agent
+keeps it: --cni-bin-dir); otherwise 503 with one line per problem, in
 words that say what is wrong (the Node's ovnk-secondary.io/bridge-mappings annotation has the
 mapping error in full).
 """
@@ -16,8 +17,8 @@ import aiohttp.web
 from ovnk_secondary import probes
 
 
-def problems(*, ovs_connected: bool, socket_serving: bool,
-             mappings_error: str | None) -> list[str]:
+def problems(*, ovs_connected: bool, socket_serving: bool, mappings_error: str | None,
+             plugin_error: str | None = None) -> list[str]:
     """What keeps the agent from being ready (pure): empty when ready."""
     found = []
     if not ovs_connected:
@@ -26,6 +27,8 @@ def problems(*, ovs_connected: bool, socket_serving: bool,
         found.append("the CNI socket is not serving")
     if mappings_error:
         found.append(f"bridge mappings not applied: {mappings_error}")
+    if plugin_error:
+        found.append(f"ovn-k8s-cni-overlay not installed: {plugin_error}")
     return found
 
 

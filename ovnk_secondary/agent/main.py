@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import pathlib
 import signal
 from concurrent import futures
 from typing import Any
@@ -22,6 +23,7 @@ from ovnk_secondary import cli, errors
 from ovnk_secondary.agent import (
     attachments,
     bridgemappings,
+    cnibindir,
     health,
     interfaces,
     mtus,
@@ -45,6 +47,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="kubeconfig file (default: in-cluster config, else $KUBECONFIG)")
     parser.add_argument("--bridge-mappings", default=None, metavar="FILE",
                         help="declarative bridge-mappings file (YAML/JSON); re-read on change")
+    parser.add_argument("--cni-bin-dir", default=None, metavar="DIR", type=pathlib.Path,
+                        help="keep ovn-k8s-cni-overlay installed there (checked every "
+                        f"{cnibindir.CHECK_INTERVAL:.0f} s; default: not checked)")
+    parser.add_argument("--primary-plugin", choices=cnibindir.PRIMARY_PLUGIN_MODES,
+                        default="refuse", help="another product's ovn-k8s-cni-overlay in "
+                        "--cni-bin-dir (OVN-Kubernetes' as the primary network): refuse, or "
+                        "keep it and chain to it (default: %(default)s)")
     parser.add_argument("--socket", default=protocol.DEFAULT_SOCKET,
                         help="CNI socket path (default: %(default)s)")
     parser.add_argument("--annotation-timeout", type=float, default=120.0, metavar="S",
@@ -73,6 +82,26 @@ def run(args: argparse.Namespace) -> int:
             raise errors.InvalidConfig(f"{name} {value} must be positive (seconds)")
     asyncio.run(_serve(args))
     return 0
+
+
+class PluginKeeper:
+    """Keeps our plugin in the node's CNI binary directory (OVN-K's ovnkube-node copies its own
+    over it when it starts) and knows why it is not there, if so."""
+
+    def __init__(self, *, directory: pathlib.Path, primary_plugin: str) -> None:
+        self.directory = directory
+        self.primary_plugin = primary_plugin
+        self.error: str | None = "not checked yet"
+
+    def check(self) -> None:
+        self.error = cnibindir.check(self.directory, shim=pathlib.Path(cnibindir.SHIM),
+                                     primary_plugin=self.primary_plugin)
+
+    async def run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await loop.run_in_executor(None, self.check)
+            await asyncio.sleep(cnibindir.CHECK_INTERVAL)
 
 
 class BridgeMappingsLoop:
@@ -171,6 +200,11 @@ async def _serve(args: argparse.Namespace) -> None:
                                       node_name=args.node_name)
         await loop.run_in_executor(None, lambda: mappings.converge(force=True))
         tasks.append(asyncio.create_task(mappings.run_forever()))
+    plugin_keeper: PluginKeeper | None = None
+    if args.cni_bin_dir is not None:
+        plugin_keeper = PluginKeeper(directory=args.cni_bin_dir,
+                                        primary_plugin=args.primary_plugin)
+        tasks.append(asyncio.create_task(plugin_keeper.run_forever()))
     offload = args.tx_checksum_offload == "on"
     if args.tx_checksum_offload == "auto":
         datapath = await loop.run_in_executor(None, switch.integration_datapath_type)
@@ -191,7 +225,8 @@ async def _serve(args: argparse.Namespace) -> None:
 
     def problems() -> list[str]:
         return health.problems(ovs_connected=switch.connected(), socket_serving=cni.serving(),
-                               mappings_error=mappings.error if mappings else None)
+                               mappings_error=mappings.error if mappings else None,
+                               plugin_error=plugin_keeper.error if plugin_keeper else None)
 
     runner = await health.start(host=args.health_host, port=args.health_port,
                                 check=problems) if args.health_port else None

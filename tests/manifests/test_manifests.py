@@ -278,25 +278,49 @@ def test_kustomizations_list_every_manifest() -> None:
     assert [image["newTag"] for image in base["images"]] == [version]
 
 
-def test_the_cni_binary_directory_is_a_setting_of_the_daemonset(tmp_path: pathlib.Path) -> None:
-    """The component for OpenShift's Multus (/var/lib/cni/bin), built by kustomize as a user's
-    overlay would: the init container installs into that host directory, nothing else moves."""
+def _built_daemonset(tmp_path: pathlib.Path, component: str) -> dict[str, Any]:
+    """The node-agent DaemonSet of an overlay of the base with `component`, built by kustomize
+    as a user's overlay would be."""
     overlay = tmp_path / "overlay"
     overlay.mkdir()
     (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
         "resources": [os.path.relpath(MANIFESTS, overlay)],
-        "components": [os.path.relpath(MANIFESTS / "components" / "openshift-cni-bin-dir",
-                                       overlay)]}))
+        "components": [os.path.relpath(MANIFESTS / "components" / component, overlay)]}))
     built = subprocess.run([str(kubeapi.kubectl()), "kustomize", str(overlay)],
                            capture_output=True, text=True, check=True).stdout
-    daemonset = next(d for d in yaml.safe_load_all(built) if d and d["kind"] == "DaemonSet")
-    pod_spec = daemonset["spec"]["template"]["spec"]
+    daemonset: dict[str, Any] = next(
+        d for d in yaml.safe_load_all(built) if d and d["kind"] == "DaemonSet")
+    return daemonset
+
+
+def test_the_cni_binary_directory_is_a_setting_of_the_daemonset(tmp_path: pathlib.Path) -> None:
+    """The component for OpenShift's Multus (/var/lib/cni/bin): the init container installs into
+    that host directory and the agent keeps it there, nothing else moves."""
+    pod_spec = _built_daemonset(tmp_path, "openshift-cni-bin-dir")["spec"]["template"]["spec"]
     init = next(c for c in pod_spec["initContainers"] if c["name"] == "install-cni")
-    cni_bin_dir = next(e["value"] for e in init["env"] if e["name"] == "CNI_BIN_DIR")
-    assert _host_path_at(pod_spec, init, cni_bin_dir)[1] == "/var/lib/cni/bin"
+    agent = next(c for c in pod_spec["containers"] if c["name"] == "node-agent")
+    for container in (init, agent):
+        directory = str(_parse_command(container).cni_bin_dir)
+        assert _host_path_at(pod_spec, container, directory)[1] == "/var/lib/cni/bin"
     base = _one("DaemonSet", "ovnk-secondary-node-agent")["spec"]["template"]["spec"]
     assert [v for v in pod_spec["volumes"] if v["name"] != "cni-bin"] == [
         v for v in base["volumes"] if v["name"] != "cni-bin"]
+
+
+def test_chaining_to_ovn_kubernetes_is_a_component_and_off_by_default(
+        tmp_path: pathlib.Path) -> None:
+    """Replacing OVN-Kubernetes' plugin (kept beside ours) is the admin's decision: the base
+    refuses, the component ovn-kubernetes-primary chains, in the init container and the agent."""
+    def modes(pod_spec: Mapping[str, Any]) -> set[str]:
+        return {_parse_command(c).primary_plugin
+                for c in pod_spec["initContainers"] + pod_spec["containers"]
+                if c["name"] in ("install-cni", "node-agent")}
+
+    base = _one("DaemonSet", "ovnk-secondary-node-agent")["spec"]["template"]["spec"]
+    assert modes(base) == {"refuse"}
+    built = _built_daemonset(tmp_path, "ovn-kubernetes-primary")["spec"]["template"]["spec"]
+    assert modes(built) == {"chain"}
+    assert built["volumes"] == base["volumes"]
 
 
 def test_base_objects_live_in_the_ovnk_secondary_namespace() -> None:
@@ -371,12 +395,12 @@ def _sample_value(container: Mapping[str, Any], variable: str) -> str:
 
 
 def test_every_ovnk_secondary_command_line_parses() -> None:
-    parsed = 0
+    parsed = []
     for _, _, container in _workload_containers():
         if container["command"][0] == "ovnk-secondary":
             _parse_command(container)
-            parsed += 1
-    assert parsed == 2, "expected the controller and the node agent"
+            parsed.append(container["command"][1])
+    assert sorted(parsed) == ["controller", "install-cni", "node-agent"]
 
 
 def test_the_command_line_check_catches_an_unknown_flag() -> None:
@@ -467,15 +491,16 @@ def test_node_agent_sees_the_host_as_the_cni_plugin_and_ovs_do() -> None:
     assert items.get(relative, relative) in _one("ConfigMap", BRIDGE_MAPPINGS_CONFIGMAP)["data"]
 
 
-def _install_script() -> tuple[dict[str, Any], str]:
+def _install_command() -> tuple[dict[str, Any], str]:
+    """The init container and the CNI binary directory it installs into (the host's
+    /opt/cni/bin), as the container sees it."""
     daemonset = _one("DaemonSet", "ovnk-secondary-node-agent")
     pod_spec = daemonset["spec"]["template"]["spec"]
     init = next(c for c in pod_spec["initContainers"] if c["name"] == "install-cni")
-    assert init["command"][:2] == ["sh", "-c"]
-    _, host = _host_path_at(pod_spec, init,
-                            next(e["value"] for e in init["env"] if e["name"] == "CNI_BIN_DIR"))
+    directory = str(_parse_command(init).cni_bin_dir)
+    _, host = _host_path_at(pod_spec, init, directory)
     assert host.rstrip("/") == "/opt/cni/bin"
-    return init, init["command"][2]
+    return init, directory
 
 
 def _elf_interpreter(data: bytes) -> bytes | None:
@@ -498,17 +523,19 @@ def test_install_cni_installs_a_plugin_that_needs_nothing_on_the_host(
     """The init container, run from the product image as the kubelet would (its command, its
     CNI_BIN_DIR on a host directory): what lands on the host is a static binary that answers
     as Multus expects, run here with an empty environment (no Python, no library needed)."""
-    init, _ = _install_script()
+    init, container_dir = _install_command()
     product = images.ensure().product
     bin_dir = tmp_path / "opt-cni-bin"
     bin_dir.mkdir()
-    env_dir = next(e["value"] for e in init["env"] if e["name"] == "CNI_BIN_DIR")
+    environment = [f"--env={e['name']}={e['value']}" for e in init.get("env", [])]
 
     def install() -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["docker", "run", "--rm", "--user", "0", "-v", f"{bin_dir}:{env_dir}",
-             "-e", f"CNI_BIN_DIR={env_dir}", "--entrypoint", init["command"][0], product,
-             *init["command"][1:]], capture_output=True, text=True, timeout=120, check=False)
+            ["docker", "run", "--rm", "--user", "0", "-v", f"{bin_dir}:{container_dir}",
+             *environment, "--entrypoint", init["command"][0], product,
+             *[re.sub(r"\$\((\w+)\)", lambda m: _sample_value(init, m[1]), arg)
+               for arg in init["command"][1:]]],
+            capture_output=True, text=True, timeout=120, check=False)
 
     # a node whose plugin of that name is another product's (OVN-Kubernetes'): left alone
     foreign = bin_dir / "ovn-k8s-cni-overlay"
