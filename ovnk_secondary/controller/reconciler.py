@@ -926,6 +926,13 @@ class Reconciler:
                 if exc.status == 404:
                     return False
                 raise
+            previous = self._decoded.get(pod.key, (None, {}))[1] if before else {}
+            for nad_key, entry in recorded.items():
+                if previous.get(nad_key) != entry:
+                    logger.info("pod %s/%s on NAD %s: %s, MAC %s, port %s", namespace, name,
+                                nad_key, "addresses " + " ".join(entry.ip_addresses)
+                                if entry.ip_addresses else "no addresses (no IPAM)",
+                                entry.mac_address, naming.pod_port_name(nad_key, namespace, name))
         return True
 
     def _recorded(self, pod: _Pod) -> tuple[str | None, dict[str, Any]]:

@@ -22,6 +22,8 @@ import logging
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
+from ovnk_secondary import errors
+
 logger = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
 
@@ -74,7 +76,9 @@ class WorkQueue(Generic[K]):
             self._active.add(key)
             try:
                 await self._process(key)
-            except Exception:  # one key's failure must not stop the worker
+            except errors.OvnkSecondaryError as exc:  # a condition we know: no traceback
+                logger.warning("work on %r failed: %s", key, exc)
+            except Exception:  # a bug: one key's failure must not stop the worker
                 logger.exception("work on %r failed", key)
             finally:
                 self._active.discard(key)

@@ -61,6 +61,13 @@ MONITORED: dict[str, tuple[str, ...]] = {
 }
 
 
+def _log(change: diff.Diff | None) -> None:
+    """One INFO line per committed row change (a changed row is a fact an operator may need)."""
+    if change is not None:
+        for line in diff.describe(change):
+            logger.info("NB: %s", line)
+
+
 def _owned(external_ids: dict[str, str]) -> bool:
     return external_ids.get(naming.OWNER_KEY) == naming.OWNER_VALUE
 
@@ -410,6 +417,7 @@ class Northbound:
         commands = list(self._commands(change))
         for start in range(0, len(commands), batch):
             self._commit(commands[start:start + batch])
+        _log(change)
         return len(commands)
 
     def converge(self, parts: Sequence[Part]) -> list[Outcome]:
@@ -430,6 +438,8 @@ class Northbound:
         commands = [_Converge(self, part) for part in parts]
         try:
             self._commit(commands)
+            for command in commands:
+                _log(command.result)
             return [Outcome(change=c.result) for c in commands]
         except errors.NorthboundError as exc:
             if len(parts) == 1:
@@ -441,6 +451,7 @@ class Northbound:
             single = _Converge(self, part)
             try:
                 self._commit([single])
+                _log(single.result)
                 outcomes.append(Outcome(change=single.result))
             except errors.NorthboundError as exc:
                 outcomes.append(Outcome(error=exc))

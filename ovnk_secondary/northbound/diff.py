@@ -13,6 +13,7 @@ import dataclasses
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from ovnk_secondary import naming
 from ovnk_secondary.northbound import desired
 
 _SWITCH_COLUMNS = ("external_ids", "other_config")
@@ -62,6 +63,37 @@ class Diff:
             if rows
         ]
         return ", ".join(parts) or "nothing to change"
+
+
+def describe(change: Diff) -> list[str]:
+    """One line per row `change` writes, naming what it is for (the log's record of NB changes):
+    e.g. `created logical switch port test.nad.layer2_test_pod1 on l2.network_ovn_layer2_switch
+    (a pod in namespace test, NAD test/nad-layer2, addresses 0a:58:0a:64:c8:05 10.100.200.5)`."""
+    def port_owner(port: desired.Port) -> str:
+        ids = port.external_ids
+        if port.type == "localnet":
+            return f"localnet port of network {ids.get(naming.NETWORK_KEY, '?')}" + (
+                f", VLAN {port.tag_request}" if port.tag_request is not None else "")
+        return (f"a pod in namespace {ids.get('namespace', '?')}, NAD "
+                f"{ids.get(naming.NAD_KEY, '?')}, addresses {' '.join(port.addresses) or 'none'}")
+
+    lines = [f"created logical switch {s.name} (network {s.external_ids.get(naming.NETWORK_KEY)}"
+             f", {s.external_ids.get(naming.TOPOLOGY_KEY)})" for s in change.create_switches]
+    lines += [f"updated logical switch {u.name}: {_columns(u)}" for u in change.update_switches]
+    lines += [f"deleted logical switch {name}" for name in change.delete_switches]
+    lines += [f"created logical switch port {p.name} on {p.switch} ({port_owner(p)})"
+              for p in change.create_ports]
+    lines += [f"updated logical switch port {u.name}: {_columns(u)}" for u in change.update_ports]
+    lines += [f"deleted logical switch port {p.name} from {p.switch} ({port_owner(p)})"
+              for p in change.delete_ports]
+    return lines
+
+
+def _columns(update: Update) -> str:
+    changed = [f"{column}={value}" for column, value in sorted(update.columns.items())]
+    removed = [f"{column} -{','.join(keys)}"
+               for column, keys in sorted(update.removed_keys.items())]
+    return "; ".join(changed + removed)
 
 
 def _update(name: str, want: Any, have: Any, columns: tuple[str, ...]) -> Update | None:

@@ -54,6 +54,33 @@ def test_reference_scenario_nads_and_pods(
                     f'external_ids:"{naming.OWNER_KEY}"') == naming.OWNER_VALUE
 
 
+def test_each_allocation_and_nb_change_is_one_info_line(
+    api: Api, nb_server: servers.NbServer, controller: Controller,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What an operator greps for: the pod's addresses, MAC and port, and each NB row written."""
+    caplog.set_level(logging.INFO, logger="ovnk_secondary")
+    api.create_nad("test", "nad-layer2", name="l2-network", topology="layer2",
+                   subnets="10.100.0.0/24")
+    api.create_pod("test", "logged-pod", "nad-layer2")
+    annotation = until(lambda: api.pod_networks("test", "logged-pod"), "no pod-networks")
+    until(lambda: "test.nad.layer2_test_logged-pod" in ports(nb_server), "no port")
+    entry = annotation["test/nad-layer2"]
+    port_line = ("NB: created logical switch port test.nad.layer2_test_logged-pod on "
+                 "l2.network_ovn_layer2_switch (a pod in namespace test, NAD test/nad-layer2, "
+                 f"addresses {entry['mac_address']} {entry['ip_addresses'][0].split('/')[0]})")
+    until(lambda: port_line in caplog.messages, "no INFO line for the port")
+    messages = caplog.messages
+    allocations = [m for m in messages if m.startswith("pod test/logged-pod on NAD ")]
+    assert allocations == [
+        f"pod test/logged-pod on NAD test/nad-layer2: addresses {entry['ip_addresses'][0]}, "
+        f"MAC {entry['mac_address']}, port test.nad.layer2_test_logged-pod"]
+    assert messages.count(port_line) == 1
+    assert ("NB: created logical switch l2.network_ovn_layer2_switch (network l2-network, "
+            "layer2)") in messages
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
 def test_invalid_and_missing_nads_get_warning_events_and_no_nb_rows(
     api: Api, nb_server: servers.NbServer, controller: Controller
 ) -> None:

@@ -72,3 +72,26 @@ def test_a_port_on_the_wrong_switch_is_moved() -> None:
     change = diff.diff(want, have)
     assert [p.switch for p in change.delete_ports] == ["x"]
     assert [p.name for p in change.create_ports] == [port.name]
+
+
+def test_every_row_change_is_described_with_what_it_is_for() -> None:
+    """The log's record of NB changes: one line per row, naming pod, NAD, addresses, VLAN."""
+    created = diff.diff(_state("a"), desired.State())
+    lines = diff.describe(created)
+    assert lines == [
+        "created logical switch localnet2_ovn_localnet_switch (network localnet2, localnet)",
+        "created logical switch port localnet2_ovn_localnet_port on "
+        "localnet2_ovn_localnet_switch (localnet port of network localnet2, VLAN 33)",
+        "created logical switch port test.nad_test_a on localnet2_ovn_localnet_switch "
+        "(a pod in namespace test, NAD test/nad, addresses 02:00:00:00:00:01)",
+    ]
+    deleted = diff.diff(desired.State(), _state("a"))  # its ports go with the switch
+    assert diff.describe(deleted) == ["deleted logical switch localnet2_ovn_localnet_switch"]
+    assert diff.describe(diff.diff(_state(), _state("a"))) == [
+        "deleted logical switch port test.nad_test_a from localnet2_ovn_localnet_switch "
+        "(a pod in namespace test, NAD test/nad, addresses 02:00:00:00:00:01)"]
+    moved = diff.diff(desired.state([dataclasses.replace(NETWORK, vlan_id=34)], []),
+                      desired.state([NETWORK], []))
+    assert diff.describe(moved) == [
+        "updated logical switch port localnet2_ovn_localnet_port: tag_request=34"]
+    assert diff.describe(diff.diff(_state("a"), _state("a"))) == []
