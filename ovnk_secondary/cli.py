@@ -40,6 +40,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
         "ovnk_secondary.agent.main",
         "run the node agent (CNI requests, bridge mappings)",
     ),
+    "diagnose": (
+        "ovnk_secondary.diagnose.main",
+        "walk a pod's (or a network's) chain from NAD to wire; say what is broken and the fix",
+    ),
     "install-cni": (
         "ovnk_secondary.agent.cnibindir",
         "install ovn-k8s-cni-overlay into the node's CNI binary directory",

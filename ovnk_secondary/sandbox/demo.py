@@ -35,6 +35,33 @@ def _matrix(reached: dict[tuple[str, str], bool], pods: list[str], targets: list
         print(f"  {i:>2} = {target}")
 
 
+def _broken_uplink(sb: cluster.Sandbox, pod: scenario.PodView) -> bool:
+    """A localnet pod cut off by its node's uplink going down, found by `diagnose`; then fixed."""
+    key = f"{scenario.NAMESPACE}/{pod.name}"
+    _, host = cluster.EXTERNAL_HOSTS[33]
+    _section(f"diagnose: {pod.name}'s uplink enp2s0 on {pod.node} goes down "
+             f"(`ip link set enp2s0 down` there)")
+    sb.exec(pod.node, ["ip", "link", "set", "enp2s0", "down"])
+    try:
+        cut = not scenario.ping(sb, pod, host, replies=1, deadline=3)
+        print(f"  ping {host} from {pod.name}: {'no reply' if cut else 'REPLIES (unexpected)'}")
+        print(f"  $ ovnk-secondary diagnose pod {key} --kubeconfig ... --ovn-nb "
+              f"{sb.nb_connection} --ovn-sb {sb.sb_connection}")
+        code, output = scenario.diagnose(sb, "pod", key)
+        for line in output.rstrip().splitlines():
+            print(f"  {line}")
+        print(f"  (exit status {code})")
+        found = code == 1 and "FAILED bridge ovs-br1 on " in output and "enp2s0 down" in output
+    finally:
+        sb.exec(pod.node, ["ip", "link", "set", "enp2s0", "up"])
+    code_after, output_after = scenario.diagnose(sb, "pod", key)
+    back = scenario.ping(sb, pod, host)
+    print(f"  after `ip link set enp2s0 up`: diagnose exits {code_after} "
+          f"({output_after.count('  ok ')} links ok), ping {host}: "
+          f"{'replies' if back else 'NO REPLY'}")
+    return cut and found and code_after == 0 and back
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--name", default="ovnk")
@@ -117,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             for line in tagged[:1]:
                 print(f"  {line.strip()}")
             checks.append(ok and bool(tagged) and f"vlan {vlan}," in tagged[0])
+
+        checks.append(_broken_uplink(sb, by_name["localnet2-pod"]))
     except errors.OvnkSecondaryError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1

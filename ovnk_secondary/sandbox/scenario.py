@@ -13,6 +13,8 @@ import dataclasses
 import json
 import re
 import shlex
+import subprocess
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -229,6 +231,17 @@ def ping(
     summary = re.search(r"(\d+) packets received",
                         in_pod(sb, pod, command, timeout=deadline + 30).stdout)
     return summary is not None and int(summary.group(1)) >= replies
+
+
+def diagnose(sb: cluster.Sandbox, *subject: str) -> tuple[int, str]:
+    """`ovnk-secondary diagnose SUBJECT...` as a user runs it against the sandbox (its
+    kubeconfig, NB and SB): (exit status, output)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "ovnk_secondary", "diagnose", *subject,
+         "--kubeconfig", str(sb.kubeconfig), "--ovn-nb", sb.nb_connection,
+         "--ovn-sb", sb.sb_connection],
+        capture_output=True, text=True, timeout=180, check=False)
+    return done.returncode, done.stdout + done.stderr
 
 
 def ping_matrix(

@@ -181,6 +181,42 @@ except client.ApiException as exc:
 """
 
 
+def test_diagnose_walks_every_link_and_stops_at_the_broken_one(sb: cluster.Sandbox) -> None:
+    """`ovnk-secondary diagnose` as an admin runs it (kubeconfig, NB, SB; the node's OVSDB
+    through its agent pod): every link of a healthy pod holds; a NIC down and a missing NAD
+    are each named as the broken link, with the fix, and exit status 1."""
+    code, output = scenario.diagnose(sb, "pod", f"{NS}/two-networks-pod")
+    assert code == 0, output
+    assert "FAILED" not in output and output.count("  ok ") == 7 + 11, output
+    code, output = scenario.diagnose(sb, "network", "localnet1")
+    assert code == 0 and output.count("  ok ") == 4 + 2 * len(sb.node_names), output
+
+    pod = scenario.view(sb, "localnet1-pod")  # localnet1: br-ex, uplink enp1s0
+    sb.exec(pod.node, ["ip", "link", "set", "enp1s0", "down"])
+    try:
+        code, output = scenario.diagnose(sb, "pod", f"{NS}/localnet1-pod")
+    finally:
+        sb.exec(pod.node, ["ip", "link", "set", "enp1s0", "up"])
+    assert code == 1, output
+    failed = [line for line in output.splitlines() if "FAILED" in line]
+    assert failed == [f"  FAILED bridge br-ex on {pod.node} has an uplink that is up: "
+                      "enp1s0 down"], output
+    assert "fix: bring the NIC up" in output
+    _eventually(lambda: scenario.diagnose(sb, "pod", f"{NS}/localnet1-pod")[0] == 0)
+
+    scenario.kubectl(sb, "run", "lost-pod", "-n", NS, "--image",
+                     "ovnk-sandbox/workload:busybox", "--image-pull-policy", "IfNotPresent",
+                     "--annotations", "k8s.v1.cni.cncf.io/networks=nad-missing",
+                     "--command", "--", "sleep", "3600")
+    try:
+        _eventually(lambda: "on node node-" in scenario.diagnose(sb, "pod", f"{NS}/lost-pod")[1])
+        code, output = scenario.diagnose(sb, "pod", f"{NS}/lost-pod")
+        assert code == 1 and "FAILED NAD test/nad-missing exists: not found" in output, output
+        assert "fix: create NetworkAttachmentDefinition test/nad-missing" in output
+    finally:
+        scenario.kubectl(sb, "delete", "pod", "-n", NS, "lost-pod")
+
+
 def test_a_node_agent_may_change_only_its_own_nodes_report(sb: cluster.Sandbox) -> None:
     """manifests/node-agent-policy.yaml: RBAC lets the agent patch every Node; the admission
     policy lets it change only its own Node's ovnk-secondary.io/bridge-mappings annotation."""
