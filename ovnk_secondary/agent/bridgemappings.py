@@ -40,7 +40,7 @@ LOG = logging.getLogger(__name__)
 MAPPINGS_KEY = "ovn-bridge-mappings"
 OWNED_KEY = "ovnk-secondary.io/bridge-mappings"  # on Open_vSwitch external_ids: what we wrote
 NODE_ANNOTATION = "ovnk-secondary.io/bridge-mappings"
-_FIELDS = {"physicalNetworkName", "bridge", "uplinks"}
+_FIELDS = {"physicalNetworkName", "bridge", "uplinks", "moveAddresses"}
 # Names end up inside `a:b,c:d` and as kernel interface names (internal ports): keep them plain.
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,14}$")
 _PHYSNET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
@@ -51,10 +51,14 @@ class BridgeMapping:
     physical_network: str
     bridge: str
     uplinks: tuple[str, ...] = ()
+    move_addresses: bool = False  # an uplink's addresses and routes move to the bridge
 
     def to_json(self) -> dict[str, Any]:
-        return {"physicalNetworkName": self.physical_network, "bridge": self.bridge,
-                "uplinks": list(self.uplinks)}
+        found: dict[str, Any] = {"physicalNetworkName": self.physical_network,
+                                 "bridge": self.bridge, "uplinks": list(self.uplinks)}
+        if self.move_addresses:
+            found["moveAddresses"] = True
+        return found
 
 
 def parse_file(text: str, *, source: str) -> tuple[BridgeMapping, ...]:
@@ -105,7 +109,15 @@ def _parse_entry(entry: object, *, where: str) -> BridgeMapping:
     if not isinstance(uplinks, list) or not all(
             isinstance(u, str) and _NAME.match(u) for u in uplinks):
         raise errors.InvalidConfig(f"{where}: uplinks {uplinks!r} must be a list of NIC names")
-    return BridgeMapping(physical_network=physnet, bridge=bridge, uplinks=tuple(uplinks))
+    move = entry.get("moveAddresses", False)
+    if not isinstance(move, bool):
+        raise errors.InvalidConfig(f"{where}: moveAddresses {move!r} must be true or false")
+    if move and not uplinks:
+        raise errors.InvalidConfig(f"{where}: moveAddresses moves an uplink NIC's addresses to "
+                                   f"bridge {bridge}, but the entry lists no uplinks; add the "
+                                   "NIC to uplinks or remove moveAddresses")
+    return BridgeMapping(physical_network=physnet, bridge=bridge, uplinks=tuple(uplinks),
+                         move_addresses=move)
 
 
 def validate(mappings: Iterable[BridgeMapping], *, source: str) -> None:

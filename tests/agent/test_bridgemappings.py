@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 
 import pytest
 
 from ovnk_secondary import errors
-from ovnk_secondary.agent import bridgemappings, ovs
+from ovnk_secondary.agent import bridgemappings, ovs, uplinks
 from tests.agent import conftest
 
 SCENARIO = """
@@ -124,3 +126,115 @@ def test_apply_creates_bridge_and_uplink_and_merges(local_switch: conftest.Local
         assert "br-new" not in sw.vsctl("list-br").split()
     finally:
         switch.close()
+
+
+# --- uplinks that carry the node's address (pure) -------------------------------------------
+
+MOVING = """
+bridgeMappings:
+  - physicalNetworkName: localnet2
+    bridge: ovs-br1
+    uplinks: [enp2s0]
+    moveAddresses: true
+"""
+MAC = "52:54:00:12:34:56"
+NODE_ADDRESS = uplinks.Address(cidr="192.168.1.5/24", broadcast="192.168.1.255")
+PREFIX_ROUTE = uplinks.Route(dst="192.168.1.0/24", src="192.168.1.5",
+                             protocol=uplinks.RTPROT_KERNEL, scope=uplinks.RT_SCOPE_LINK)
+DEFAULT_ROUTE = uplinks.Route(dst="0.0.0.0/0", gateway="192.168.1.1", metric=100)
+LINK_LOCAL = uplinks.Address(cidr="fe80::5054:ff:fe12:3456/64", scope=uplinks.RT_SCOPE_LINK)
+LINK_LOCAL_ROUTE = uplinks.Route(dst="fe80::/64", metric=256, protocol=uplinks.RTPROT_KERNEL)
+NODE_NIC = uplinks.Link(name="enp2s0", mac=MAC,
+                        addresses=(NODE_ADDRESS, LINK_LOCAL),
+                        routes=(DEFAULT_ROUTE, PREFIX_ROUTE, LINK_LOCAL_ROUTE))
+
+
+def _plan(text: str, *links: uplinks.Link,
+          port_bridges: dict[str, str] | None = None) -> tuple[uplinks.Move, ...]:
+    return uplinks.plan(bridgemappings.parse_file(text, source="f.yaml"),
+                        links={link.name: link for link in links},
+                        port_bridges=port_bridges or {}, source="f.yaml")
+
+
+def test_move_addresses_is_a_boolean_of_an_entry_with_uplinks() -> None:
+    mapping, = bridgemappings.parse_file(MOVING, source="f.yaml")
+    assert mapping.move_addresses
+    assert mapping.to_json()["moveAddresses"] is True
+    assert "moveAddresses" not in bridgemappings.parse_file(SCENARIO, source="f")[1].to_json()
+    with pytest.raises(errors.InvalidConfig, match="moveAddresses 'yes' must be true or false"):
+        bridgemappings.parse_file(MOVING.replace("true", "'yes'"), source="f.yaml")
+    with pytest.raises(errors.InvalidConfig, match="lists no uplinks"):
+        bridgemappings.parse_file(MOVING.replace("uplinks: [enp2s0]", "uplinks: []"),
+                                  source="f.yaml")
+
+
+def test_uplink_carrying_the_node_address_is_refused_with_what_to_do() -> None:
+    with pytest.raises(errors.InvalidConfig) as info:
+        _plan(SCENARIO, NODE_NIC)
+    assert str(info.value) == (
+        "f.yaml: uplink NIC enp2s0 of bridge ovs-br1 carries the node's address 192.168.1.5/24 "
+        "and the default route via 192.168.1.1; moving it into the bridge would cut the node "
+        "off: set moveAddresses: true on this entry to move them to the bridge's interface, or "
+        "list another NIC")
+
+
+@pytest.mark.parametrize(("link", "carried"), [
+    # a route alone is enough (here: a subnet reached through the NIC, no address on it)
+    (uplinks.Link(name="enp2s0", mac=MAC, routes=(
+        uplinks.Route(dst="10.0.0.0/8", scope=uplinks.RT_SCOPE_LINK),)), "the route 10.0.0.0/8"),
+    (uplinks.Link(name="enp2s0", mac=MAC, addresses=(
+        uplinks.Address(cidr="2001:db8::5/64"), uplinks.Address(cidr="192.168.1.5/24"))),
+     "the node's addresses 2001:db8::5/64, 192.168.1.5/24"),
+    (uplinks.Link(name="enp2s0", mac=MAC, addresses=(NODE_ADDRESS,), routes=(
+        DEFAULT_ROUTE, uplinks.Route(dst="10.0.0.0/8", gateway="192.168.1.2"))),
+     "the node's address 192.168.1.5/24, the default route via 192.168.1.1 and the route "
+     "10.0.0.0/8 via 192.168.1.2"),
+])
+def test_every_address_and_route_an_uplink_carries_is_named(link: uplinks.Link,
+                                                            carried: str) -> None:
+    assert link.carries
+    with pytest.raises(errors.InvalidConfig, match=f"carries {re.escape(carried)}; moving"):
+        _plan(SCENARIO, link)
+
+
+def test_link_local_only_uplink_and_converged_uplink_are_plain_ports() -> None:
+    # what every IPv6 interface has: a fe80:: address and route (the kernel makes them anew)
+    fresh = uplinks.Link(name="enp2s0", mac=MAC, addresses=(LINK_LOCAL,),
+                         routes=(LINK_LOCAL_ROUTE,
+                                 uplinks.Route(dst="ff00::/8", metric=256, kind=5)))
+    assert not fresh.carries
+    assert _plan(SCENARIO, fresh) == ()
+    # already a port of its bridge (moved earlier, or added by an admin): nothing to decide
+    assert _plan(SCENARIO, NODE_NIC, port_bridges={"enp2s0": "ovs-br1"}) == ()
+
+
+def test_move_plan_takes_the_global_addresses_and_the_routes_the_kernel_does_not_remake() -> None:
+    onlink = uplinks.Route(dst="10.0.0.0/8", gateway="172.16.0.1", onlink=True)
+    subnet = uplinks.Route(dst="198.51.100.0/24", scope=uplinks.RT_SCOPE_LINK)
+    v6 = uplinks.Address(cidr="2001:db8::5/64")
+    nic = dataclasses.replace(NODE_NIC, addresses=(NODE_ADDRESS, v6, LINK_LOCAL),
+                              routes=(DEFAULT_ROUTE, onlink, PREFIX_ROUTE, subnet,
+                                      LINK_LOCAL_ROUTE))
+    assert _plan(MOVING, nic) == (uplinks.Move(
+        bridge="ovs-br1", uplink="enp2s0", mac=MAC, addresses=(NODE_ADDRESS, v6),
+        # routes without a gateway first: another route's gateway may be reached through them
+        routes=(subnet, DEFAULT_ROUTE, onlink)),)
+    # nothing carried: nothing to move, even when allowed
+    assert _plan(MOVING, uplinks.Link(name="enp2s0", mac=MAC)) == ()
+
+
+def test_move_is_refused_for_two_carrying_uplinks_or_a_multipath_route() -> None:
+    text = MOVING.replace("[enp2s0]", "[enp2s0, enp3s0]")
+    other = dataclasses.replace(NODE_NIC, name="enp3s0", addresses=(
+        uplinks.Address(cidr="10.1.0.5/16"),), routes=())
+    with pytest.raises(errors.InvalidConfig,
+                       match="uplink NICs enp2s0 and enp3s0 of bridge ovs-br1 both carry"):
+        _plan(text, NODE_NIC, other)
+    # one of them a port already: the other one moves
+    moves = _plan(text, NODE_NIC, other, port_bridges={"enp2s0": "ovs-br1"})
+    assert [m.uplink for m in moves] == ["enp3s0"]
+    ecmp = dataclasses.replace(NODE_NIC, routes=(dataclasses.replace(DEFAULT_ROUTE,
+                                                                     multipath=True),))
+    with pytest.raises(errors.InvalidConfig,
+                       match=r"one of several next hops of the default route via 192\.168\.1\.1"):
+        _plan(MOVING, ecmp)
