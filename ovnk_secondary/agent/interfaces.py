@@ -346,11 +346,6 @@ def host_index(name: str) -> int | None:
             raise
 
 
-def host_links() -> set[str]:
-    """The names of the node's interfaces."""
-    return {name for _, name in socket.if_nameindex()}
-
-
 def observe(*, netns: str, ifname: str) -> ObservedInterface | None:
     """The container side as it is now; None when the namespace or interface is missing."""
     try:

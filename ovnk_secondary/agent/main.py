@@ -23,7 +23,6 @@ from ovnk_secondary.agent import (
     attachments,
     bridgemappings,
     health,
-    interfaces,
     mtus,
     ovs,
     pods,
@@ -76,14 +75,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 class BridgeMappingsLoop:
-    """Keeps the node converged to the bridge-mappings file and reports on the Node."""
+    """Keeps the node converged to the bridge-mappings file and reports on the Node.
+
+    `netns`: where the node's NICs and ovs-vswitchd are (a path); default: the agent's own.
+    """
 
     def __init__(self, *, path: str, switch: ovs.LocalOvs, reader: pods.PodReader,
-                 node_name: str) -> None:
+                 node_name: str, netns: str | None = None) -> None:
         self.path = path
         self.switch = switch
         self.reader = reader
         self.node_name = node_name
+        self.netns = netns
         self._last_text: str | None = None
         self._last_annotation: str | None = None
         self.error: str | None = "not applied yet"  # why the file is not in force, if so
@@ -105,8 +108,8 @@ class BridgeMappingsLoop:
         if error is None:
             try:
                 mappings = bridgemappings.parse_file(text, source=self.path)
-                value = bridgemappings.apply(self.switch, mappings, links=interfaces.host_links(),
-                                             source=self.path)
+                value = bridgemappings.apply(self.switch, mappings, source=self.path,
+                                             netns=self.netns)
             except errors.OvnkSecondaryError as exc:
                 error = str(exc)
             except Exception as exc:  # OVSDB trouble: report, retry at the next resync

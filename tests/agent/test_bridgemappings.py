@@ -5,6 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -100,7 +105,7 @@ def test_apply_creates_bridge_and_uplink_and_merges(local_switch: conftest.Local
     switch = ovs.LocalOvs(remote=sw.remote)
     try:
         mappings = bridgemappings.parse_file(SCENARIO, source="f.yaml")
-        value = bridgemappings.apply(switch, mappings, links={"enp2s0"}, source="f.yaml")
+        value = bridgemappings.apply(switch, mappings, source="f.yaml", netns=sw.netns_path)
         assert value == "physnet0:br-admin,localnet1:br-ex,localnet2:ovs-br1"
         assert _mappings(sw) == value
         assert sw.vsctl("get", "bridge", "ovs-br1", "datapath_type") == "netdev"
@@ -112,7 +117,7 @@ def test_apply_creates_bridge_and_uplink_and_merges(local_switch: conftest.Local
         smaller = bridgemappings.parse_file(
             "bridgeMappings:\n - {physicalNetworkName: localnet2, bridge: ovs-br1}\n",
             source="f.yaml")
-        value = bridgemappings.apply(switch, smaller, links=(), source="f.yaml")
+        value = bridgemappings.apply(switch, smaller, source="f.yaml", netns=sw.netns_path)
         assert value == "physnet0:br-admin,localnet2:ovs-br1,physnet9:br-nine"
         assert sw.vsctl("br-exists", "ovs-br1") == ""
 
@@ -121,7 +126,7 @@ def test_apply_creates_bridge_and_uplink_and_merges(local_switch: conftest.Local
             "bridgeMappings:\n - {physicalNetworkName: physnet0, bridge: br-new}\n",
             source="f.yaml")
         with pytest.raises(errors.InvalidConfig, match="physnet0 is already mapped"):
-            bridgemappings.apply(switch, conflicting, links=(), source="f.yaml")
+            bridgemappings.apply(switch, conflicting, source="f.yaml", netns=sw.netns_path)
         assert _mappings(sw) == value
         assert "br-new" not in sw.vsctl("list-br").split()
     finally:
@@ -238,3 +243,164 @@ def test_move_is_refused_for_two_carrying_uplinks_or_a_multipath_route() -> None
     with pytest.raises(errors.InvalidConfig,
                        match=r"one of several next hops of the default route via 192\.168\.1\.1"):
         _plan(MOVING, ecmp)
+
+
+# --- uplinks that carry the node's address, on a real OVS and kernel ----------------------------
+
+PLAIN = MOVING.replace("    moveAddresses: true\n", "")
+NODE_IP, NODE_IP6 = "192.0.2.5", "2001:db8::5"
+ROUTER_IP, ROUTER_IP6 = "192.0.2.1", "2001:db8::1"
+
+
+@dataclasses.dataclass
+class Wire:
+    """The NIC enp2s0 in the switch's namespace (the node) with the node's addresses, its
+    default route and an IPv6 route, cabled (a veth pair) to `peer`, a namespace holding the
+    router's addresses on the same subnets."""
+
+    switch: conftest.LocalSwitch
+    peer: str
+    mac: str
+
+    def answers(self, address: str) -> bool:
+        """A ping from the router to `address` gets its reply (polled: ARP, ND)."""
+        deadline = time.monotonic() + 10
+        while True:
+            done = subprocess.run(["ip", "netns", "exec", self.peer, "ping", "-c1", "-W1",
+                                   address], capture_output=True, text=True, check=False)
+            if done.returncode == 0:
+                return True
+            if time.monotonic() > deadline:
+                return False
+
+    def addresses(self, dev: str) -> set[str]:
+        """The global addresses of an interface of the node."""
+        link, = json.loads(self.switch.ip("-j", "address", "show", "dev", dev))
+        return {f"{a['local']}/{a['prefixlen']}" for a in link["addr_info"]
+                if a["scope"] == "global"}
+
+    def routes(self) -> set[str]:
+        """The node's main-table routes as `ip route` prints them (not fe80::/64)."""
+        lines = (self.switch.ip("-4", "route", "show", "table", "main").splitlines()
+                 + self.switch.ip("-6", "route", "show", "table", "main").splitlines())
+        return {line.strip() for line in lines if not line.startswith("fe80::")}
+
+    def mac_of(self, dev: str) -> str:
+        link, = json.loads(self.switch.ip("-j", "link", "show", "dev", dev))
+        return str(link["address"])
+
+
+@pytest.fixture
+def wire(local_switch: conftest.LocalSwitch) -> Iterator[Wire]:
+    sw = local_switch
+    peer = f"ovnk-peer-{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", peer], check=True)
+    try:
+        sw.ip("link", "set", "lo", "up")
+        sw.ip("link", "add", "enp2s0", "type", "veth", "peer", "name", "wire0", "netns", peer)
+        sw.ip("address", "add", f"{NODE_IP}/24", "dev", "enp2s0")
+        sw.ip("address", "add", f"{NODE_IP6}/64", "dev", "enp2s0", "nodad")
+        sw.ip("link", "set", "enp2s0", "up")
+        sw.ip("route", "add", "default", "via", ROUTER_IP, "dev", "enp2s0", "metric", "100")
+        sw.ip("-6", "route", "add", "2001:db8:1::/48", "via", ROUTER_IP6, "dev", "enp2s0")
+        # Strict reverse-path filtering on the NIC. The userspace datapath reads a port with
+        # AF_PACKET and leaves its packets to the kernel too, which answers a ping for the
+        # bridge's address that came in directly (a duplicate reply, seen without this). Once
+        # the routes point at the bridge, the kernel drops what comes in through enp2s0: an
+        # IPv4 reply proves the path through OVS and the bridge's interface both ways, as the
+        # kernel datapath has it. (IPv6 has no rp_filter: its reply, routed through the
+        # bridge, proves the way back.)
+        subprocess.run(["ip", "netns", "exec", sw.netns, "sysctl", "-qw",
+                        "net.ipv4.conf.enp2s0.rp_filter=1"], check=True)
+        for args in (["link", "set", "lo", "up"],
+                     ["address", "add", f"{ROUTER_IP}/24", "dev", "wire0"],
+                     ["address", "add", f"{ROUTER_IP6}/64", "dev", "wire0", "nodad"],
+                     ["link", "set", "wire0", "up"]):
+            subprocess.run(["ip", "-n", peer, *args], check=True)
+        found = Wire(switch=sw, peer=peer, mac="")
+        found.mac = found.mac_of("enp2s0")
+        assert found.answers(NODE_IP) and found.answers(NODE_IP6), "the wire does not work"
+        yield found
+    finally:
+        subprocess.run(["ip", "netns", "del", peer], check=False)
+
+
+def test_uplink_carrying_the_node_address_is_refused_and_nothing_changes(
+        wire: Wire) -> None:
+    sw = wire.switch
+    routes = wire.routes()
+    switch = ovs.LocalOvs(remote=sw.remote)
+    try:
+        with pytest.raises(errors.InvalidConfig) as info:
+            bridgemappings.apply(switch, bridgemappings.parse_file(PLAIN, source="f.yaml"),
+                                 source="f.yaml", netns=sw.netns_path)
+    finally:
+        switch.close()
+    assert str(info.value).startswith(
+        "f.yaml: uplink NIC enp2s0 of bridge ovs-br1 carries the node's addresses "
+        f"{NODE_IP}/24, {NODE_IP6}/64, the default route via {ROUTER_IP} and the route "
+        f"2001:db8:1::/48 via {ROUTER_IP6}; moving it into the bridge would cut the node off: "
+        "set moveAddresses: true")
+    assert sw.vsctl("list-br").split() == [ovs.INTEGRATION_BRIDGE]
+    assert sw.vsctl("get", "open", ".", "external_ids").find("bridge-mappings") == -1
+    assert wire.addresses("enp2s0") == {f"{NODE_IP}/24", f"{NODE_IP6}/64"}
+    assert wire.routes() == routes
+    assert wire.answers(NODE_IP) and wire.answers(NODE_IP6)
+
+
+def test_move_addresses_moves_them_to_the_bridge_and_the_node_stays_reachable(
+        wire: Wire) -> None:
+    sw = wire.switch
+    mappings = bridgemappings.parse_file(MOVING, source="f.yaml")
+    switch = ovs.LocalOvs(remote=sw.remote)
+    try:
+        value = bridgemappings.apply(switch, mappings, source="f.yaml", netns=sw.netns_path)
+        assert value == "localnet2:ovs-br1"
+        assert sw.vsctl("port-to-br", "enp2s0") == "ovs-br1"
+        assert wire.addresses("ovs-br1") == {f"{NODE_IP}/24", f"{NODE_IP6}/64"}
+        assert wire.addresses("enp2s0") == set()
+        routes = wire.routes()
+        assert f"default via {ROUTER_IP} dev ovs-br1 metric 100" in routes
+        assert f"2001:db8:1::/48 via {ROUTER_IP6} dev ovs-br1 metric 1024 pref medium" in routes
+        assert not [r for r in routes if "enp2s0" in r], routes
+        # the bridge answers with the NIC's MAC: the router's ARP and ND caches stay right
+        assert wire.mac_of("ovs-br1") == wire.mac
+        assert wire.answers(NODE_IP), "the node is cut off (IPv4, through the bridge)"
+        assert wire.answers(NODE_IP6), "the node is cut off (IPv6)"
+
+        # converged: the next resync finds enp2s0 in its bridge and changes nothing
+        assert bridgemappings.apply(switch, mappings, source="f.yaml",
+                                    netns=sw.netns_path) == value
+        assert wire.routes() == routes
+        assert wire.addresses("ovs-br1") == {f"{NODE_IP}/24", f"{NODE_IP6}/64"}
+    finally:
+        switch.close()
+
+
+def test_a_move_that_fails_at_the_end_is_rolled_back_entirely(
+        wire: Wire, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An admin maps localnet2 elsewhere while the agent moves the addresses: the final
+    transaction refuses the file, and the node is as it was (the bridge it made is gone)."""
+    sw = wire.switch
+    routes = wire.routes()
+    converge = bridgemappings._converge
+
+    def racing(*args: Any, **kwargs: Any) -> str:
+        sw.vsctl("set", "open", ".", "external_ids:ovn-bridge-mappings=localnet2:br-admin")
+        return converge(*args, **kwargs)
+
+    monkeypatch.setattr(bridgemappings, "_converge", racing)
+    switch = ovs.LocalOvs(remote=sw.remote)
+    try:
+        with pytest.raises(errors.OvnkSecondaryError) as info:
+            bridgemappings.apply(switch, bridgemappings.parse_file(MOVING, source="f.yaml"),
+                                 source="f.yaml", netns=sw.netns_path)
+    finally:
+        switch.close()
+    message = str(info.value)
+    assert "localnet2 is already mapped to bridge br-admin" in message
+    assert "everything was rolled back" in message
+    assert sw.vsctl("list-br").split() == [ovs.INTEGRATION_BRIDGE]
+    assert wire.addresses("enp2s0") == {f"{NODE_IP}/24", f"{NODE_IP6}/64"}
+    assert wire.routes() == routes
+    assert wire.answers(NODE_IP) and wire.answers(NODE_IP6)
