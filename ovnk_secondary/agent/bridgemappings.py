@@ -30,6 +30,7 @@ also runs the uplinks' moves (all or nothing).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import json
 import logging
@@ -48,6 +49,9 @@ LOG = logging.getLogger(__name__)
 MAPPINGS_KEY = "ovn-bridge-mappings"
 OWNED_KEY = "ovnk-secondary.io/bridge-mappings"  # on Open_vSwitch external_ids: what we wrote
 NODE_ANNOTATION = "ovnk-secondary.io/bridge-mappings"
+REFUSED = "BridgeMappingsRefused"  # the reason of the Warning Event on the Node
+EVENT_NAMESPACE = "default"  # where Events about Nodes go (cluster-scoped objects)
+AGENT_COMPONENT = "ovnk-secondary-node-agent"
 BRIDGE_INTERFACE_TIMEOUT = 10.0  # seconds for ovs-vswitchd to make a new bridge's interface
 _FIELDS = {"physicalNetworkName", "bridge", "uplinks", "moveAddresses"}
 # Names end up inside `a:b,c:d` and as kernel interface names (internal ports): keep them plain.
@@ -217,6 +221,23 @@ def annotation(*, mappings: Iterable[BridgeMapping], value: str | None,
     return json.dumps({"applied": [m.to_json() for m in mappings],
                        "ovnBridgeMappings": value, "error": error}, sort_keys=True)
 
+
+def refusal_event(*, node: str, message: str, now: datetime.datetime,
+                  suffix: str) -> dict[str, Any]:
+    """The core/v1 Warning Event on the Node for a refused file (what `kubectl describe node`
+    lists); `suffix` makes its name unique. As the kubelet's Node Events: in namespace
+    "default", the Node's name as its uid (the agent cannot read its Node: kubectl looks for
+    both uids)."""
+    stamp = now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": f"{node}.{suffix}", "namespace": EVENT_NAMESPACE},
+        "involvedObject": {"apiVersion": "v1", "kind": "Node", "name": node, "uid": node},
+        "type": "Warning", "reason": REFUSED, "message": message[:1024],
+        "source": {"component": AGENT_COMPONENT, "host": node},
+        "reportingComponent": AGENT_COMPONENT, "reportingInstance": node,
+        "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
+    }
 
 
 # --- the thin adapter: converge the local OVSDB ------------------------------------------------

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
+import pathlib
 import re
 import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent import futures
 from typing import Any
 
 import pytest
 
 from ovnk_secondary import errors
-from ovnk_secondary.agent import bridgemappings, ovs, uplinks
+from ovnk_secondary.agent import bridgemappings, health, ovs, pods, uplinks
+from ovnk_secondary.agent import main as agent_main
+from tests import kube
 from tests.agent import conftest
 
 SCENARIO = """
@@ -245,6 +250,18 @@ def test_move_is_refused_for_two_carrying_uplinks_or_a_multipath_route() -> None
         _plan(MOVING, ecmp)
 
 
+def test_refusal_event_is_a_warning_on_the_node() -> None:
+    now = datetime.datetime(2025, 5, 6, 7, 8, 9, tzinfo=datetime.UTC)
+    event = bridgemappings.refusal_event(node="node-1", message="f.yaml: no", now=now,
+                                         suffix="abc")
+    assert event["metadata"] == {"name": "node-1.abc", "namespace": "default"}
+    assert event["involvedObject"] == {"apiVersion": "v1", "kind": "Node", "name": "node-1",
+                                       "uid": "node-1"}
+    assert (event["type"], event["reason"], event["message"]) == (
+        "Warning", "BridgeMappingsRefused", "f.yaml: no")
+    assert event["firstTimestamp"] == "2025-05-06T07:08:09Z"
+
+
 # --- uplinks that carry the node's address, on a real OVS and kernel ----------------------------
 
 PLAIN = MOVING.replace("    moveAddresses: true\n", "")
@@ -404,3 +421,47 @@ def test_a_move_that_fails_at_the_end_is_rolled_back_entirely(
     assert wire.addresses("enp2s0") == {f"{NODE_IP}/24", f"{NODE_IP6}/64"}
     assert wire.routes() == routes
     assert wire.answers(NODE_IP) and wire.answers(NODE_IP6)
+
+
+def test_refusal_is_on_the_node_annotation_readiness_and_one_event(
+        wire: Wire, api: kube.KubeApi, tmp_path: pathlib.Path) -> None:
+    """As `kubectl describe node` shows it; a resync posts no second Event."""
+    sw = wire.switch
+    api.core().create_node({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}})
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(api.kubeconfig_text())
+    path = tmp_path / "bridge-mappings.yaml"
+    path.write_text(PLAIN)
+    executor = futures.ThreadPoolExecutor(2)
+    reader = pods.PodReader(kubeconfig=str(kubeconfig), executor=executor)
+    switch = ovs.LocalOvs(remote=sw.remote)
+
+    def reported() -> tuple[object, list[dict[str, Any]]]:
+        node = api.core().read_node("node-1")
+        report = json.loads(node.metadata.annotations[bridgemappings.NODE_ANNOTATION])
+        return report["error"], [e for e in api.events("node-1")
+                                 if e["reason"] == bridgemappings.REFUSED]
+
+    try:
+        loop = agent_main.BridgeMappingsLoop(path=str(path), switch=switch, reader=reader,
+                                             node_name="node-1", netns=sw.netns_path)
+        loop.converge(force=True)
+        loop.converge(force=True)  # the resync
+        assert loop.error is not None and "carries the node's addresses" in loop.error
+        assert health.problems(ovs_connected=True, socket_serving=True,
+                               mappings_error=loop.error) == [
+            f"bridge mappings not applied: {loop.error}"]
+        error, events = reported()
+        assert error == loop.error
+        assert [(e["type"], e["message"], e["involvedObject"]["kind"]) for e in events] == [
+            ("Warning", loop.error, "Node")]
+
+        path.write_text(MOVING)  # what the message says to do
+        loop.converge()
+        assert loop.error is None
+        error, events = reported()
+        assert error is None and len(events) == 1
+    finally:
+        switch.close()
+        reader.close()
+        executor.shutdown(wait=False)
