@@ -108,7 +108,7 @@ def host_ifname(*, container_id: str, ifname: str) -> str:
 
 def _ipr(netns: str) -> IPRoute:
     """pyroute2's IPRoute in a pod's namespace, for queries (the namespace is never created)."""
-    return _in_netns(netns, lambda: IPRoute(groups=0))
+    return in_netns(netns, lambda: IPRoute(groups=0))
 
 
 _NODE = threading.local()
@@ -138,12 +138,12 @@ def _node() -> Iterator[rtnl.RouteSocket]:
 class _PodSide(contextlib.AbstractContextManager["_PodSide"]):
     """Sockets inside a pod's namespace: rtnetlink for requests, an inet one for ioctls.
 
-    Made in one visit to the namespace (see `_in_netns`); both stay in it after the thread
+    Made in one visit to the namespace (see `in_netns`); both stay in it after the thread
     has come back.
     """
 
     def __init__(self, netns: str) -> None:
-        self.rtnl, self.inet = _in_netns(netns, lambda: (
+        self.rtnl, self.inet = in_netns(netns, lambda: (
             rtnl.RouteSocket(), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)))
 
     def __exit__(self, *exc: object) -> None:
@@ -160,8 +160,8 @@ class _PodSide(contextlib.AbstractContextManager["_PodSide"]):
         fcntl.ioctl(self.inet.fileno(), _SIOCETHTOOL, request)
 
 
-def _in_netns(netns: str, make: Callable[[], T]) -> T:
-    """Call `make` (a socket factory) inside the namespace `netns`, on this thread only.
+def in_netns(netns: str, make: Callable[[], T]) -> T:
+    """Call `make` (a socket factory) inside the namespace `netns` (a path), on this thread only.
 
     pyroute2's own netns support forks a child per socket: slow, unsafe next to the agent's
     threads, and the child's signals reach the parent's event loop. A socket stays in the
@@ -309,7 +309,7 @@ def mtus(*, host_name: str, netns: str, ifname: str) -> tuple[int | None, int | 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         host = _mtu(sock, host_name)
     try:
-        pod_socket = _in_netns(netns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        pod_socket = in_netns(netns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
     except FileNotFoundError:
         return host, None
     with pod_socket:
@@ -320,7 +320,7 @@ def set_mtu(*, host_name: str, netns: str, ifname: str, mtu: int) -> None:
     """Set both ends of a pair to `mtu` (SIOCSIFMTU); OSError (ENODEV, ENOENT) when gone."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         fcntl.ioctl(sock.fileno(), _SIOCSIFMTU, _IFREQ_INT.pack(host_name.encode(), mtu))
-    with _in_netns(netns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) as sock:
+    with in_netns(netns, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM)) as sock:
         fcntl.ioctl(sock.fileno(), _SIOCSIFMTU, _IFREQ_INT.pack(ifname.encode(), mtu))
 
 
@@ -344,11 +344,6 @@ def host_index(name: str) -> int | None:
             if exc.errno == errno.ENODEV:
                 return None
             raise
-
-
-def host_links() -> set[str]:
-    """The names of the node's interfaces."""
-    return {name for _, name in socket.if_nameindex()}
 
 
 def observe(*, netns: str, ifname: str) -> ObservedInterface | None:

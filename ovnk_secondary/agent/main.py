@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import functools
 import logging
 import pathlib
 import signal
+import uuid
 from concurrent import futures
 from typing import Any
 
@@ -25,7 +27,6 @@ from ovnk_secondary.agent import (
     bridgemappings,
     cnibindir,
     health,
-    interfaces,
     mtus,
     ovs,
     pods,
@@ -105,16 +106,24 @@ class PluginKeeper:
 
 
 class BridgeMappingsLoop:
-    """Keeps the node converged to the bridge-mappings file and reports on the Node."""
+    """Keeps the node converged to the bridge-mappings file and reports on the Node: its
+    annotation says what is applied or why nothing is, and a refused file (invalid, in conflict,
+    an uplink that would cut the node off, a move that failed) is also a Warning Event on the
+    Node, once per distinct error.
+
+    `netns`: where the node's NICs and ovs-vswitchd are (a path); default: the agent's own.
+    """
 
     def __init__(self, *, path: str, switch: ovs.LocalOvs, reader: pods.PodReader,
-                 node_name: str) -> None:
+                 node_name: str, netns: str | None = None) -> None:
         self.path = path
         self.switch = switch
         self.reader = reader
         self.node_name = node_name
+        self.netns = netns
         self._last_text: str | None = None
         self._last_annotation: str | None = None
+        self._last_refusal: str | None = None  # the error of the last Event posted
         self.error: str | None = "not applied yet"  # why the file is not in force, if so
 
     def converge(self, *, force: bool = False) -> None:
@@ -131,17 +140,23 @@ class BridgeMappingsLoop:
         self._last_text = text
         mappings: tuple[bridgemappings.BridgeMapping, ...] = ()
         value = None
+        refused = False
         if error is None:
             try:
                 mappings = bridgemappings.parse_file(text, source=self.path)
-                value = bridgemappings.apply(self.switch, mappings, links=interfaces.host_links(),
-                                             source=self.path)
+                value = bridgemappings.apply(self.switch, mappings, source=self.path,
+                                             netns=self.netns)
             except errors.OvnkSecondaryError as exc:
                 error = str(exc)
+                refused = True
             except Exception as exc:  # OVSDB trouble: report, retry at the next resync
                 error = f"applying {self.path} failed: {exc}"
                 self._last_text = None
         self.error = error
+        if refused and error != self._last_refusal:
+            self._post_refusal(str(error))
+        elif error is None:
+            self._last_refusal = None  # the same refusal later is news again
         if error:
             LOG.error("bridge mappings not applied: %s", error)
             mappings = ()
@@ -162,6 +177,20 @@ class BridgeMappingsLoop:
             self._last_annotation = text
         except Exception as exc:  # the report is informative; never stop the agent for it
             LOG.warning("cannot annotate Node %s with the bridge mappings: %s",
+                        self.node_name, exc)
+
+    def _post_refusal(self, error: str) -> None:
+        body = bridgemappings.refusal_event(node=self.node_name, message=error,
+                                            now=datetime.datetime.now(tz=datetime.UTC),
+                                            suffix=uuid.uuid4().hex[:12])
+        try:
+            # a plain dict, as for patch_node: the client serialises either
+            self.reader.core.create_namespaced_event(
+                bridgemappings.EVENT_NAMESPACE, body,  # type: ignore[arg-type]
+                _request_timeout=10)
+            self._last_refusal = error
+        except Exception as exc:  # informative too; tried again at the next resync
+            LOG.warning("cannot post the Event %s on Node %s: %s", bridgemappings.REFUSED,
                         self.node_name, exc)
 
     async def run_forever(self) -> None:

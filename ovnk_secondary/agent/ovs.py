@@ -178,14 +178,15 @@ class _Api(impl_idl.OvsdbIdl):  # type: ignore[misc]
                                   log_errors=log_errors)
 
 
-# Only what the agent and the ovsdbapp commands it runs (add_br, add_port, del_port, list_br,
-# list_ports) read or write. vswitchd rewrites Interface statistics and status every few
+# Only what the agent and the ovsdbapp commands it runs (add_br, del_br, add_port, del_port,
+# list_br, list_ports) read or write; a bridge's other_config holds the MAC an uplink's move
+# gives it (bridgemappings). vswitchd rewrites Interface statistics and status every few
 # seconds for every port, and ovn-controller records a conntrack zone per bound port in br-int's
 # external_ids: monitored, each would cost the IDL work per pod (most of the agent's CPU in a
 # burst of ADDs).
 _INTERFACE_COLUMNS = ("name", "type", "options", "external_ids", "ofport", "ifindex", "error")
 _COLUMNS = {
-    "Bridge": ("name", "ports", "datapath_type"),
+    "Bridge": ("name", "ports", "datapath_type", "other_config"),
     "Port": ("name", "interfaces"),
     "Interface": _INTERFACE_COLUMNS,
 }

@@ -33,6 +33,11 @@ class LocalSwitch:
     rundir: pathlib.Path
     remote: str
 
+    @property
+    def netns_path(self) -> str:
+        """The namespace as the agent's `netns` arguments take it (where ovs-vswitchd runs)."""
+        return f"/var/run/netns/{self.netns}"
+
     def vsctl(self, *args: str) -> str:
         done = subprocess.run(["ovs-vsctl", f"--db={self.remote}", "--timeout=10", *args],
                               capture_output=True, text=True, check=True)

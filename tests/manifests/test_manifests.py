@@ -67,6 +67,7 @@ EXPECTED_PERMISSIONS: dict[str, dict[tuple[str, str, str], set[str]]] = {
     "ovnk-secondary-node-agent": {
         ("cluster", "", "pods"): {"get", "list", "watch"},
         ("cluster", "", "nodes"): {"patch"},
+        ("cluster", "", "events"): {"create"},
         ("cluster", "k8s.cni.cncf.io", "network-attachment-definitions"): {"get", "list", "watch"},
     },
 }
