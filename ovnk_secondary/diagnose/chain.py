@@ -220,16 +220,7 @@ def _check_annotation(walk: _Walk, pod: Pod, selection: selections.NetworkSelect
 def _check_northbound(walk: _Walk, pod: Pod, network: nads.NetworkConfig,
                       entry: podnetworks.PodNetwork, port_name: str,
                       northbound: Northbound) -> None:
-    switch_name = naming.switch_name(network.name, network.topology)
-    switch = northbound.switch
-    if switch is None:
-        raise walk.broken(f"NB logical switch {switch_name}", "missing",
-                          f"the controller creates it: see {CONTROLLER_LOG}")
-    if switch["external_ids"].get(naming.OWNER_KEY) != naming.OWNER_VALUE:
-        raise walk.broken(f"NB logical switch {switch_name} is ours", "it has no "
-                          f"{naming.OWNER_KEY} marker: another product created it",
-                          "rename the network, or remove the other product's switch")
-    walk.ok(f"NB logical switch {switch_name}", "ours")
+    switch_name = _check_switch(walk, network, northbound, "ours")
     what = f"NB logical switch port {port_name}"
     port = northbound.port
     if port is None:
@@ -253,19 +244,40 @@ def _check_northbound(walk: _Walk, pod: Pod, network: nads.NetworkConfig,
                           f"the next full sync repairs it; see {CONTROLLER_LOG}")
     walk.ok(what, f"addresses {wanted}, requested-chassis {chassis}")
     if network.topology == naming.LOCALNET:
-        localnet = northbound.localnet_port
-        name = naming.localnet_port_name(network.name)
-        if localnet is None:
-            raise walk.broken(f"NB localnet port {name}", "missing",
-                              f"the controller creates it: see {CONTROLLER_LOG}")
-        tag = _atom(localnet.get("tag_request"))
-        if tag != network.vlan_id:
-            raise walk.broken(f"NB localnet port {name}", f"VLAN {tag}, the NAD says "
-                              f"{network.vlan_id}", f"the next full sync repairs it; see "
-                              f"{CONTROLLER_LOG}")
-        physnet = localnet["options"].get("network_name")
-        walk.ok(f"NB localnet port {name}",
-                f"physical network {physnet}" + (f", VLAN {tag}" if tag is not None else ""))
+        _check_localnet_port(walk, network, northbound)
+
+
+def _check_switch(walk: _Walk, network: nads.NetworkConfig, northbound: Northbound,
+                  found: str) -> str:
+    """The network's logical switch is in NB and ours: its name."""
+    switch_name = naming.switch_name(network.name, network.topology)
+    switch = northbound.switch
+    if switch is None:
+        raise walk.broken(f"NB logical switch {switch_name}", "missing",
+                          f"the controller creates it: see {CONTROLLER_LOG}")
+    if switch["external_ids"].get(naming.OWNER_KEY) != naming.OWNER_VALUE:
+        raise walk.broken(f"NB logical switch {switch_name} is ours", "it has no "
+                          f"{naming.OWNER_KEY} marker: another product created it",
+                          "rename the network, or remove the other product's switch")
+    walk.ok(f"NB logical switch {switch_name}", found)
+    return switch_name
+
+
+def _check_localnet_port(walk: _Walk, network: nads.NetworkConfig,
+                         northbound: Northbound) -> None:
+    localnet = northbound.localnet_port
+    name = naming.localnet_port_name(network.name)
+    if localnet is None:
+        raise walk.broken(f"NB localnet port {name}", "missing",
+                          f"the controller creates it: see {CONTROLLER_LOG}")
+    tag = _atom(localnet.get("tag_request"))
+    if tag != network.vlan_id:
+        raise walk.broken(f"NB localnet port {name}", f"VLAN {tag}, the NAD says "
+                          f"{network.vlan_id}", f"the next full sync repairs it; see "
+                          f"{CONTROLLER_LOG}")
+    physnet = localnet["options"].get("network_name")
+    walk.ok(f"NB localnet port {name}",
+            f"physical network {physnet}" + (f", VLAN {tag}" if tag is not None else ""))
 
 
 def _check_binding(walk: _Walk, pod: Pod, port_name: str, southbound: Southbound) -> None:
@@ -383,23 +395,9 @@ def network(name: str, nads_of_network: Sequence[Nad], northbound: Northbound,
             config = _check_nad(walk, nad)
             _check_accepted(walk, nad)
         assert config is not None
-        switch_name = naming.switch_name(config.name, config.topology)
-        if northbound.switch is None:
-            raise walk.broken(f"NB logical switch {switch_name}", "missing",
-                              f"the controller creates it: see {CONTROLLER_LOG}")
-        if northbound.switch["external_ids"].get(naming.OWNER_KEY) != naming.OWNER_VALUE:
-            raise walk.broken(f"NB logical switch {switch_name} is ours", "no ownership marker",
-                              "rename the network, or remove the other product's switch")
-        walk.ok(f"NB logical switch {switch_name}", f"ours, {pods} pod port(s)")
+        _check_switch(walk, config, northbound, f"ours, {pods} pod port(s)")
         if config.topology == naming.LOCALNET:
-            localnet = northbound.localnet_port
-            port_name = naming.localnet_port_name(config.name)
-            if localnet is None:
-                raise walk.broken(f"NB localnet port {port_name}", "missing",
-                                  f"the controller creates it: see {CONTROLLER_LOG}")
-            tag = _atom(localnet.get("tag_request"))
-            walk.ok(f"NB localnet port {port_name}",
-                    f"VLAN {tag}" if tag is not None else "untagged")
+            _check_localnet_port(walk, config, northbound)
             for node in nodes:
                 _check_physical_network(walk, config, node, patch_port=False)
     except Broken:
