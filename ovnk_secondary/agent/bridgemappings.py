@@ -33,7 +33,7 @@ import yaml
 from ovsdbapp.backend.ovs_idl import command, idlutils
 
 from ovnk_secondary import errors
-from ovnk_secondary.agent import ovs
+from ovnk_secondary.agent import metrics, ovs
 
 LOG = logging.getLogger(__name__)
 
@@ -246,6 +246,7 @@ class _EnsureBridge(command.BaseCommand):  # type: ignore[misc]
         self.result = True
 
 
+@metrics.ovs_operation("read")
 def read(switch: ovs.LocalOvs) -> str:
     """The node's ovn-bridge-mappings value as OVN reads it (whoever wrote it); "" if unset."""
     ids = switch.api.db_get("Open_vSwitch", ".", "external_ids").execute(check_error=True)
@@ -263,7 +264,8 @@ def apply(switch: ovs.LocalOvs, mappings: Sequence[BridgeMapping], *, links: Ite
     api = switch.api
     ensures = []
     try:
-        with api.transaction(check_error=True, wait_for_vswitchd=True) as txn:
+        with metrics.ovs_operation("bridge_mappings"), \
+                api.transaction(check_error=True, wait_for_vswitchd=True) as txn:
             for bridge in dict.fromkeys(m.bridge for m in mappings):
                 ensures.append(txn.add(_EnsureBridge(api, bridge)))
             for mapping in mappings:

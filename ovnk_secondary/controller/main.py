@@ -54,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resync-period", type=float, default=300.0, metavar="S",
                         help="seconds between full syncs (default 300)")
     parser.add_argument("--health-port", type=int, default=8080, metavar="P",
-                        help="port of /healthz and /readyz (default 8080; 0 disables)")
+                        help="port of /healthz, /readyz and /metrics (default 8080; 0 "
+                        "disables)")
     parser.add_argument("--nb-timeout", type=float, default=10.0, metavar="S",
                         help="seconds to wait for an NB connection or transaction (default 10)")
     parser.add_argument("--leader-elect", action="store_true",
