@@ -1091,7 +1091,7 @@ class Reconciler:
                 refused_nads=sum(1 for n in self._nads.values() if n.problem is not None),
                 networks={name: config.topology for name, config in self._networks.items()},
                 pools={name: pool.usage() for name, pool in self._pools.items()},
-                waiting={name: len(self._waiting.get(name, set()) & self._pods.keys())
+                waiting={name: sum(1 for key in self._waiting.get(name, ()) if key in self._pods)
                          for name in self._networks})
         return self._snapshot
 
