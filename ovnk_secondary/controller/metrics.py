@@ -30,7 +30,8 @@ keeps the three equal). Names, types, labels (in braces) and units:
 - `ovnk_secondary_nb_transaction_seconds` histogram {} (seconds): time to commit one OVN
   northbound transaction of ours, successful ones.
 - `ovnk_secondary_nb_transaction_failures_total` counter {} (transactions): OVN northbound
-  transactions of ours that failed (refused by NB, or NB unreachable).
+  transactions of ours that failed (refused by NB, or the connection lost meanwhile); writes
+  not attempted because NB is disconnected are not counted (`/readyz` says so).
 - `ovnk_secondary_full_sync_seconds` histogram {} (seconds): duration of each successful full
   sync (listing, rebuilding the pools, diffing, applying), without the wait for pods in flight
   and the garbage collection after it.
@@ -38,7 +39,7 @@ keeps the three equal). Names, types, labels (in braces) and units:
   (NB or the Kubernetes API unreachable); retried with backoff.
 - `ovnk_secondary_full_sync_changes_total` counter {table, action} (rows): northbound rows a
   full sync changed, by table (`Logical_Switch`, `Logical_Switch_Port`) and action (`create`,
-  `update`, `delete`). After the first sync of a process, anything but 0 is drift repaired or
+  `update`, `delete`). After the first sync of a process, an increase is drift repaired or
   work the event path missed.
 - `ovnk_secondary_leader` gauge {} (boolean): 1 while this replica works (holds the leader
   Lease, or runs without leader election), 0 while it stands by.
@@ -76,7 +77,7 @@ NB_TRANSACTION_SECONDS = prometheus_client.Histogram(
     registry=REGISTRY)
 NB_TRANSACTION_FAILURES = prometheus_client.Counter(
     "ovnk_secondary_nb_transaction_failures_total",
-    "OVN northbound transactions of ours that failed (refused, or NB unreachable).",
+    "OVN northbound transactions of ours that failed (refused, or the connection lost).",
     registry=REGISTRY)
 FULL_SYNC_SECONDS = prometheus_client.Histogram(
     "ovnk_secondary_full_sync_seconds",
