@@ -22,6 +22,7 @@ import heapq
 import ipaddress
 import socket
 from collections.abc import Hashable, Iterable, Sequence
+from typing import NamedTuple
 
 import netaddr
 
@@ -43,6 +44,14 @@ class Owner:
 
     def __str__(self) -> str:
         return f"pod {self.namespace}/{self.name} (NAD {self.nad_key})"
+
+
+class SubnetUsage(NamedTuple):
+    """How full one subnet of a pool is, in addresses."""
+
+    subnet: str  # CIDR
+    size: int  # usable addresses: all but network, broadcast and excludeSubnets
+    used: int  # held by owners
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -72,6 +81,13 @@ class _Subnet:
         if index >= 0 and self.excluded_ends[index] >= address:
             return self.excluded_ends[index]
         return None
+
+    @property
+    def size(self) -> int:
+        """Usable addresses (excluded ranges are clipped to the subnet and merged)."""
+        excluded = sum(end - start + 1
+                       for start, end in zip(self.excluded_starts, self.excluded_ends, strict=True))
+        return max(0, self.last - self.first + 1 - excluded)
 
     def available(self, address: int) -> bool:
         return (self.first <= address <= self.last and address not in self.used
@@ -239,6 +255,10 @@ class Pool:
 
     def owners(self) -> list[Hashable]:
         return list(self._owners)
+
+    def usage(self) -> list[SubnetUsage]:
+        """Size and use of each subnet, in the order of `subnets`: O(subnets + excludes)."""
+        return [SubnetUsage(subnet=s.cidr, size=s.size, used=len(s.used)) for s in self._subnets]
 
     def _record(self, owner: Hashable, held: Sequence[tuple[int, int]]) -> None:
         self._owners[owner] = tuple(held)

@@ -1,11 +1,13 @@
 """The HTTP endpoint of a long-running component's probes (aiohttp): `/healthz` answers while
-the event loop runs; `/readyz` and any other routes are the component's own."""
+the event loop runs; `/readyz`, `/metrics` and any other routes are the component's own."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 
 import aiohttp.web
+import prometheus_client
+from prometheus_client import registry
 
 Handler = Callable[[aiohttp.web.Request], Awaitable[aiohttp.web.Response]]
 
@@ -24,3 +26,17 @@ async def serve(*, host: str, port: int, readyz: Handler,
     await runner.setup()
     await aiohttp.web.TCPSite(runner, host, port).start()
     return runner
+
+
+def metrics(*collectors: registry.Collector) -> Handler:
+    """A `/metrics` handler: the Prometheus text format (0.0.4) of `collectors`, then of
+    prometheus_client's default registry (the `process_*` and `python_*` of the process).
+
+    Collected on the event loop, so collectors may read what the loop's tasks keep."""
+    async def handler(_: aiohttp.web.Request) -> aiohttp.web.Response:
+        body = b"".join(prometheus_client.generate_latest(c)
+                        for c in (*collectors, prometheus_client.REGISTRY))
+        return aiohttp.web.Response(body=body,
+                                    headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+
+    return handler

@@ -30,6 +30,18 @@ def test_one_address_per_subnet_skipping_network_broadcast_and_excludes() -> Non
     assert pool.addresses_of("p3") is None, "a failed allocation must not hold any address"
 
 
+def test_usage_counts_usable_and_held_addresses_per_subnet() -> None:
+    pool = _pool("10.0.0.0/29,fd00::/64", "10.0.0.1,10.0.0.4/31")
+    assert pool.usage() == [ipam.SubnetUsage("10.0.0.0/29", 3, 0),
+                            ipam.SubnetUsage("fd00::/64", 2**64 - 1, 0)]
+    for i in range(3):
+        pool.allocate(owner=f"p{i}")
+    with pytest.raises(errors.IpamError):
+        pool.allocate(owner="p3")  # takes an IPv6 address, then gives it back
+    pool.release(owner="p0")
+    assert [(u.size, u.used) for u in pool.usage()] == [(3, 2), (2**64 - 1, 2)]
+
+
 def test_allocation_is_idempotent_per_owner_and_release_recycles() -> None:
     pool = _pool("10.0.0.0/30")
     assert pool.allocate(owner="a") == pool.allocate(owner="a") == ("10.0.0.1/30",)
@@ -80,6 +92,8 @@ def test_never_a_duplicate_nor_an_excluded_network_or_broadcast_address(
                                      strict=False) for offset, length in exclude]
     excludes = [e for e in excludes if e.subnet_of(subnet)]
     pool = _pool(str(subnet), ",".join(str(e) for e in excludes))
+    usable = subnet.num_addresses - 2 - len(
+        {a for e in excludes for a in e} - {subnet.network_address, subnet.broadcast_address})
     holders: dict[str, str] = {}
     for operation, number in operations:
         owner = f"pod{number}"
@@ -87,9 +101,6 @@ def test_never_a_duplicate_nor_an_excluded_network_or_broadcast_address(
             try:
                 (address,) = pool.allocate(owner=owner)
             except errors.IpamError:
-                usable = subnet.num_addresses - 2 - len(
-                    {a for e in excludes for a in e} - {subnet.network_address,
-                                                         subnet.broadcast_address})
                 assert len(pool) >= usable, "exhausted while addresses were free"
                 continue
             holders[owner] = address
@@ -103,6 +114,7 @@ def test_never_a_duplicate_nor_an_excluded_network_or_broadcast_address(
                 pool.reserve(owner=holder, addresses=[address])
         addresses = [ipaddress.ip_interface(a).ip for a in holders.values()]
         assert len(addresses) == len(set(addresses)), "duplicate address handed out"
+        assert pool.usage() == [ipam.SubnetUsage(str(subnet), usable, len(holders))]
         for address in addresses:
             assert address not in (subnet.network_address, subnet.broadcast_address)
             assert not any(address in e for e in excludes), f"{address} is excluded"

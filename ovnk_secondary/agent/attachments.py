@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 from pyroute2.netlink.exceptions import NetlinkError
 
 from ovnk_secondary import errors, nads, naming, podnetworks
-from ovnk_secondary.agent import bridgemappings, interfaces, mtus, ovs, pods
+from ovnk_secondary.agent import bridgemappings, interfaces, metrics, mtus, ovs, pods
 from ovnk_secondary.cni import protocol, results
 
 LOG = logging.getLogger(__name__)
@@ -313,8 +313,11 @@ class Attachments:
                      port_name, ", ".join(plugged.unbound) or "none")
         plumbed = time.monotonic()
         timings["plumbing"] = plumbed - annotated
-        if not await self.switch.wait_installed(host_name,
-                                                timeout=self.settings.binding_timeout):
+        installed = await self.switch.wait_installed(host_name,
+                                                     timeout=self.settings.binding_timeout)
+        timings["binding"] = time.monotonic() - plumbed
+        metrics.ovn_installed_wait(installed=installed, seconds=timings["binding"])
+        if not installed:
             await self._undo(network, host_name)
             raise protocol.CniError(
                 protocol.BINDING_TIMEOUT,
@@ -324,7 +327,6 @@ class Attachments:
                 "check that the port exists in the OVN northbound DB with requested-chassis of "
                 "this node and that ovn-controller runs here (ovn-appctl -t ovn-controller "
                 "connection-status)")
-        timings["binding"] = time.monotonic() - plumbed
         if self.keeper is not None:  # the NAD's mtu may have been edited since Multus read it
             self.keeper.plugged(nad_key=network.nad_key, mtu=spec.mtu)
         LOG.info("ADD %s/%s %s: port %s on %s (annotation %.3f s, plumbing %.3f s, binding "

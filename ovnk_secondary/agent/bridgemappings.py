@@ -42,7 +42,7 @@ import yaml
 from ovsdbapp.backend.ovs_idl import command, idlutils
 
 from ovnk_secondary import errors
-from ovnk_secondary.agent import ovs, uplinks
+from ovnk_secondary.agent import metrics, ovs, uplinks
 
 LOG = logging.getLogger(__name__)
 
@@ -308,6 +308,7 @@ class _PrepareBridge(command.BaseCommand):  # type: ignore[misc]
         self.result = (bool(ensure.result), previous)
 
 
+@metrics.ovs_operation("read")
 def read(switch: ovs.LocalOvs) -> str:
     """The node's ovn-bridge-mappings value as OVN reads it (whoever wrote it); "" if unset."""
     ids = switch.api.db_get("Open_vSwitch", ".", "external_ids").execute(check_error=True)
@@ -359,7 +360,8 @@ def _converge(switch: ovs.LocalOvs, mappings: Sequence[BridgeMapping],
     api = switch.api
     ensures = []
     try:
-        with api.transaction(check_error=True, wait_for_vswitchd=True) as txn:
+        with metrics.ovs_operation("bridge_mappings"), \
+                api.transaction(check_error=True, wait_for_vswitchd=True) as txn:
             for bridge in dict.fromkeys(m.bridge for m in mappings):
                 ensures.append(txn.add(_EnsureBridge(api, bridge)))
             for mapping in mappings:

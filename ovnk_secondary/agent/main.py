@@ -27,6 +27,7 @@ from ovnk_secondary.agent import (
     bridgemappings,
     cnibindir,
     health,
+    metrics,
     mtus,
     ovs,
     pods,
@@ -67,10 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=32,
                         help="threads for blocking netlink/OVSDB/API calls (default: 32)")
     parser.add_argument("--health-port", type=int, default=0, metavar="P",
-                        help="port of /healthz and /readyz (default 0: none; the DaemonSet "
-                        "sets one)")
+                        help="port of /healthz, /readyz and /metrics (default 0: none; the "
+                        "DaemonSet sets one)")
     parser.add_argument("--health-host", default="0.0.0.0", metavar="ADDR",
-                        help="address of /healthz and /readyz (default: %(default)s)")
+                        help="address of /healthz, /readyz and /metrics (default: "
+                        "%(default)s)")
     cli.add_log_level(parser)
 
 
@@ -81,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
                         ("--binding-timeout", args.binding_timeout)):
         if value <= 0:
             raise errors.InvalidConfig(f"{name} {value} must be positive (seconds)")
-    asyncio.run(_serve(args))
+    asyncio.run(serve(args))
     return 0
 
 
@@ -205,7 +207,9 @@ class BridgeMappingsLoop:
             await loop.run_in_executor(None, functools.partial(self.converge, force=force))
 
 
-async def _serve(args: argparse.Namespace) -> None:
+async def serve(args: argparse.Namespace, *, stop: asyncio.Event | None = None) -> None:
+    """Run the agent with the parsed `args` until SIGTERM or SIGINT, or until `stop` is set
+    when given (then signals are left alone: tests run the agent in a thread)."""
     loop = asyncio.get_running_loop()
     executor = futures.ThreadPoolExecutor(max_workers=args.workers,
                                           thread_name_prefix="agent")
@@ -257,11 +261,17 @@ async def _serve(args: argparse.Namespace) -> None:
                                mappings_error=mappings.error if mappings else None,
                                plugin_error=plugin_keeper.error if plugin_keeper else None)
 
-    runner = await health.start(host=args.health_host, port=args.health_port,
-                                check=problems) if args.health_port else None
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    def snapshot() -> metrics.Snapshot:
+        return metrics.Snapshot(
+            attachments=switch.plugged_by_nad(),
+            bridge_mappings_applied=None if mappings is None else mappings.error is None)
+
+    runner = await health.start(host=args.health_host, port=args.health_port, check=problems,
+                                snapshot=snapshot) if args.health_port else None
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     LOG.info("node agent of %s ready", args.node_name)
     try:
         await stop.wait()

@@ -28,6 +28,7 @@ notifications), without a trip through the connection thread.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import dataclasses
 import logging
@@ -42,6 +43,7 @@ from ovsdbapp.backend.ovs_idl import command, connection, idlutils, transaction
 from ovsdbapp.schema.open_vswitch import impl_idl
 
 from ovnk_secondary import errors, naming
+from ovnk_secondary.agent import metrics
 
 LOG = logging.getLogger(__name__)
 
@@ -483,16 +485,26 @@ class LocalOvs:
 
     # --- reads ------------------------------------------------------------------------------
 
+    def plugged_by_nad(self) -> dict[str, int]:
+        """NAD key -> interfaces the agent plugged for it, as the IDL last reported (no trip
+        through the connection thread: cheap enough for every scrape of /metrics)."""
+        return dict(collections.Counter(
+            ids.get(naming.NAD_KEY, "") for ids in list(self._ids.values())
+            if ids.get(naming.OWNER_KEY) == naming.OWNER_VALUE))
+
+    @metrics.ovs_operation("read")
     def interface(self, name: str) -> PortState | None:
         found: list[PortState] = _Read(self.api, names=[name]).execute(check_error=True)
         return found[0] if found else None
 
+    @metrics.ovs_operation("read")
     def interfaces_with_iface_id(self, iface_id: str) -> list[PortState]:
         found: list[PortState] = _Read(
             self.api, predicate=lambda i: i.external_ids.get(IFACE_ID) == iface_id
         ).execute(check_error=True)
         return found
 
+    @metrics.ovs_operation("read")
     def holders(self, *, name: str, netns: str, ifname: str) -> list[PortState]:
         """The interface `name` and every one whose pod side, by our records, is `ifname` in
         `netns`: who may hold those names (scans every interface: for the error path only)."""
@@ -504,6 +516,7 @@ class LocalOvs:
         found: list[PortState] = _Read(self.api, predicate=holds).execute(check_error=True)
         return found
 
+    @metrics.ovs_operation("read")
     def our_interfaces(self) -> list[PortState]:
         """Every interface the agent plugged (carries our ownership marker)."""
         found: list[PortState] = _Read(
@@ -512,6 +525,7 @@ class LocalOvs:
         ).execute(check_error=True)
         return found
 
+    @metrics.ovs_operation("read")
     def integration_datapath_type(self) -> str:
         """`netdev` (userspace) or `system` (kernel): what ovn-controller gives br-int."""
         ids = self.api.db_get("Open_vSwitch", ".", "external_ids").execute(check_error=True)
@@ -521,6 +535,7 @@ class LocalOvs:
                                    columns=["datapath_type"]).execute(check_error=True)
         return str(bridges[0]["datapath_type"] or "system") if bridges else "system"
 
+    @metrics.ovs_operation("read")
     def port_bridges(self) -> dict[str, str]:
         """OVS port name -> its bridge, for every bridge."""
         result: dict[str, str] = {}
@@ -531,6 +546,7 @@ class LocalOvs:
 
     # --- writes ------------------------------------------------------------------------------
 
+    @metrics.ovs_operation("plug")
     def plug(self, *, name: str, external_ids: Mapping[str, str],
              bridge: str = INTEGRATION_BRIDGE) -> Plugged:
         """Add the port (see the module for what it replaces); PortInUse when the name or the
@@ -547,6 +563,7 @@ class LocalOvs:
         return self._plugs.submit(_Plug(self.api, bridge=bridge, name=name,
                                         external_ids=external_ids, by_iface_id=self._by_iface_id))
 
+    @metrics.ovs_operation("unplug")
     def unplug(self, *, name: str, sandbox: str = "", ifname: str = "",
                nad_key: str = "") -> Unplugged:
         """Delete the port by name and by sandbox (only ours; with `nad_key`, only that NAD's);
@@ -556,6 +573,7 @@ class LocalOvs:
                                   ).execute(check_error=True)
         return done
 
+    @metrics.ovs_operation("replug")
     def replug(self, state: PortState, *, ifindex: int,
                bridge: str = INTEGRATION_BRIDGE) -> None:
         """Delete and add again (drops a stale vswitchd handle), recording the new ifindex."""

@@ -12,9 +12,11 @@ import collections
 import contextlib
 import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+from ovnk_secondary.agent import metrics
 from ovnk_secondary.cni import protocol
 
 LOG = logging.getLogger(__name__)
@@ -80,7 +82,10 @@ class CniServer:
             os.unlink(self.path)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        started = time.monotonic()
         version = protocol.DEFAULT_VERSION
+        command = None
+        error = None
         try:
             data = await reader.read(-1)  # the plugin half-closes after its request
             if len(data) > MAX_REQUEST:
@@ -88,6 +93,7 @@ class CniServer:
             # The plugin forwards the runtime's input unparsed (see cni.wire): validating here
             # gives the same errors the plugin gives by itself when the agent is down.
             env, stdin = protocol.unpack_request(data)
+            command = env.get("CNI_COMMAND")
             version = protocol.declared_version(stdin, default=True) or version
             request = protocol.validate(env, stdin)
             async with self.locks.hold(request.interface_key):
@@ -95,12 +101,14 @@ class CniServer:
             answer = protocol.answer(result=result, cni_version=version)
         except protocol.CniError as exc:
             LOG.warning("CNI request failed (code %s): %s %s", exc.code, exc.msg, exc.details)
+            error = exc
             answer = protocol.answer(error=exc, cni_version=version)
         except Exception as exc:  # never let one request take the agent down
             LOG.exception("CNI request crashed")
-            answer = protocol.answer(
-                error=protocol.CniError(protocol.AGENT_FAILURE, f"node agent error: {exc}",
-                                        "see the node agent's log"), cni_version=version)
+            error = protocol.CniError(protocol.AGENT_FAILURE, f"node agent error: {exc}",
+                                      "see the node agent's log")
+            answer = protocol.answer(error=error, cni_version=version)
+        metrics.cni_request(command=command, error=error, seconds=time.monotonic() - started)
         try:
             writer.write(answer)
             await writer.drain()

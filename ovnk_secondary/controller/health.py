@@ -5,16 +5,16 @@ northbound with a complete copy, and the first full sync done. A standby that is
 ready too (leadership is not readiness: a rolling update with maxUnavailable 0 waits for the
 new pod's readiness, and the new pod stands by until the old one releases the Lease); its
 `/readyz` says it is a standby and who holds the Lease.
-`/metrics` is the Prometheus text format of the process's registry (prometheus_client).
+`/metrics`: the Prometheus text format of the controller's metrics (`metrics`: its events, and
+this controller's model read at scrape time).
 """
 
 from __future__ import annotations
 
 import aiohttp.web
-import prometheus_client
 
 from ovnk_secondary import probes
-from ovnk_secondary.controller import leaderelection, reconciler
+from ovnk_secondary.controller import leaderelection, metrics, reconciler
 
 
 async def start(*, host: str, port: int, policy: reconciler.Reconciler,
@@ -32,8 +32,5 @@ async def start(*, host: str, port: int, policy: reconciler.Reconciler,
             return aiohttp.web.Response(status=503, text="first full sync not done\n")
         return aiohttp.web.Response(text="ready\n")
 
-    async def metrics(_: aiohttp.web.Request) -> aiohttp.web.Response:
-        return aiohttp.web.Response(body=prometheus_client.generate_latest(),
-                                    headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
-
-    return await probes.serve(host=host, port=port, readyz=readyz, routes={"/metrics": metrics})
+    return await probes.serve(host=host, port=port, readyz=readyz, routes={
+        "/metrics": probes.metrics(metrics.REGISTRY, metrics.Model(policy.snapshot))})

@@ -31,13 +31,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
-import prometheus_client
 
 from ovnk_secondary.controller import apiclient
 
 logger = logging.getLogger(__name__)
-LEADER = prometheus_client.Gauge("ovnk_secondary_leader",
-                                 "1 while this controller replica holds the leader Lease.")
 
 LEASES = "/apis/coordination.k8s.io/v1"
 DEFAULT_NAME = "ovnk-secondary-controller"
@@ -198,7 +195,6 @@ class LeaderElector:
         while not stop.is_set():
             if await self.try_acquire_or_renew():
                 logger.info("leader election: %s leads", self.config.identity)
-                LEADER.set(1)
                 return True
             holder = self._seen[1] if self._seen else None
             if holder and holder != waiting_for:
@@ -230,7 +226,6 @@ class LeaderElector:
                        if holder in ("", self.config.identity) else f"{holder} holds it now")
                 logger.error("leader election: lost Lease %s/%s: %s; stopping",
                              self.config.namespace, self.config.name, why)
-                LEADER.set(0)
                 return False
         return True
 
@@ -239,7 +234,6 @@ class LeaderElector:
         if not self.leading:
             return
         self.leading = False
-        LEADER.set(0)
         try:
             lease = await self._get()
             spec = lease.get("spec") or {}

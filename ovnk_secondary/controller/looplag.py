@@ -3,7 +3,7 @@
 Everything the controller does for NADs and pods runs on one asyncio loop, and so does the
 renewal of its leader Lease: work that holds the loop for long delays the renewal (and every
 other event). The ticker sleeps `interval` seconds and measures how much later than that it
-woke up. Exported (Prometheus): `ovnk_secondary_event_loop_lag_seconds`, a histogram of each
+woke up. Exported (`metrics`): `ovnk_secondary_event_loop_lag_seconds`, a histogram of each
 tick's lag, and `ovnk_secondary_event_loop_lag_worst_seconds`, the worst lag over the last
 `window` seconds (at least one whole window), for scrapes a few seconds apart.
 
@@ -20,22 +20,7 @@ import gc
 import time
 from typing import Any
 
-import prometheus_client
-
-LAG = prometheus_client.Histogram(
-    "ovnk_secondary_event_loop_lag_seconds",
-    "How much later than due the controller's 10 ms event-loop ticker woke up.",
-    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
-WORST = prometheus_client.Gauge(
-    "ovnk_secondary_event_loop_lag_worst_seconds",
-    "The worst event-loop lag over the last window (5 s to 10 s).")
-GC_PAUSE = prometheus_client.Histogram(
-    "ovnk_secondary_gc_pause_seconds",
-    "Pauses of CPython's cyclic garbage collector (any thread; by generation).",
-    ["generation"], buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0))
-BUSY = prometheus_client.Gauge(
-    "ovnk_secondary_event_loop_busy_worst_seconds",
-    "The most CPU time the event-loop thread spent between two ticks, over the last window.")
+from ovnk_secondary.controller import metrics
 
 
 class LoopLag:
@@ -69,12 +54,12 @@ class LoopLag:
                 self._busy = (0.0, self._busy[0])
 
     def record(self, lag: float, *, busy: float = 0.0) -> None:
-        LAG.observe(lag)
+        metrics.LOOP_LAG.observe(lag)
         self.worst_ever = max(self.worst_ever, lag)
         self._current = max(self._current, lag)
-        WORST.set(max(self._current, self._previous))
+        metrics.LOOP_LAG_WORST.set(max(self._current, self._previous))
         self._busy = (max(self._busy[0], busy), self._busy[1])
-        BUSY.set(max(self._busy))
+        metrics.LOOP_BUSY_WORST.set(max(self._busy))
 
 
 _gc_started = 0.0
@@ -85,5 +70,5 @@ def _gc_timer(phase: str, info: dict[str, Any]) -> None:
     if phase == "start":
         _gc_started = time.perf_counter()
     else:
-        GC_PAUSE.labels(generation=str(info.get("generation"))).observe(
+        metrics.GC_PAUSE.labels(generation=str(info.get("generation"))).observe(
             time.perf_counter() - _gc_started)

@@ -27,6 +27,7 @@ from ovnk_secondary.controller import (
     informers,
     leaderelection,
     looplag,
+    metrics,
     reconciler,
 )
 from ovnk_secondary.northbound import client
@@ -53,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resync-period", type=float, default=300.0, metavar="S",
                         help="seconds between full syncs (default 300)")
     parser.add_argument("--health-port", type=int, default=8080, metavar="P",
-                        help="port of /healthz and /readyz (default 8080; 0 disables)")
+                        help="port of /healthz, /readyz and /metrics (default 8080; 0 "
+                        "disables)")
     parser.add_argument("--nb-timeout", type=float, default=10.0, metavar="S",
                         help="seconds to wait for an NB connection or transaction (default 10)")
     parser.add_argument("--leader-elect", action="store_true",
@@ -156,7 +158,8 @@ async def serve(
     With `election`, work starts only once the Lease is held, and a lost Lease sets `stop` and
     `lost_lease`.
     """
-    northbound = client.Northbound(remote=ovn_nb, timeout=nb_timeout, tls=nb_tls)
+    northbound = client.Northbound(remote=ovn_nb, timeout=nb_timeout, tls=nb_tls,
+                                   on_transaction=metrics.nb_transaction)
     api = apiclient.ApiClient(credentials)
     policy = reconciler.Reconciler(northbound=northbound, api=api, resync_period=resync_period)
     elector = None if election is None else leaderelection.LeaderElector(
@@ -172,6 +175,7 @@ async def serve(
     try:
         if elector is not None and not await elector.acquire(stop):
             return policy  # stopped while standing by: nothing was started
+        metrics.LEADER.set(1)
         nad_sink, pod_sink = policy.informer_sinks()
         tasks = [
             asyncio.create_task(policy.run_background(stop=stop)),
@@ -194,6 +198,7 @@ async def serve(
             await stop.wait()
     finally:
         stop.set()
+        metrics.LEADER.set(0)  # at once: what follows only winds down
         if tasks:
             for task in tasks[1:]:
                 task.cancel()  # the watches wait on their streams: nothing to finish

@@ -49,7 +49,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from ovnk_secondary import errors, ipam, nads, naming, podnetworks, selections
-from ovnk_secondary.controller import apiclient, batches, informers, workqueues
+from ovnk_secondary.controller import apiclient, batches, informers, metrics, workqueues
 from ovnk_secondary.northbound import client, desired, diff
 
 logger = logging.getLogger(__name__)
@@ -275,6 +275,7 @@ class Reconciler:
         self._last_sync = 0.0
         self.synced = asyncio.Event()  # the first full sync is done: ready
         self.sync_count = 0
+        self._snapshot: metrics.Snapshot | None = None  # the model as last reported
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -1066,7 +1067,10 @@ class Reconciler:
             await self._idle.wait_for(lambda: self._in_flight == 0)
         started = time.monotonic()
         try:
-            summary = await self._full_sync()
+            change = await self._full_sync()
+        except Exception:
+            metrics.full_sync_failed()
+            raise
         finally:
             async with self._idle:
                 self._syncing = False
@@ -1078,11 +1082,25 @@ class Reconciler:
         gc.collect()
         collected_in = time.monotonic() - collected_in
         self._last_sync = time.monotonic()
+        took = self._last_sync - started - collected_in
+        metrics.full_sync_done(seconds=took, change=change)
         logger.info("full sync %d done in %.2fs (after %.2fs waiting for pods in flight; "
-                    "garbage collection %.2fs): %s", self.sync_count,
-                    self._last_sync - started - collected_in, started - waiting, collected_in,
-                    summary)
+                    "garbage collection %.2fs): %s", self.sync_count, took, started - waiting,
+                    collected_in, change.summary())
         self.synced.set()
+
+    def snapshot(self) -> metrics.Snapshot | None:
+        """The model as `/metrics` reports it: None before the first full sync (and on a
+        standby); while a full sync rebuilds the model, the one from before it."""
+        if self.synced.is_set() and not self._syncing:
+            self._snapshot = metrics.Snapshot(
+                accepted_nads=sum(1 for n in self._nads.values() if n.applied),
+                refused_nads=sum(1 for n in self._nads.values() if n.problem is not None),
+                networks={name: config.topology for name, config in self._networks.items()},
+                pools={name: pool.usage() for name, pool in self._pools.items()},
+                waiting={name: sum(1 for key in self._waiting.get(name, ()) if key in self._pods)
+                         for name in self._networks})
+        return self._snapshot
 
     async def _list_pods(self) -> dict[Key, _Pod]:
         """Every pod, trimmed page by page; pod events seen meanwhile win over the listing.
@@ -1108,8 +1126,8 @@ class Reconciler:
             self._touched = None
         return listed
 
-    async def _full_sync(self) -> str:
-        """The sync itself; returns a summary of what it changed in NB."""
+    async def _full_sync(self) -> diff.Diff:
+        """The sync itself; returns what it changed in NB."""
         nad_list, pods = await asyncio.gather(self.api.list(apiclient.NAD_PATH),
                                               self._list_pods())
         if not self.northbound.ready():
@@ -1201,7 +1219,7 @@ class Reconciler:
                 ports = {a.port_name: want.ports[a.port_name] for _, a in found}
                 if conflicting.isdisjoint(ports):
                     written[key] = _fingerprint(desired.State(ports=ports))
-        return change.summary()
+        return change
 
     async def run_background(self, *, stop: asyncio.Event) -> None:
         """Connect to NB (with backoff), full-sync at start, on reconnection and periodically.

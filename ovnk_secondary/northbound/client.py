@@ -28,10 +28,9 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import ovs.stream
-import prometheus_client
 from ovs.db import data as ovs_data
 from ovs.db import types as ovs_types
 from ovsdbapp.backend.ovs_idl import command, connection, idlutils
@@ -41,12 +40,6 @@ from ovnk_secondary import errors, naming
 from ovnk_secondary.northbound import desired, diff
 
 logger = logging.getLogger(__name__)
-TRANSACTION_SECONDS = prometheus_client.Histogram(
-    "ovnk_secondary_nb_transaction_seconds",
-    "Time to commit one OVN northbound transaction of ours (successful ones).")
-TRANSACTION_FAILURES = prometheus_client.Counter(
-    "ovnk_secondary_nb_transaction_failures",
-    "OVN northbound transactions of ours that failed (refused, or NB unreachable).")
 
 SCHEMA_NAME = "OVN_Northbound"
 # How many commands one full-sync transaction carries (hot-path transactions carry one pod).
@@ -190,6 +183,12 @@ class _Converge(command.BaseCommand):  # type: ignore[misc]
         self.result = change
 
 
+class TransactionObserver(Protocol):
+    """Told of each transaction's end: whether it committed, and how long it took."""
+
+    def __call__(self, *, committed: bool, seconds: float) -> None: ...
+
+
 @dataclasses.dataclass(frozen=True)
 class Tls:
     """The files of an `ssl:` connection to NB (PEM): this client's private key and
@@ -237,10 +236,13 @@ class Northbound:
 
     def __init__(self, *, remote: str, timeout: float = 10.0,
                  on_change: Callable[[RowChange], None] | None = None,
-                 tls: Tls | None = None) -> None:
+                 tls: Tls | None = None,
+                 on_transaction: TransactionObserver | None = None) -> None:
         """`remote`: see `check_remote` (InvalidConfig when wrong); `tls` for `ssl:` remotes
         (python-ovs keeps one key, certificate and CA per process). `on_change`: see `_Idl`;
-        called in the connection thread, so it must be quick."""
+        called in the connection thread, so it must be quick. `on_transaction(committed=,
+        seconds=)` after each transaction of ours (the controller's metrics), in the thread
+        that ran it."""
         check_remote(remote, tls)
         if tls is not None:
             ovs.stream.Stream.ssl_set_private_key_file(tls.private_key)
@@ -249,6 +251,7 @@ class Northbound:
         self.remote = remote
         self.timeout = timeout
         self.on_change = on_change
+        self.on_transaction = on_transaction
         self._api: Any = None
         self._lock = threading.Lock()
 
@@ -459,16 +462,19 @@ class Northbound:
 
     def _commit(self, commands: list[Any]) -> None:
         started = time.monotonic()
+        committed = False
         try:
             with self._api.transaction(check_error=True, nested=False) as txn:
                 for command in commands:
                     txn.add(command)
-            TRANSACTION_SECONDS.observe(time.monotonic() - started)
+            committed = True
         except Exception as exc:
-            TRANSACTION_FAILURES.inc()
             raise errors.NorthboundError(
                 f"OVN northbound transaction of {len(commands)} commands failed: {exc}"
             ) from exc
+        finally:
+            if self.on_transaction is not None:
+                self.on_transaction(committed=committed, seconds=time.monotonic() - started)
 
     def _commands(self, change: diff.Diff) -> Iterator[Any]:
         api = self._api

@@ -429,10 +429,13 @@ class ControlPlane:
         return done
 
     def service_account_kubeconfig(self, namespace: str, name: str, path: pathlib.Path, *,
-                                   duration: str = "24h") -> pathlib.Path:
+                                   duration: str = "24h", pod: str | None = None) -> pathlib.Path:
         """A kubeconfig authenticating as ServiceAccount `namespace/name` (a bound token from
-        the TokenRequest API, valid for `duration`, e.g. "24h")."""
-        token = self.kubectl("create", "token", name, "-n", namespace,
+        the TokenRequest API, valid for `duration`, e.g. "24h"). With `pod` (of `namespace`,
+        running as that account), the token is bound to it and names its node, as the one a
+        kubelet projects into the pod."""
+        bound = ["--bound-object-kind=Pod", f"--bound-object-name={pod}"] if pod else []
+        token = self.kubectl("create", "token", name, "-n", namespace, *bound,
                              f"--duration={duration}").stdout.strip()
         path.write_text(kubeconfig(server=self.server, ca=self.pki.path("ca.crt"),
                                    user=f"system:serviceaccount:{namespace}:{name}",

@@ -171,9 +171,18 @@ def test_one_bad_pod_does_not_fail_its_batch_mates(
     missing = dataclasses.replace(LAYER2, name="missing-network")
     bad = [client.Part(want=desired.state((), [(missing, _pod(missing, f"bad{i}", 10 + i))]))
            for i in range(2)]
+    ended: list[tuple[bool, float]] = []  # what the controller's metrics are told
+
+    def observe(*, committed: bool, seconds: float) -> None:
+        ended.append((committed, seconds))
+
+    nb.on_transaction = observe
     outcomes = nb.converge([good[0], bad[0], good[1], good[2], bad[1], good[3]])
     failed = [o.error is not None for o in outcomes]
     assert failed == [False, True, False, False, True, False]
+    # the shared transaction failed, then each part alone
+    assert [committed for committed, _ in ended] == [False, True, False, True, True, False, True]
+    assert all(0 <= seconds < 10 for _, seconds in ended)
     assert isinstance(outcomes[1].error, errors.NorthboundError)
     assert "missing.network_ovn_layer2_switch" in str(outcomes[1].error)
     names = _port_names(nb_server)
