@@ -28,7 +28,7 @@ import logging
 import os
 import pathlib
 
-from ovnk_secondary import errors
+from ovnk_secondary import cli, errors
 
 LOG = logging.getLogger(__name__)
 
@@ -119,8 +119,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: %(default)s)")
     parser.add_argument("--shim", type=pathlib.Path, default=pathlib.Path(SHIM),
                         help="the plugin to install (default: %(default)s)")
+    cli.add_log_level(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(message)s")
     return 1 if check(args.cni_bin_dir, shim=args.shim, primary_plugin=args.primary_plugin) else 0

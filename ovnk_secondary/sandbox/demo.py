@@ -35,6 +35,32 @@ def _matrix(reached: dict[tuple[str, str], bool], pods: list[str], targets: list
         print(f"  {i:>2} = {target}")
 
 
+# what the demo prints of each /metrics page: the model and the events of this run
+_CONTROLLER_SHOWN = ("ovnk_secondary_nads", "ovnk_secondary_networks",
+                     "ovnk_secondary_ip_pool_addresses", "ovnk_secondary_ip_pool_used_addresses",
+                     "ovnk_secondary_pods_waiting_for_address",
+                     "ovnk_secondary_nb_transaction_seconds_count",
+                     "ovnk_secondary_nb_transaction_failures_total",
+                     "ovnk_secondary_full_sync_seconds_count", "ovnk_secondary_leader")
+_AGENT_SHOWN = ("ovnk_secondary_cni_request_seconds_count",
+                "ovnk_secondary_ovn_installed_wait_seconds_count",
+                "ovnk_secondary_pod_attachments", "ovnk_secondary_bridge_mappings_applied")
+
+
+def _show_metrics(sb: cluster.Sandbox) -> None:
+    def show(samples: list[scenario.Sample], names: tuple[str, ...]) -> None:
+        for name, labels, value in samples:
+            if name in names:
+                text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+                print(f"    {name}{{{text}}} {value:g}" if text else f"    {name} {value:g}")
+
+    _section("metrics: the controller's /metrics and node-1's agent's (scraped on the nodes)")
+    print("  controller:")
+    show(scenario.controller_metrics(sb), _CONTROLLER_SHOWN)
+    print("  node agent on node-1:")
+    show(scenario.agent_metrics(sb, "node-1"), _AGENT_SHOWN)
+
+
 def _broken_uplink(sb: cluster.Sandbox, pod: scenario.PodView) -> bool:
     """A localnet pod cut off by its node's uplink going down, found by `diagnose`; then fixed."""
     key = f"{scenario.NAMESPACE}/{pod.name}"
@@ -146,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             checks.append(ok and bool(tagged) and f"vlan {vlan}," in tagged[0])
 
         checks.append(_broken_uplink(sb, by_name["localnet2-pod"]))
+        _show_metrics(sb)
     except errors.OvnkSecondaryError as exc:
         print(f"demo: {exc}", file=sys.stderr)
         return 1

@@ -19,6 +19,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import prometheus_client.parser
+
 from ovnk_secondary import errors
 from ovnk_secondary.sandbox import cluster, kubeapi
 
@@ -242,6 +244,39 @@ def diagnose(sb: cluster.Sandbox, *subject: str) -> tuple[int, str]:
          "--ovn-sb", sb.sb_connection],
         capture_output=True, text=True, timeout=180, check=False)
     return done.returncode, done.stdout + done.stderr
+
+
+Sample = tuple[str, dict[str, str], float]  # (name, labels, value) of a Prometheus sample
+
+_SCRAPE = ("import sys, urllib.request; "
+           "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())")
+
+
+def scrape(sb: cluster.Sandbox, node: str, url: str) -> list[Sample]:
+    """The samples of a `/metrics` page, fetched from `node` (with the node's python3) as a
+    Prometheus on that node would, parsed by prometheus_client's parser."""
+    text = sb.exec(node, ["python3", "-c", _SCRAPE, url]).stdout
+    return [(sample.name, dict(sample.labels), sample.value)
+            for family in prometheus_client.parser.text_string_to_metric_families(text)
+            for sample in family.samples]
+
+
+def controller_metrics(sb: cluster.Sandbox) -> list[Sample]:
+    """The controller's /metrics (its pod's health port, 8080, from the pod's node)."""
+    pods = json.loads(kubectl(sb, "get", "pods", "-n", cluster.PRODUCT_NAMESPACE, "-l",
+                              "app.kubernetes.io/component=controller", "-o", "json"))["items"]
+    running = [p for p in pods if p["status"].get("phase") == "Running"
+               and not p["metadata"].get("deletionTimestamp")]
+    if len(running) != 1:
+        raise errors.OvnkSecondaryError(f"expected one running controller pod, found "
+                                        f"{len(running)}")
+    pod = running[0]
+    return scrape(sb, pod["spec"]["nodeName"], f"http://{pod['status']['podIP']}:8080/metrics")
+
+
+def agent_metrics(sb: cluster.Sandbox, node: str) -> list[Sample]:
+    """The node agent's /metrics on `node` (the DaemonSet serves it on the node's loopback)."""
+    return scrape(sb, node, "http://127.0.0.1:9190/metrics")
 
 
 def ping_matrix(

@@ -217,6 +217,33 @@ def test_diagnose_walks_every_link_and_stops_at_the_broken_one(sb: cluster.Sandb
         scenario.kubectl(sb, "delete", "pod", "-n", NS, "lost-pod")
 
 
+def test_metrics_count_what_the_cluster_holds(sb: cluster.Sandbox) -> None:
+    """/metrics of the deployed controller and of each node's agent, scraped on the nodes:
+    the model matches the scenario's objects, the events its pods' ADDs."""
+    def values(samples: list[scenario.Sample], name: str) -> dict[tuple[tuple[str, str], ...],
+                                                                   float]:
+        return {tuple(sorted(labels.items())): value for n, labels, value in samples
+                if n == name}
+
+    controller = scenario.controller_metrics(sb)
+    assert values(controller, "ovnk_secondary_leader") == {(): 1.0}
+    assert values(controller, "ovnk_secondary_networks") == {
+        (("topology", "layer2"),): 1.0, (("topology", "localnet"),): 2.0}
+    layer2_pods = [n for n in scenario.PODS
+                   if "test/nad-layer2" in scenario.view(sb, n).pod_networks]
+    used = values(controller, "ovnk_secondary_ip_pool_used_addresses")
+    assert used[(("network", "l2-network"), ("subnet", "10.100.0.0/24"))] == len(layer2_pods)
+    assert values(controller, "ovnk_secondary_nb_transaction_failures_total") == {(): 0.0}
+
+    for node in sb.node_names:
+        agent = scenario.agent_metrics(sb, node)
+        plugged = sum(values(agent, "ovnk_secondary_pod_attachments").values())
+        assert plugged == len(scenario.our_ports(sb, node)) > 0
+        adds = values(agent, "ovnk_secondary_cni_request_seconds_count")
+        assert adds.get((("command", "ADD"), ("result", "success")), 0) >= plugged
+        assert values(agent, "ovnk_secondary_bridge_mappings_applied") == {(): 1.0}
+
+
 def test_a_node_agent_may_change_only_its_own_nodes_report(sb: cluster.Sandbox) -> None:
     """manifests/node-agent-policy.yaml: RBAC lets the agent patch every Node; the admission
     policy lets it change only its own Node's ovnk-secondary.io/bridge-mappings annotation."""
