@@ -77,8 +77,9 @@ COMPONENT_OF_PACKAGE = {
     "controller": "ovnk-secondary-controller",
     "northbound": "ovnk-secondary-controller",
 }
-# Packages that are not deployed by these manifests.
-NOT_DEPLOYED = {"sandbox", "cni"}
+# Packages that are not deployed by these manifests (`diagnose` runs with an admin's own
+# kubeconfig: README, "Diagnosing a pod or a network").
+NOT_DEPLOYED = {"sandbox", "cni", "diagnose"}
 
 
 # --- loading ------------------------------------------------------------------------------------
