@@ -217,31 +217,56 @@ def test_diagnose_walks_every_link_and_stops_at_the_broken_one(sb: cluster.Sandb
         scenario.kubectl(sb, "delete", "pod", "-n", NS, "lost-pod")
 
 
+_METRICS_NAD = {
+    "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+    "metadata": {"name": "nad-pool", "namespace": NS},
+    "spec": {"config": json.dumps({
+        "cniVersion": "0.3.1", "name": "pool-network", "type": "ovn-k8s-cni-overlay",
+        "topology": "layer2", "subnets": "10.123.0.0/29", "netAttachDefName": f"{NS}/nad-pool"})},
+}
+
+
+def _samples(samples: list[scenario.Sample], name: str) -> dict[tuple[tuple[str, str], ...],
+                                                                 float]:
+    return {tuple(sorted(labels.items())): value for n, labels, value in samples if n == name}
+
+
 def test_metrics_count_what_the_cluster_holds(sb: cluster.Sandbox) -> None:
     """/metrics of the deployed controller and of each node's agent, scraped on the nodes:
-    the model matches the scenario's objects, the events its pods' ADDs."""
-    def values(samples: list[scenario.Sample], name: str) -> dict[tuple[tuple[str, str], ...],
-                                                                   float]:
-        return {tuple(sorted(labels.items())): value for n, labels, value in samples
-                if n == name}
-
+    the model follows the cluster's objects (an IP pool fills with its pods, its series go with
+    its NAD), the agents' counts follow their ADDs."""
     controller = scenario.controller_metrics(sb)
-    assert values(controller, "ovnk_secondary_leader") == {(): 1.0}
-    assert values(controller, "ovnk_secondary_networks") == {
+    assert _samples(controller, "ovnk_secondary_leader") == {(): 1.0}
+    assert _samples(controller, "ovnk_secondary_networks") == {
         (("topology", "layer2"),): 1.0, (("topology", "localnet"),): 2.0}
-    layer2_pods = [n for n in scenario.PODS
-                   if "test/nad-layer2" in scenario.view(sb, n).pod_networks]
-    used = values(controller, "ovnk_secondary_ip_pool_used_addresses")
-    assert used[(("network", "l2-network"), ("subnet", "10.100.0.0/24"))] == len(layer2_pods)
-    assert values(controller, "ovnk_secondary_nb_transaction_failures_total") == {(): 0.0}
+    assert _samples(controller, "ovnk_secondary_nb_transaction_failures_total") == {(): 0.0}
 
-    for node in sb.node_names:
-        agent = scenario.agent_metrics(sb, node)
-        plugged = sum(values(agent, "ovnk_secondary_pod_attachments").values())
-        assert plugged == len(scenario.our_ports(sb, node)) > 0
-        adds = values(agent, "ovnk_secondary_cni_request_seconds_count")
-        assert adds.get((("command", "ADD"), ("result", "success")), 0) >= plugged
-        assert values(agent, "ovnk_secondary_bridge_mappings_applied") == {(): 1.0}
+    pool = (("network", "pool-network"), ("subnet", "10.123.0.0/29"))
+    sb.kubectl("apply", "-f", "-", stdin=json.dumps(_METRICS_NAD))
+    names = ["pool-pod-1", "pool-pod-2"]
+    for name in names:
+        sb.kubectl("run", name, "-n", NS, "--image", "ovnk-sandbox/workload:busybox",
+                   "--image-pull-policy", "IfNotPresent", "--annotations",
+                   "k8s.v1.cni.cncf.io/networks=nad-pool", "--command", "--", "sleep", "3600")
+    try:
+        scenario.wait_ready(sb, names)
+        controller = scenario.controller_metrics(sb)
+        assert _samples(controller, "ovnk_secondary_ip_pool_addresses")[pool] == 6  # a /29
+        assert _samples(controller, "ovnk_secondary_ip_pool_used_addresses")[pool] == 2
+        for node in sb.node_names:
+            agent = scenario.agent_metrics(sb, node)
+            plugged = _samples(agent, "ovnk_secondary_pod_attachments")
+            assert sum(plugged.values()) == len(scenario.our_ports(sb, node)) > 0
+            adds = _samples(agent, "ovnk_secondary_cni_request_seconds_count")
+            # every interface this agent process plugged came from a successful ADD
+            assert adds.get((("command", "ADD"), ("result", "success")), 0) >= sum(
+                plugged.values())
+            assert _samples(agent, "ovnk_secondary_bridge_mappings_applied") == {(): 1.0}
+    finally:
+        sb.kubectl("delete", "pod", "-n", NS, *names)
+        sb.kubectl("delete", "network-attachment-definitions", "-n", NS, "nad-pool")
+    _eventually(lambda: pool not in _samples(scenario.controller_metrics(sb),
+                                             "ovnk_secondary_ip_pool_addresses"))
 
 
 def test_a_node_agent_may_change_only_its_own_nodes_report(sb: cluster.Sandbox) -> None:
