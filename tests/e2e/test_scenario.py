@@ -295,6 +295,62 @@ def test_a_node_agent_may_change_only_its_own_nodes_report(sb: cluster.Sandbox) 
     assert "evil" not in node.get("labels", {}) and "evil" not in node["annotations"]
 
 
+def test_an_uplink_carrying_the_nodes_address_is_refused_on_the_node(
+        sb: cluster.Sandbox) -> None:
+    """The bridge-mappings ConfigMap names each node's management NIC (its address, the API
+    server's and NB's route) as an uplink: the agents refuse it, say so on their Node
+    (annotation, Warning Event) and in readiness, and change nothing; the file fixed, they
+    apply it again."""
+    central = sb.nb_connection.split(":")[1]
+    nics = {node: sb.exec(node, ["ip", "-o", "route", "get", central]).stdout.split(" dev ")[1]
+            .split()[0] for node in sb.node_names}
+    assert len(set(nics.values())) == 1, nics  # one ConfigMap for all nodes
+    nic = nics[sb.node_names[0]]
+    name = "ovnk-secondary-bridge-mappings"
+    original = json.loads(sb.kubectl("get", "configmap", "-n", cluster.PRODUCT_NAMESPACE, name,
+                                     "-o", "json").stdout)["data"]["bridge-mappings.yaml"]
+    dangerous = original + (f"  - physicalNetworkName: danger\n    bridge: br-danger\n"
+                            f"    uplinks: [{nic}]\n")
+
+    def report(node: str) -> dict[str, Any]:
+        annotations = json.loads(sb.kubectl("get", "node", node, "-o", "json").stdout)[
+            "metadata"]["annotations"]
+        return dict(json.loads(annotations["ovnk-secondary.io/bridge-mappings"]))
+
+    def set_file(text: str) -> None:
+        sb.kubectl("patch", "configmap", "-n", cluster.PRODUCT_NAMESPACE, name, "--type=merge",
+                   "-p", json.dumps({"data": {"bridge-mappings.yaml": text}}))
+
+    before = {node: sb.exec(node, "ovs-vsctl get open . external_ids:ovn-bridge-mappings")
+              .stdout for node in sb.node_names}
+    set_file(dangerous)
+    try:
+        # the kubelet refreshes a mounted ConfigMap within about a minute
+        _eventually(lambda: all(report(n)["error"] for n in sb.node_names), timeout=180)
+        for node in sb.node_names:
+            error = report(node)["error"]
+            assert f"uplink NIC {nic} of bridge br-danger carries the node's address" in error, error
+            assert "moveAddresses: true" in error, error
+            assert sb.exec(node, ["ip", "-o", "-4", "addr", "show", "dev", nic]).stdout.strip()
+            assert sb.exec(node, "ovs-vsctl br-exists br-danger", check=False).exit_code == 2
+            assert sb.exec(node, "ovs-vsctl get open . external_ids:ovn-bridge-mappings"
+                           ).stdout == before[node]
+        events = json.loads(sb.kubectl("get", "events", "-A", "--field-selector",
+                                       "reason=BridgeMappingsRefused", "-o", "json").stdout)
+        assert {e["involvedObject"]["name"] for e in events["items"]} >= set(sb.node_names)
+        _eventually(lambda: sb.kubectl(
+            "get", "daemonset", "-n", cluster.PRODUCT_NAMESPACE, "ovnk-secondary-node-agent",
+            "-o", "jsonpath={.status.numberReady}").stdout == "0", timeout=60)
+        # pods keep working meanwhile: the agents still serve (readiness is not liveness)
+        assert scenario.ping(sb, scenario.view(sb, "l2-pod-1"),
+                             _ip(scenario.view(sb, "l2-pod-2")))
+    finally:
+        set_file(original)
+    _eventually(lambda: not any(report(n)["error"] for n in sb.node_names), timeout=180)
+    sb.kubectl("rollout", "status", "daemonset", "-n", cluster.PRODUCT_NAMESPACE,
+               "ovnk-secondary-node-agent", "--timeout=120s")
+
+
 def _controller_nb(sb: cluster.Sandbox, remote: str) -> None:
     """Point the deployed controller at `remote` (its ConfigMap) and roll it out."""
     sb.kubectl("patch", "configmap", "-n", cluster.PRODUCT_NAMESPACE,
