@@ -329,7 +329,8 @@ def test_an_uplink_carrying_the_nodes_address_is_refused_on_the_node(
         _eventually(lambda: all(report(n)["error"] for n in sb.node_names), timeout=180)
         for node in sb.node_names:
             error = report(node)["error"]
-            assert f"uplink NIC {nic} of bridge br-danger carries the node's address" in error, error
+            refusal = f"uplink NIC {nic} of bridge br-danger carries the node's address"
+            assert refusal in error, error
             assert "moveAddresses: true" in error, error
             assert sb.exec(node, ["ip", "-o", "-4", "addr", "show", "dev", nic]).stdout.strip()
             assert sb.exec(node, "ovs-vsctl br-exists br-danger", check=False).exit_code == 2
