@@ -77,8 +77,9 @@ COMPONENT_OF_PACKAGE = {
     "controller": "ovnk-secondary-controller",
     "northbound": "ovnk-secondary-controller",
 }
-# Packages that are not deployed by these manifests.
-NOT_DEPLOYED = {"sandbox", "cni"}
+# Packages that are not deployed by these manifests (diagnose: a user's command, run with the
+# user's own credentials).
+NOT_DEPLOYED = {"sandbox", "cni", "diagnose"}
 
 
 # --- loading ------------------------------------------------------------------------------------
