@@ -4,12 +4,17 @@ next one handed out, and shows."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
 
+import kubernetes
+import pytest
+
 from ovnk_secondary import persistentips
 from ovnk_secondary.northbound import servers
+from tests import kube
 from tests.controller.harness import Api, Controller, ports, until
 
 NS = "vms"
@@ -253,3 +258,76 @@ def test_the_pods_of_one_vm_share_its_claim_and_no_other_pod_may(
     got = until(lambda: [n for n in ("launcher-b", "unlabelled")
                          if api.pod_networks(NS, n)], "no waiting pod got the claim")
     assert len(got) == 1 and _entry(api, got[0]) == source
+
+
+_REFUSE_CLAIM_WRITES = "test-refuse-ipamclaim-status"
+
+
+def _claim_writes_refused(api: Api) -> bool:
+    """Whether a write of IPAMClaim status is refused now (tried on a claim of its own)."""
+    if api.claim(NS, "probe") is None:
+        api.create_claim(NS, "probe", "none")
+    group, version, plural = kube.IPAMCLAIMS
+    try:
+        api.custom().patch_namespaced_custom_object_status(
+            group, version, NS, plural, "probe",
+            {"status": {"ips": [], "ownerPod": str(time.monotonic())}})
+    except kubernetes.client.ApiException as exc:
+        if exc.status == 422:
+            return True
+        raise
+    return False
+
+
+def _refuse_claim_writes(api: Api) -> None:
+    """A ValidatingAdmissionPolicy refusing every write of IPAMClaim status, in force."""
+    api.request("POST", "/apis/admissionregistration.k8s.io/v1/validatingadmissionpolicies", {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": _REFUSE_CLAIM_WRITES},
+        "spec": {"failurePolicy": "Fail",
+                 "matchConstraints": {"resourceRules": [{
+                     "apiGroups": ["k8s.cni.cncf.io"], "apiVersions": ["*"],
+                     "operations": ["UPDATE"], "resources": ["ipamclaims/status"]}]},
+                 "validations": [{"expression": "false", "reason": "Invalid",
+                                  "message": "test: IPAMClaim status writes refused"}]}})
+    api.request("POST", "/apis/admissionregistration.k8s.io/v1/"
+                "validatingadmissionpolicybindings", {
+                    "apiVersion": "admissionregistration.k8s.io/v1",
+                    "kind": "ValidatingAdmissionPolicyBinding",
+                    "metadata": {"name": _REFUSE_CLAIM_WRITES},
+                    "spec": {"policyName": _REFUSE_CLAIM_WRITES,
+                             "validationActions": ["Deny"]}})
+    until(lambda: _claim_writes_refused(api), "the policy did not come into force")
+
+
+def _allow_claim_writes(api: Api) -> None:
+    for kind in ("validatingadmissionpolicybindings", "validatingadmissionpolicies"):
+        with contextlib.suppress(kubernetes.client.ApiException):
+            api.request("DELETE", f"/apis/admissionregistration.k8s.io/v1/{kind}/"
+                        f"{_REFUSE_CLAIM_WRITES}")
+    until(lambda: not _claim_writes_refused(api), "the policy stayed in force")
+
+
+def test_a_pod_is_annotated_only_once_its_claim_holds_the_ips(
+    api: Api, nb_server: servers.NbServer, controller: Controller,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The claim is written first: while its write fails the pod gets no annotation (a crash
+    then would leave addresses that only the pod records, to be handed out again)."""
+    _vmnet(api, "10.69.0.0/29")
+    api.create_claim(NS, "vm-a.vmnet", "vmnet")
+    _refuse_claim_writes(api)
+    try:
+        _pod(api, "launcher-a", claim="vm-a.vmnet", vm="vm-a")
+        until(lambda: any("could not write IPAMClaim vms/vm-a.vmnet" in m
+                          for m in caplog.messages), "the claim's write was not refused")
+        time.sleep(1)
+        assert api.pod_networks(NS, "launcher-a") is None, "annotated before the claim"
+        assert f"{NS}.vmnet_{NS}_launcher-a" not in ports(nb_server)
+    finally:
+        _allow_claim_writes(api)
+        # the refusals this test made (the API server says "forbidden") are no RBAC gap
+        caplog.handler.records[:] = [r for r in caplog.handler.records
+                                     if _REFUSE_CLAIM_WRITES not in r.getMessage()]
+    entry = _entry(api, "launcher-a")  # retried (a full sync) once the claim can be written
+    assert _status(api, "vm-a.vmnet")["ips"] == entry["ip_addresses"]
