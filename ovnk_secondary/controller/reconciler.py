@@ -464,15 +464,22 @@ class Reconciler:
             except errors.IpamError as exc:
                 logger.warning("IPAMClaim %s/%s: %s", claim.namespace, claim.name, exc)
 
-    def _reserve_claim(self, claim: persistentips.Claim) -> None:
+    def _reserve_claim(self, claim: persistentips.Claim, *, for_pod: Key | None = None) -> None:
         """Hold the claim's status.ips in its network's pool (IpamError when another holds
-        one). What the claim records wins over an allocation of ours not yet written to it."""
+        one). What the claim records wins over an allocation of ours not yet written to it,
+        never over addresses live pods (but `for_pod`, about to be attached) use: a status
+        written behind our back."""
         wanted = persistentips.reserved(claim, self._networks.get(claim.network))
         pool = self._pools.get(claim.network)
         if not wanted or pool is None:
             return
         held = pool.addresses_of(claim.owner)
         if held is not None and set(held) != set(wanted):
+            users = [u for u in self._claims.users(claim.owner) if u.key != for_pod]
+            if users:
+                raise errors.IpamError(
+                    f"IPAMClaim {claim.namespace}/{claim.name} now says {', '.join(wanted)}, "
+                    f"but {users[0]} uses {', '.join(held)}; they stay held until it is gone")
             pool.release(owner=claim.owner)
         pool.reserve(owner=claim.owner, addresses=wanted)
 
@@ -937,7 +944,7 @@ class Reconciler:
                 claim, nad_key=selection.nad_key, holder=holder)))
             return None  # queued again when the holder is released
         try:
-            self._reserve_claim(claim)
+            self._reserve_claim(claim, for_pod=pod.key)
         except errors.IpamError as exc:
             self._waiting[network.name].add(pod.key)
             problems.append((persistentips.CONFLICT, (
