@@ -217,9 +217,6 @@ def parse_config(config: Mapping[str, Any], *, nad_key: str | None = None) -> Ne
         raise _fail(nad_key, "allowPersistentIPs needs subnets (IPAM) to keep IPs for")
 
     ignored = []
-    if persistent:
-        ignored.append("allowPersistentIPs is not acted on yet: IPAMClaims are not implemented, "
-                       "and a pod's addresses return to the pool when the pod is deleted")
     unknown = sorted(set(config) - KNOWN_KEYS)
     if unknown:
         ignored.append(f"{', '.join(unknown)}: not known to ovnk-secondary, ignored (check the "

@@ -99,16 +99,15 @@ def test_invalid_configs_say_what_to_fix(overrides: dict[str, Any], message: str
 
 
 def test_what_is_accepted_but_not_acted_on_is_listed() -> None:
-    """Nothing accepted and silently ignored: allowPersistentIPs (no IPAMClaims yet) and keys we
-    do not read (OVN-K's layer3 fields, typos) are named for a Warning Event."""
+    """Nothing accepted and silently ignored: keys we do not read (OVN-K's layer3 fields, typos)
+    are named for a Warning Event; allowPersistentIPs is acted on (IPAMClaims), not listed."""
     plain = nads.parse_config(_config(subnets="10.1.0.0/24"), nad_key="test/nad-layer2")
     assert plain is not None and plain.ignored == ()
     config = nads.parse_config(_config(subnets="10.1.0.0/24", allowPersistentIPs=True,
                                        joinSubnet="100.65.0.0/16", vlanid=5),
                                nad_key="test/nad-layer2")
-    assert config is not None and len(config.ignored) == 2
-    assert config.ignored[0].startswith("allowPersistentIPs is not acted on yet")
-    assert config.ignored[1].startswith("joinSubnet, vlanid: not known to ovnk-secondary")
+    assert config is not None and len(config.ignored) == 1
+    assert config.ignored[0].startswith("joinSubnet, vlanid: not known to ovnk-secondary")
     assert config == plain.__class__(**{**plain.__dict__, "allow_persistent_ips": True})
 
 

@@ -1,4 +1,5 @@
-"""The controller's calls to the Kubernetes API: list, watch, patch annotations, post Events.
+"""The controller's calls to the Kubernetes API: list, watch, patch annotations and IPAMClaim
+status, post Events.
 
 Plain async HTTP (aiohttp) on the controller's loop, so they stay off any thread pool. The
 connection comes from a kubeconfig (or the in-cluster service account), read once; the
@@ -25,6 +26,7 @@ from ovnk_secondary import errors
 
 NAD_PATH = "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions"
 PODS_PATH = "/api/v1/pods"
+IPAMCLAIMS_PATH = "/apis/k8s.cni.cncf.io/v1alpha1/ipamclaims"
 WATCH_EVENTS_PER_TURN = 50
 TOKEN_FILE_TTL = 60.0  # seconds between reads of the in-cluster token file (client-go: 1 min)
 Objects = list[dict[str, Any]]  # (`list` is a method of ApiClient)
@@ -209,6 +211,16 @@ class ApiClient:
             json={"metadata": {"annotations": {key: value}}},
             headers={"Content-Type": "application/merge-patch+json"},
         )
+
+    async def patch_ipamclaim_status(self, *, namespace: str, name: str,
+                                     patch: Mapping[str, Any]) -> dict[str, Any]:
+        """A merge patch of an IPAMClaim's status subresource; the claim as stored after it."""
+        patched: dict[str, Any] = await self._request(
+            "PATCH", f"/apis/k8s.cni.cncf.io/v1alpha1/namespaces/{namespace}/ipamclaims/{name}"
+                     "/status",
+            json=patch, headers={"Content-Type": "application/merge-patch+json"},
+        )
+        return patched
 
     async def post_event(
         self, *, involved: Mapping[str, Any], event_type: str, reason: str, message: str

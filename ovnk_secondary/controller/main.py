@@ -184,9 +184,12 @@ async def serve(
                                               what="NAD", after=policy.synced)),
             asyncio.create_task(informers.run(api, apiclient.PODS_PATH, pod_sink, stop,
                                               what="pod", after=policy.synced)),
+            asyncio.create_task(informers.run(api, apiclient.IPAMCLAIMS_PATH,
+                                              policy.claim_sink(), stop, what="IPAMClaim",
+                                              after=policy.synced)),
         ]
-        for task, name in zip(tasks, ("northbound sync", "NAD watch", "pod watch"),
-                              strict=True):
+        for task, name in zip(tasks, ("northbound sync", "NAD watch", "pod watch",
+                                      "IPAMClaim watch"), strict=True):
             # the end (or a crash) of any task is our stop too, else the Lease is never
             # released while nothing works
             task.add_done_callback(functools.partial(_task_ended, name, stop))

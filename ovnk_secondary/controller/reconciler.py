@@ -26,6 +26,12 @@ so the model and the pools need no locks; blocking NB calls go to one worker thr
   in NB, apply.
   Pod work waits while a full sync runs, and a full sync waits for pods in flight (the log
   gives the sync's own duration and that wait apart).
+- Persistent IPs (`persistentips`): IPAMClaims are listed with NADs and pods by every full
+  sync, and their addresses reserved before any pod is allocated; a watch keeps them current.
+  A pod's addresses from a claim are held by the claim, not the pod, and written to the
+  claim's status before the pod's annotation: after a crash between the two writes the claim
+  holds them and the pod gets them from it. Claims are deleted by others (the VM's owner);
+  their addresses return to the pool then, once no live pod uses them.
 - Problems a user can fix are Warning Events on the NAD or pod, each posted once.
 """
 
@@ -48,7 +54,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from ovnk_secondary import errors, ipam, nads, naming, podnetworks, selections
+from ovnk_secondary import errors, ipam, nads, naming, persistentips, podnetworks, selections
 from ovnk_secondary.controller import apiclient, batches, informers, metrics, workqueues
 from ovnk_secondary.northbound import client, desired, diff
 
@@ -103,6 +109,7 @@ class _Pod:
     deleting: bool  # metadata.deletionTimestamp is set
     networks: str | None  # the network selection annotation
     pod_networks: str | None  # our annotation, as the API last showed it
+    vm: str | None = None  # label vm.kubevirt.io/name: the pods of one VM may share IPAMClaims
 
     @property
     def key(self) -> Key:
@@ -118,10 +125,16 @@ class _Pod:
         return {"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"namespace": self.namespace, "name": self.name, "uid": self.uid}}
 
+    def user(self) -> persistentips.User:
+        """The pod as a user of IPAMClaims."""
+        return persistentips.User(namespace=self.namespace, name=self.name, uid=self.uid,
+                                  vm=self.vm)
+
 
 def _pod(body: Mapping[str, Any]) -> _Pod:
     metadata = body.get("metadata") or {}
     annotations = metadata.get("annotations") or {}
+    vm = (metadata.get("labels") or {}).get(persistentips.VM_LABEL)
     node = (body.get("spec") or {}).get("nodeName")
     return _Pod(
         # interned: namespaces and nodes repeat across pods
@@ -134,6 +147,7 @@ def _pod(body: Mapping[str, Any]) -> _Pod:
         deleting=bool(metadata.get("deletionTimestamp")),
         networks=annotations.get(selections.ANNOTATION),
         pod_networks=annotations.get(podnetworks.ANNOTATION),
+        vm=vm if isinstance(vm, str) and vm else None,
     )
 
 
@@ -260,6 +274,13 @@ class Reconciler:
         self._switch_owner: dict[str, str] = {}
         # network name -> pods waiting for an address or a MAC there (IPAMFailed, AddressInUse)
         self._waiting: dict[str, set[Key]] = collections.defaultdict(set)
+        # IPAMClaims and the live pods using them; per pod naming claims, NAD key -> claim name;
+        # per claim (namespace, name), the pods naming it (queued when it changes or is freed)
+        self._claims = persistentips.Book()
+        self._claim_refs: dict[Key, dict[str, str]] = {}
+        self._claim_selecting: dict[Key, set[Key]] = collections.defaultdict(set)
+        # claim status writes in flight: a second pod of the VM waits for the first one's
+        self._claim_writes: dict[persistentips.ClaimOwner, asyncio.Future[None]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._repair_networks: asyncio.Task[None] | None = None
         self._closing = False  # set by aclose: no new repair then
@@ -428,9 +449,39 @@ class Reconciler:
             # a new pool: the next pod gets an address of the subnets now in force
             self._pools[name] = ipam.Pool(network=name, subnets=config.subnets,
                                           exclude_subnets=config.exclude_subnets)
+            self._reserve_claims(name)  # claims first: their addresses are nobody else's
             if pool is not None:
                 for pod in self._pods.values():
                     self._reserve_recorded(pod, self._recorded(pod)[1], network=name)
+        elif old.allow_persistent_ips != config.allow_persistent_ips:
+            self._reserve_claims(name)
+
+    def _reserve_claims(self, network: str) -> None:
+        """Hold the addresses of every IPAMClaim of `network` in its pool."""
+        for claim in self._claims.claims(network):
+            try:
+                self._reserve_claim(claim)
+            except errors.IpamError as exc:
+                logger.warning("IPAMClaim %s/%s: %s", claim.namespace, claim.name, exc)
+
+    def _reserve_claim(self, claim: persistentips.Claim, *, for_pod: Key | None = None) -> None:
+        """Hold the claim's status.ips in its network's pool (IpamError when another holds
+        one). What the claim records wins over an allocation of ours not yet written to it,
+        never over addresses live pods (but `for_pod`, about to be attached) use: a status
+        written behind our back."""
+        wanted = persistentips.reserved(claim, self._networks.get(claim.network))
+        pool = self._pools.get(claim.network)
+        if not wanted or pool is None:
+            return
+        held = pool.addresses_of(claim.owner)
+        if held is not None and set(held) != set(wanted):
+            users = [u for u in self._claims.users(claim.owner) if u.key != for_pod]
+            if users:
+                raise errors.IpamError(
+                    f"IPAMClaim {claim.namespace}/{claim.name} now says {', '.join(wanted)}, "
+                    f"but {users[0]} uses {', '.join(held)}; they stay held until it is gone")
+            pool.release(owner=claim.owner)
+        pool.reserve(owner=claim.owner, addresses=wanted)
 
     def _forget_nad(self, key: Key) -> None:
         nad = self._nads.pop(key, None)
@@ -570,7 +621,9 @@ class Reconciler:
         if gone:
             await self._retry_conflicted()
 
-    def _release_owner(self, network: str, owner: ipam.Owner) -> None:
+    def _release_owner(
+        self, network: str, owner: ipam.Owner | persistentips.ClaimOwner
+    ) -> None:
         """Give back what `owner` holds on `network`; pods waiting there get another turn."""
         pool = self._pools.get(network)
         released = bool(pool.release(owner=owner)) if pool is not None else False
@@ -690,12 +743,61 @@ class Reconciler:
         return (informers.Sink(held=nads_held, changed=nad_changed, deleted=nad_deleted),
                 informers.Sink(held=pods_held, changed=pod_changed, deleted=pod_deleted))
 
+    def claim_sink(self) -> informers.Sink:
+        """Where the IPAMClaim informer reports; each event is handled as pod work (never
+        while a full sync rebuilds the pools)."""
+        async def changed(body: dict[str, Any]) -> None:
+            await self._pod_work(functools.partial(self.claim_changed, body))
+
+        async def deleted(body: dict[str, Any]) -> None:
+            await self._pod_work(functools.partial(self.claim_deleted, body))
+
+        def held() -> dict[Key, tuple[str, str]]:
+            return {c.key: (c.uid, c.version) for c in self._claims.claims()}
+
+        return informers.Sink(held=held, changed=changed, deleted=deleted)
+
+    async def claim_changed(self, body: Mapping[str, Any]) -> None:
+        """An IPAMClaim was created or changed: hold its addresses; queue the pods naming it."""
+        claim = persistentips.parse(body)
+        freed = self._claims.put(claim)  # another claim of that name, deleted unseen
+        if freed is not None:
+            self._release_owner(freed.network, freed.owner)
+        try:
+            self._reserve_claim(claim)
+        except errors.IpamError as exc:
+            await self._warn(claim.involved(), persistentips.CONFLICT,
+                             f"{exc}; pods using the claim wait until those addresses are free")
+        self._queue_claimants(claim.key)
+
+    async def claim_deleted(self, body: Mapping[str, Any]) -> None:
+        """An IPAMClaim was deleted: its addresses return to the pool, at once or with the last
+        live pod using them; the pods naming it wait for a claim of that name."""
+        claim = persistentips.parse(body)
+        freed = self._claims.delete(claim.key, claim.uid)
+        if freed is not None:
+            logger.info("IPAMClaim %s/%s deleted: addresses %s released on network %s",
+                        freed.namespace, freed.name, " ".join(freed.ips) or "(none)",
+                        freed.network)
+            self._release_owner(freed.network, freed.owner)
+        self._queue_claimants(claim.key)
+
+    def _queue_claimants(self, claim: Key) -> None:
+        """Queue the pods naming the claim (those waiting for it among them)."""
+        for key in self._claim_selecting.get(claim, ()):
+            self._pod_queue.add(key)
+
     def _index(self, before: _Pod | None, after: _Pod | None) -> None:
-        """Keep `_selecting` (NAD key -> pods naming it) up to date for one pod."""
+        """Keep `_selecting` (NAD key -> pods naming it), `_claim_refs` and `_claim_selecting`
+        (the IPAMClaims pods name) up to date for one pod."""
         if before is not None and after is not None and before.networks == after.networks:
             return
-        for pod, change in ((before, set.discard), (after, set.add)):
-            if pod is None or not pod.networks:
+        for pod, adding in ((before, False), (after, True)):
+            if pod is None:
+                continue
+            change = set.add if adding else set.discard
+            self._claim_refs.pop(pod.key, None)
+            if not pod.networks:
                 continue
             try:
                 chosen = selections.parse(pod.networks, pod_namespace=pod.namespace,
@@ -704,6 +806,11 @@ class Reconciler:
                 continue
             for selection in chosen:
                 change(self._selecting[selection.nad_key], pod.key)
+                claim = persistentips.reference(selection, pod_namespace=pod.namespace)
+                if claim is not None:
+                    change(self._claim_selecting[claim], pod.key)
+                    if adding:
+                        self._claim_refs.setdefault(pod.key, {})[selection.nad_key] = claim[1]
 
     def _note_gone(self, key: Key, pod: _Pod) -> None:
         gone = self._gone.setdefault(key, [])
@@ -731,11 +838,17 @@ class Reconciler:
             self._needs_sync = True
 
     async def _release_pod(self, pod: _Pod) -> None:
-        """Release the pod's addresses and remove its ports."""
+        """Release the pod's addresses (not those of IPAMClaims: they stay the claims') and
+        remove its ports."""
         namespace, name = pod.key
         uid = pod.uid
         self._written.pop((namespace, name), None)
         self._decoded.pop((namespace, name), None)
+        used, freed = self._claims.release(pod.key, uid)
+        for claim in freed:  # deleted claims whose last user this pod was
+            self._release_owner(claim.network, claim.owner)
+        for owner in used:  # pods refused the claim while this one used it
+            self._queue_claimants((owner.namespace, owner.name))
         try:
             recorded = podnetworks.decode(pod.pod_networks)
         except errors.InvalidConfig:
@@ -777,20 +890,71 @@ class Reconciler:
         (the rebuild after a restart); only on `network` when given."""
         if pod.finished or not pod.node:
             return
-        namespace, name = pod.key
         for nad_key, entry in recorded.items():
             nad = self._nads.get(_split(nad_key))
             if nad is None or not nad.applied or nad.config is None:
                 continue
-            if network is not None and nad.config.name != network:
+            config = self._networks.get(nad.config.name)
+            if config is None or (network is not None and config.name != network):
                 continue
             try:
-                self._reserve(nad.config.name, ipam.Owner(nad_key=nad_key, namespace=namespace,
-                                                          name=name), entry)
+                self._reserve(config.name, self._recorded_owner(pod, nad_key, config, entry),
+                              entry)
             except errors.IpamError as exc:
-                logger.warning("pod %s/%s: %s", namespace, name, exc)
+                logger.warning("pod %s/%s: %s", pod.namespace, pod.name, exc)
 
-    def _reserve(self, network: str, owner: ipam.Owner, entry: podnetworks.PodNetwork) -> None:
+    def _recorded_owner(
+        self, pod: _Pod, nad_key: str, network: nads.NetworkConfig,
+        entry: podnetworks.PodNetwork,
+    ) -> ipam.Owner | persistentips.ClaimOwner:
+        """Who holds a live pod's recorded addresses on a NAD: the IPAMClaim its element names
+        when they are that claim's (the pod is then recorded as a user of it), else the pod."""
+        reference = self._claim_refs.get(pod.key, {}).get(nad_key)
+        pool = self._pools.get(network.name)
+        if (reference is not None and pool is not None and entry.ip_addresses
+                and network.allow_persistent_ips):
+            key = (pod.namespace, reference)
+            for claim in (self._claims.get(key), self._claims.deleted(key)):
+                if claim is not None and claim.network == network.name and persistentips.holds(
+                        claim, recorded=entry.ip_addresses,
+                        held=pool.addresses_of(claim.owner)):
+                    self._claims.use(claim.owner, pod.user())
+                    return claim.owner
+        return ipam.Owner(nad_key=nad_key, namespace=pod.namespace, name=pod.name)
+
+    def _new_owner(
+        self, pod: _Pod, network: nads.NetworkConfig, selection: selections.NetworkSelection,
+        problems: list[tuple[str, str]],
+    ) -> ipam.Owner | persistentips.ClaimOwner | None:
+        """Who is to hold the addresses of a new attachment: the IPAMClaim the element names
+        when it applies, the pod may use it and its addresses are held, else the pod; None
+        when the pod gets nothing there for now (`problems` say why)."""
+        key = persistentips.reference(selection, pod_namespace=pod.namespace)
+        resolution = persistentips.resolve(network, selection, pod_namespace=pod.namespace,
+                                           claim=self._claims.get(key) if key else None)
+        if resolution.problem is not None:
+            problems.append(resolution.problem)
+        claim = resolution.claim
+        if claim is None:
+            owner = ipam.Owner(nad_key=selection.nad_key, namespace=pod.namespace, name=pod.name)
+            return owner if resolution.attach else None
+        holder = persistentips.blocking_user(pod.user(), self._claims.users(claim.owner))
+        if holder is not None:
+            problems.append((persistentips.IN_USE, persistentips.in_use_message(
+                claim, nad_key=selection.nad_key, holder=holder)))
+            return None  # queued again when the holder is released
+        try:
+            self._reserve_claim(claim, for_pod=pod.key)
+        except errors.IpamError as exc:
+            self._waiting[network.name].add(pod.key)
+            problems.append((persistentips.CONFLICT, (
+                f"IPAMClaim {claim.namespace}/{claim.name} of {selection.nad_key}: {exc}; the "
+                "pod waits until they are free (or delete the claim)")))
+            return None
+        return claim.owner
+
+    def _reserve(self, network: str, owner: ipam.Owner | persistentips.ClaimOwner,
+                 entry: podnetworks.PodNetwork) -> None:
         """Mark a recorded entry's addresses as `owner`'s; IpamError when another holds one."""
         pool = self._pools.get(network)
         if pool is not None and entry.ip_addresses:
@@ -803,6 +967,7 @@ class Reconciler:
     def _attachments(
         self, pod: _Pod, recorded: dict[str, podnetworks.PodNetwork],
         problems: list[tuple[str, str]],
+        claimed: dict[str, tuple[persistentips.ClaimOwner, bool]] | None = None,
     ) -> list[tuple[nads.NetworkConfig, desired.Attachment]]:
         """Decide the pod's attachments, allocating what is missing (updates `recorded`).
 
@@ -810,8 +975,12 @@ class Reconciler:
         (nothing is attached), and per element a missing, invalid, conflicting or pending
         NAD, two NADs giving the pod one port name, static ips on a network with subnets, a
         gateway outside the network's subnets, no free address (IPAMFailed), a MAC or static
-        IP held by another pod of the network (AddressInUse). Pods refused for an address
-        wait for one to be released on that network.
+        IP held by another pod of the network (AddressInUse), and an IPAMClaim that is
+        missing, of another network, used by a pod of another VM or whose addresses another
+        holds (`persistentips`). Pods refused for an address wait for one to be released on
+        that network; pods refused a claim, for the claim to change or its user to go.
+        `claimed` receives, per NAD attached with a claim's addresses, the claim and whether
+        the addresses are new (to be written to the claim before the annotation).
         """
         namespace, name, uid, node = pod.namespace, pod.name, pod.uid, pod.node
         annotation = pod.networks
@@ -850,24 +1019,27 @@ class Reconciler:
                                  f"one of them: {selection.nad_key} is not attached"))
                 continue
             ports[port] = selection.nad_key
-            if selection.ipam_claim_reference is not None:
-                problems.append((FIELD_IGNORED, f"ipam-claim-reference "
-                                 f"{selection.ipam_claim_reference} of {selection.nad_key} is "
-                                 "not acted on yet (IPAMClaims are not implemented): the pod "
-                                 "gets addresses from the pool, released when it is deleted"))
-            owner = ipam.Owner(nad_key=selection.nad_key, namespace=namespace, name=name)
             entry = recorded.get(selection.nad_key)
+            new = entry is None
             if entry is None:
+                owner = self._new_owner(pod, network, selection, problems)
+                if owner is None:
+                    continue
                 problem = self._allocate(pod, network, selection, owner)
                 if isinstance(problem, tuple):
                     problems.append(problem)
                     continue
                 entry = recorded[selection.nad_key] = problem
+                if isinstance(owner, persistentips.ClaimOwner):
+                    self._claims.use(owner, pod.user())
             else:
+                owner = self._recorded_owner(pod, selection.nad_key, network, entry)
                 try:
                     self._reserve(network.name, owner, entry)
                 except errors.IpamError as exc:
                     problems.append((IPAM_FAILED, f"recorded addresses of {owner}: {exc}"))
+            if isinstance(owner, persistentips.ClaimOwner) and claimed is not None:
+                claimed[selection.nad_key] = (owner, new)
             result.append((network, desired.Attachment(
                 nad_key=selection.nad_key, pod_namespace=namespace, pod_name=name,
                 pod_uid=uid, node=str(node), mac=entry.mac_address, ips=entry.ip_addresses,
@@ -882,9 +1054,12 @@ class Reconciler:
 
     def _allocate(
         self, pod: _Pod, network: nads.NetworkConfig, selection: selections.NetworkSelection,
-        owner: ipam.Owner,
+        owner: ipam.Owner | persistentips.ClaimOwner,
     ) -> podnetworks.PodNetwork | tuple[str, str]:
-        """A new entry for the pod on a NAD, or the (reason, message) of why there is none."""
+        """A new entry for the pod on a NAD, or the (reason, message) of why there is none.
+
+        With a claim's owner, the claim's addresses (held by `_new_owner`), else new ones
+        that stay the claim's: never released here."""
         if network.has_ipam and selection.ips:
             return (INVALID_CONFIG, f"static ips {', '.join(selection.ips)} are only accepted "
                     f"on networks without subnets; NAD {selection.nad_key} has subnets: "
@@ -905,7 +1080,7 @@ class Reconciler:
             self._holders[network.name].claim(
                 owner, macs=[mac], ips=() if pool is not None else ips or ())
         except errors.IpamError as exc:
-            if pool is not None:
+            if pool is not None and isinstance(owner, ipam.Owner):
                 pool.release(owner=owner)
             self._waiting[network.name].add(pod.key)
             return ADDRESS_IN_USE, f"{exc}; the pod waits until it is released"
@@ -959,12 +1134,15 @@ class Reconciler:
             return
         before, recorded = self._recorded(pod)
         problems: list[tuple[str, str]] = []
-        attachments = self._attachments(pod, recorded, problems)
+        claimed: dict[str, tuple[persistentips.ClaimOwner, bool]] = {}
+        attachments = self._attachments(pod, recorded, problems, claimed)
         for reason, message in problems:
             await self._warn(pod, reason, message)
         if not attachments:
             self._written.pop(key, None)
             return
+        if not await self._persist_claims(pod, recorded, claimed):
+            return  # not annotated: the claim's change (or a full sync) queues the pod again
         want = desired.state((), attachments)
         fingerprint = _fingerprint(want)
         written = self._written_now()
@@ -993,6 +1171,61 @@ class Reconciler:
             await self._report_conflicts(outcome.change, pod)
             if not outcome.change.conflicts:
                 written[key] = fingerprint
+
+    async def _persist_claims(
+        self, pod: _Pod, recorded: Mapping[str, podnetworks.PodNetwork],
+        claimed: Mapping[str, tuple[persistentips.ClaimOwner, bool]],
+    ) -> bool:
+        """Write to each IPAMClaim the pod is attached with the addresses it got there, unless
+        the claim holds them already; False when new addresses could not be written (then
+        the pod must not be annotated with them: a claim's addresses outlive the pod, so the
+        claim records them first; after a crash between the two writes the claim holds them
+        and the pod gets them from it).
+
+        A claim of a VM's second pod written meanwhile by its first pod's work is waited for;
+        the write is a compare-and-swap on the claim's resourceVersion (a 409 or 404 means a
+        newer claim or its deletion is on its way: its event queues the pod again).
+        """
+        for nad_key, (owner, new) in claimed.items():
+            entry = recorded.get(nad_key)
+            if entry is None or not entry.ip_addresses:
+                continue
+            while (pending := self._claim_writes.get(owner)) is not None:
+                await pending
+            claim = self._claims.get((owner.namespace, owner.name))
+            if claim is None or claim.uid != owner.uid:
+                if new:
+                    return False  # deleted meanwhile: the pod waits for a claim
+                continue  # a running pod's addresses of a deleted claim: nothing to write
+            try:
+                patch = persistentips.status_patch(claim, ips=entry.ip_addresses, pod=pod.name)
+            except errors.IpamError as exc:
+                logger.warning("pod %s/%s: %s", pod.namespace, pod.name, exc)
+                if new:
+                    return False
+                continue
+            if patch is None:
+                continue
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._claim_writes[owner] = done
+            try:
+                stored = await self.api.patch_ipamclaim_status(
+                    namespace=owner.namespace, name=owner.name, patch=patch)
+            except (apiclient.ApiError, aiohttp.ClientError, TimeoutError) as exc:
+                if not (isinstance(exc, apiclient.ApiError) and exc.status in (404, 409)):
+                    self._needs_sync = True
+                logger.warning("could not write IPAMClaim %s/%s for pod %s/%s, retrying: %s",
+                               owner.namespace, owner.name, pod.namespace, pod.name, exc)
+                if new:
+                    return False
+                continue
+            finally:
+                del self._claim_writes[owner]
+                done.set_result(None)
+            self._claims.put(persistentips.parse(stored))
+            logger.info("IPAMClaim %s/%s: addresses %s (pod %s, NAD %s)", owner.namespace,
+                        owner.name, " ".join(entry.ip_addresses), pod.name, nad_key)
+        return True
 
     async def _report_conflicts(
         self, change: diff.Diff, pod: _Pod | None = None
@@ -1126,10 +1359,24 @@ class Reconciler:
             self._touched = None
         return listed
 
+    async def _list_claims(self) -> list[dict[str, Any]]:
+        """Every IPAMClaim; none when the API does not serve them (no CRD: pods naming claims
+        wait for them). Any other failure fails the sync: allocating without knowing the
+        claims could hand out their addresses."""
+        try:
+            return await self.api.list(apiclient.IPAMCLAIMS_PATH)
+        except apiclient.ApiError as exc:
+            if exc.status != 404:
+                raise
+            logger.warning("IPAMClaims are not served (CRD ipamclaims.k8s.cni.cncf.io is not "
+                           "installed: kubectl create -k manifests/crds): %s", exc)
+            return []
+
     async def _full_sync(self) -> diff.Diff:
         """The sync itself; returns what it changed in NB."""
-        nad_list, pods = await asyncio.gather(self.api.list(apiclient.NAD_PATH),
-                                              self._list_pods())
+        # IPAMClaims with the rest: their addresses are reserved before any allocation
+        nad_list, pods, claim_list = await asyncio.gather(
+            self.api.list(apiclient.NAD_PATH), self._list_pods(), self._list_claims())
         if not self.northbound.ready():
             raise errors.NorthboundError("OVN northbound is not ready")
         # pod work waits while this sync runs: nothing of ours writes NB until it applies
@@ -1149,6 +1396,10 @@ class Reconciler:
         self._waiting = collections.defaultdict(set)
         self._pods = pods
         self._selecting = collections.defaultdict(set)
+        # claims before the networks: a network's new pool holds its claims' addresses first
+        self._claims = persistentips.Book(persistentips.parse(b) for b in claim_list)
+        self._claim_refs = {}
+        self._claim_selecting = collections.defaultdict(set)
         for pod in pods.values():
             self._index(None, pod)
         self._decoded = {k: v for k, v in self._decoded.items() if k in self._pods}
@@ -1181,11 +1432,15 @@ class Reconciler:
         # a burst of creations) are annotated concurrently: one by one, a sync landing in a
         # burst spent seconds on round trips. Allocation stays sequential (above).
 
-        async def annotate(key: Key, pod: _Pod, found: list[Any],
-                           recorded: dict[str, Any], before: str | None) -> None:
+        async def annotate(key: Key, pod: _Pod, found: list[Any], recorded: dict[str, Any],
+                           before: str | None, claimed: dict[str, Any]) -> None:
             try:
                 async with limit:
-                    if await self._annotate(pod, recorded, before):
+                    if not await self._persist_claims(pod, recorded, claimed):
+                        # only what the annotation already records: new addresses wait
+                        known = self._recorded(pod)[1]
+                        pod_attachments[key] = [f for f in found if f[1].nad_key in known]
+                    elif await self._annotate(pod, recorded, before):
                         pod_attachments[key] = found
             except (apiclient.ApiError, aiohttp.ClientError, TimeoutError) as exc:
                 logger.warning("could not annotate pod %s/%s: %s", *key, exc)
@@ -1194,15 +1449,16 @@ class Reconciler:
         writes = []
         for key, (pod, before, recorded) in recorded_by_pod.items():
             problems: list[tuple[str, str]] = []
-            found = self._attachments(pod, recorded, problems)
+            claimed: dict[str, tuple[persistentips.ClaimOwner, bool]] = {}
+            found = self._attachments(pod, recorded, problems, claimed)
             for reason, message in problems:
                 await self._warn(pod, reason, message)
             if not found:
                 continue
-            if podnetworks.encode(recorded) == before:
+            if podnetworks.encode(recorded) == before and not claimed:
                 pod_attachments[key] = found
             else:
-                writes.append(annotate(key, pod, found, recorded, before))
+                writes.append(annotate(key, pod, found, recorded, before, claimed))
         await asyncio.gather(*writes)
         for found in pod_attachments.values():
             attachments.extend(found)

@@ -45,15 +45,39 @@ class Api(kube.KubeApi):
                                                       NAD_PLURAL, name)
 
     def create_pod(self, namespace: str, name: str, networks: str,
-                   node: str = "node1") -> dict[str, Any]:
+                   node: str = "node1", labels: dict[str, str] | None = None) -> dict[str, Any]:
         self.ensure_namespace(namespace)
         body = {"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"name": name, "namespace": namespace,
+                "metadata": {"name": name, "namespace": namespace, "labels": labels or {},
                              "annotations": {"k8s.v1.cni.cncf.io/networks": networks}},
                 "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]}}
         created: dict[str, Any] = self.client.sanitize_for_serialization(
             self.core_api.create_namespaced_pod(namespace, body))
         return created
+
+    def create_claim(self, namespace: str, name: str, network: str, *,
+                     ips: list[str] | None = None, owner_pod: str = "") -> dict[str, Any]:
+        """An IPAMClaim as its owner (KubeVirt) creates it; with `ips`, its status as a
+        controller wrote it (through the status subresource)."""
+        self.ensure_namespace(namespace)
+        group, version, plural = kube.IPAMCLAIMS
+        created: dict[str, Any] = self.custom().create_namespaced_custom_object(
+            group, version, namespace, plural, {
+                "apiVersion": f"{group}/{version}", "kind": "IPAMClaim",
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"network": network, "interface": "net1"}})
+        if ips is not None:
+            created = self.custom().patch_namespaced_custom_object_status(
+                group, version, namespace, plural, name,
+                {"status": {"ips": ips, "ownerPod": owner_pod}})
+        return created
+
+    def claim(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.stored(kube.IPAMCLAIMS, namespace, name)
+
+    def delete_claim(self, namespace: str, name: str) -> None:
+        group, version, plural = kube.IPAMCLAIMS
+        self.custom().delete_namespaced_custom_object(group, version, namespace, plural, name)
 
     def pod_networks(self, namespace: str, name: str) -> dict[str, Any] | None:
         pod = self.stored(kube.PODS, namespace, name)

@@ -62,6 +62,8 @@ EXPECTED_PERMISSIONS: dict[str, dict[tuple[str, str, str], set[str]]] = {
                                                                             "patch"},
         ("cluster", "", "pods"): {"list", "watch", "patch"},
         ("cluster", "", "events"): {"create"},
+        ("cluster", "k8s.cni.cncf.io", "ipamclaims"): {"list", "watch"},
+        ("cluster", "k8s.cni.cncf.io", "ipamclaims/status"): {"patch"},
         ("ovnk-secondary", "coordination.k8s.io", "leases"): {"create", "get", "update"},
     },
     "ovnk-secondary-node-agent": {
