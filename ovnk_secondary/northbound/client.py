@@ -48,7 +48,10 @@ SCHEMA_NAME = "OVN_Northbound"
 SYNC_BATCH = 500
 # What the IDL copies: the columns of `desired.Switch`/`desired.Port` plus the switch's
 # `ports` (and nothing that our ovsdbapp commands would touch beyond these: ls_add, ls_del,
-# lsp_add without a parent, lsp_del, db_set, db_remove on these columns).
+# lsp_add without a parent, lsp_del, db_set, db_remove on these columns); likewise for the
+# policy rows (pg_add, pg_del, address_set_*, and `policyrows`' own commands). Where
+# OVN-Kubernetes is the primary network, its own port groups, ACLs and address sets are
+# copied too: the price of telling our names from theirs.
 MONITORED: dict[str, tuple[str, ...]] = {
     "Logical_Switch": ("name", "ports", "external_ids", "other_config"),
     "Logical_Switch_Port": ("name", "type", "addresses", "port_security", "external_ids",

@@ -112,6 +112,17 @@ def test_rows_have_ovnks_names_ids_priorities_and_matches() -> None:
                for r in rows.values())
 
 
+def test_a_policy_selecting_no_pod_still_has_its_rows() -> None:
+    """Decided as OVN-K: rows exist as long as the policy applies, so pods and labels coming
+    and going move members only."""
+    policy = _policy({"podSelector": {"matchLabels": {"app": "nobody"}},
+                      "ingress": [{"from": [{"podSelector": {}}]}]})
+    state = _state([DB, WEB], policy).state
+    assert _counts(state) == _counts(_state([], policy).state) == (3, 5, 1)
+    assert all(not g.ports for g in state.port_groups.values())
+    assert [s.addresses for s in state.address_sets.values()] == [("10.100.0.5", "10.100.0.6")]
+
+
 @pytest.mark.parametrize(("ports", "match"), [
     ([], None),
     ([{"port": 80}], "tcp && tcp.dst==80"),
