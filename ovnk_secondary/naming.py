@@ -2,6 +2,15 @@
 
 Users read `ovn-nbctl show` with OVN-K's names in mind, so these follow OVN-K's code:
 the prefix of a network (or of a NAD key) is its text with `-` and `/` replaced by `.`, then `_`.
+
+Rows that OVN-K identifies by external_ids rather than by a readable name (port groups, ACLs
+and address sets of network policies) carry OVN-K's "DbObjectIDs" (go-controller
+`pkg/libovsdb/ops/db_object_ids.go`): `k8s.ovn.org/owner-controller` (for a secondary network
+`<network>-network-controller`), `k8s.ovn.org/owner-type`, the type's own keys, and
+`k8s.ovn.org/id`, their values joined by `:` in the type's key order. A port group's or
+address set's name is `hash_for_ovn` of that id (`pkg/util/util.go: HashForOVN`). A hash is
+not a proof of identity: the exact id stays in external_ids, and whoever builds rows checks
+that no two ids share a name (`northbound/acls.py`).
 """
 
 from __future__ import annotations
@@ -16,6 +25,14 @@ ROLE_KEY = "k8s.ovn.org/role"
 NAD_KEY = "k8s.ovn.org/nad"
 OWNER_KEY = "ovnk-secondary.io/owner"
 OWNER_VALUE = "ovnk-secondary"
+# OVN-K's DbObjectIDs keys (`pkg/libovsdb/ops/db_object_ids.go`, `db_object_types.go`)
+OWNER_CONTROLLER_KEY = "k8s.ovn.org/owner-controller"
+OWNER_TYPE_KEY = "k8s.ovn.org/owner-type"
+OBJECT_NAME_KEY = "k8s.ovn.org/name"
+PRIMARY_ID_KEY = "k8s.ovn.org/id"
+
+_FNV_OFFSET = 14695981039346656037
+_FNV_PRIME = 1099511628211
 
 
 def prefix(text: str) -> str:
@@ -36,3 +53,17 @@ def localnet_port_name(network: str) -> str:
 def pod_port_name(nad_key: str, pod_namespace: str, pod_name: str) -> str:
     """Logical switch port (and OVS iface-id) of a pod on a NAD: `ns1.l2.network_ns1_tinypod`."""
     return f"{prefix(nad_key)}{pod_namespace}_{pod_name}"
+
+
+def controller_name(network: str) -> str:
+    """OVN-K's owner-controller of a secondary network's rows: `<network>-network-controller`."""
+    return f"{network}-network-controller"
+
+
+def hash_for_ovn(text: str) -> str:
+    """OVN-K's HashForOVN: `a` + the decimal FNV-1a 64-bit hash of the UTF-8 text (a valid
+    port group or address set name; `default` -> `a16982411286042166782`)."""
+    value = _FNV_OFFSET
+    for byte in text.encode():
+        value = ((value ^ byte) * _FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
+    return f"a{value}"

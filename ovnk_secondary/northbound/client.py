@@ -17,7 +17,11 @@ Thin on purpose: no policy lives here. What it guarantees:
   cost ~5 kB per port, the largest part of the controller's memory at 10,000 pods;
 - `converge` writes several pods at once under load (one transaction, fewer round trips),
   each pod's rows all-or-nothing: when the shared transaction fails, every pod is retried in
-  its own, so one bad pod never fails its batch-mates.
+  its own, so one bad pod never fails its batch-mates;
+- policy rows (port groups, ACLs, address sets: `desired.PolicyState`) are read and written
+  apart from switches and ports (`read_policies`, `converge_policies`), all of them in one
+  transaction: a policy is never half written. Only owned switches and ports are reported as
+  drift (`on_change`); policy rows are repaired by converging them again.
 """
 
 from __future__ import annotations
@@ -31,13 +35,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import ovs.stream
-from ovs.db import data as ovs_data
-from ovs.db import types as ovs_types
 from ovsdbapp.backend.ovs_idl import command, connection, idlutils
 from ovsdbapp.schema.ovn_northbound import impl_idl
 
 from ovnk_secondary import errors, naming
-from ovnk_secondary.northbound import desired, diff
+from ovnk_secondary.northbound import datums, desired, diff, policyrows
 
 logger = logging.getLogger(__name__)
 
@@ -46,48 +48,28 @@ SCHEMA_NAME = "OVN_Northbound"
 SYNC_BATCH = 500
 # What the IDL copies: the columns of `desired.Switch`/`desired.Port` plus the switch's
 # `ports` (and nothing that our ovsdbapp commands would touch beyond these: ls_add, ls_del,
-# lsp_add without a parent, lsp_del, db_set, db_remove on these columns).
+# lsp_add without a parent, lsp_del, db_set, db_remove on these columns); likewise for the
+# policy rows (pg_add, pg_del, address_set_*, and `policyrows`' own commands). Where
+# OVN-Kubernetes is the primary network, its own port groups, ACLs and address sets are
+# copied too: the price of telling our names from theirs.
 MONITORED: dict[str, tuple[str, ...]] = {
     "Logical_Switch": ("name", "ports", "external_ids", "other_config"),
     "Logical_Switch_Port": ("name", "type", "addresses", "port_security", "external_ids",
                             "options", "tag_request"),
+    # policy rows: the columns of desired.PortGroup/Acl/AddressSet and their references
+    "Port_Group": ("name", "ports", "acls", "external_ids"),
+    "ACL": ("name", "priority", "direction", "match", "action", "options", "external_ids"),
+    "Address_Set": ("name", "addresses", "external_ids"),
 }
+# The tables whose owned rows `on_change` reports.
+DRIFT_TABLES = frozenset({"Logical_Switch", "Logical_Switch_Port"})
 
 
-def _log(change: diff.Diff | None) -> None:
+def _log(change: diff.Diff | diff.PolicyDiff | None) -> None:
     """One INFO line per committed row change (a changed row is a fact an operator may need)."""
     if change is not None:
         for line in diff.describe(change):
             logger.info("NB: %s", line)
-
-
-def _owned(external_ids: dict[str, str]) -> bool:
-    return external_ids.get(naming.OWNER_KEY) == naming.OWNER_VALUE
-
-
-# Committed column values straight from the IDL's datums: `Row.__getattr__` resolves every
-# reference to a row object and sorts sets on each access, which costs O(N log N) for a
-# switch's `ports` at N ports. Outside a transaction (and for rows it does not touch) the
-# committed datum is the row's value.
-def _map(row: Any, column: str) -> dict[str, str]:
-    return {k.value: v.value for k, v in row._data[column].values.items()}
-
-
-def _strings(row: Any, column: str) -> tuple[str, ...]:
-    return tuple(sorted(k.value for k in row._data[column].values))
-
-
-def _scalar(row: Any, column: str) -> Any:
-    return row._data[column].as_scalar()
-
-
-def _uuids(row: Any, column: str) -> Iterator[Any]:
-    return (k.value for k in row._data[column].values)
-
-
-def _references(row: Any, column: str, target: Any) -> bool:
-    """Whether the reference set `column` of `row` holds the row with uuid `target`: O(1)."""
-    return ovs_data.Atom(ovs_types.UuidType, target) in row._data[column].values
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -118,7 +100,8 @@ class _Idl(connection.OvsdbIdl):  # type: ignore[misc]
     the threads fair without it.
 
     `on_change` (called in the connection thread) hears of every update and deletion of a
-    row that carries, or carried, our ownership marker: drift to repair within seconds.
+    switch or port (`DRIFT_TABLES`) that carries, or carried, our ownership marker: drift to
+    repair within seconds.
     Creations are not reported (a row appearing is never drift of ours), nor a switch's
     `ports` changing alone (every pod's port creation does that; ports report themselves).
     """
@@ -133,17 +116,17 @@ class _Idl(connection.OvsdbIdl):  # type: ignore[misc]
         if self.on_change is None or event not in ("update", "delete"):
             return
         table = row._table.name
-        if table not in MONITORED:
+        if table not in DRIFT_TABLES:
             return
         if event == "update" and set(getattr(updates, "_data", None) or ()) <= {"ports"}:
             return  # a port added to or removed from a switch: the port's own event tells
-        external_ids = _map(row, "external_ids")
+        external_ids = datums.map_(row, "external_ids")
         before = getattr(updates, "_data", {}).get("external_ids") if updates else None
         owned_before = before is not None and any(
             k.value == naming.OWNER_KEY and v.value == naming.OWNER_VALUE
             for k, v in before.values.items())
-        if _owned(external_ids) or owned_before:
-            self.on_change(RowChange(table=table, event=event, name=_scalar(row, "name"),
+        if datums.owned(external_ids) or owned_before:
+            self.on_change(RowChange(table=table, event=event, name=datums.scalar(row, "name"),
                                      external_ids=external_ids))
 
 
@@ -349,19 +332,19 @@ class Northbound:
                            for r in idlutils.rows_by_value(self._idl, "Logical_Switch", "name", n)]
         switch_rows = [r for r in switch_rows if r._data is not None]
         for row in switch_rows:
-            name = _scalar(row, "name")
-            external_ids = _map(row, "external_ids")
-            if _owned(external_ids):
-                switches[name] = desired.Switch(
-                    name=name, external_ids=external_ids, other_config=_map(row, "other_config"))
+            name = datums.scalar(row, "name")
+            external_ids = datums.map_(row, "external_ids")
+            if datums.owned(external_ids):
+                switches[name] = desired.Switch(name=name, external_ids=external_ids,
+                                                other_config=datums.map_(row, "other_config"))
             else:
                 foreign.add(name)
         port_switch: dict[Any, str] = {}
         rows: Iterable[Any]
         if port_names is None:  # everything: one pass over every switch's references
             for row in switch_rows:
-                name = _scalar(row, "name")
-                for port in _uuids(row, "ports"):
+                name = datums.scalar(row, "name")
+                for port in datums.uuids(row, "ports"):
                     port_switch[port] = name
             rows = [r for r in tables["Logical_Switch_Port"].rows.values()
                     if r._data is not None]
@@ -370,35 +353,44 @@ class Northbound:
                     if r is not None and r._data is not None]
             everything: list[Any] | None = None
             for port_row in rows:
-                hint = (port_switches or {}).get(_scalar(port_row, "name"))
-                candidates = [r for r in switch_rows if _scalar(r, "name") == hint] if hint else []
-                holder = next((s for s in candidates if _references(s, "ports", port_row.uuid)),
-                              None)
+                hint = (port_switches or {}).get(datums.scalar(port_row, "name"))
+                candidates = ([r for r in switch_rows if datums.scalar(r, "name") == hint]
+                              if hint else [])
+                holder = next((s for s in candidates
+                               if datums.references(s, "ports", port_row.uuid)), None)
                 if holder is None:  # moved, or no hint: look at every switch
                     if everything is None:
                         everything = [r for r in tables["Logical_Switch"].rows.values()
                                       if r._data is not None]
                     holder = next((s for s in everything
-                                   if _references(s, "ports", port_row.uuid)), None)
-                port_switch[port_row.uuid] = _scalar(holder, "name") if holder else ""
+                                   if datums.references(s, "ports", port_row.uuid)), None)
+                port_switch[port_row.uuid] = datums.scalar(holder, "name") if holder else ""
         ports: dict[str, desired.Port] = {}
         for row in rows:
-            name = _scalar(row, "name")
-            external_ids = _map(row, "external_ids")
-            if not _owned(external_ids):
+            name = datums.scalar(row, "name")
+            external_ids = datums.map_(row, "external_ids")
+            if not datums.owned(external_ids):
                 foreign.add(name)
                 continue
             ports[name] = desired.Port(
                 name=name,
                 switch=port_switch.get(row.uuid, ""),
-                type=_scalar(row, "type"),
-                addresses=_strings(row, "addresses"),
-                port_security=_strings(row, "port_security"),
+                type=datums.scalar(row, "type"),
+                addresses=datums.strings(row, "addresses"),
+                port_security=datums.strings(row, "port_security"),
                 external_ids=external_ids,
-                options=_map(row, "options"),
-                tag_request=_scalar(row, "tag_request"),
+                options=datums.map_(row, "options"),
+                tag_request=datums.scalar(row, "tag_request"),
             )
         return desired.State(switches=switches, ports=ports), frozenset(foreign)
+
+    def read_policies(self) -> tuple[desired.PolicyState, frozenset[str]]:
+        """(our port groups, ACLs and address sets, names of port groups and address sets we
+        do not own)."""
+        self._require_ready()
+        with self._api.ovsdb_connection.lock:
+            state, foreign, _ = policyrows.read(self._api)
+            return state, foreign
 
     def _port_by_name(self, name: str) -> Any:
         try:
@@ -459,6 +451,31 @@ class Northbound:
             except errors.NorthboundError as exc:
                 outcomes.append(Outcome(error=exc))
         return outcomes
+
+    def converge_policies(self, want: desired.PolicyState, *,
+                          networks: Iterable[str] | None = None) -> policyrows.Outcome:
+        """Make NB hold exactly `want` among our policy rows (of `networks` only, when given:
+        the others are left as they are), in one transaction read, diffed and written.
+        NorthboundError when not ready or when the transaction fails (nothing is written)."""
+        self._require_ready()
+        command_ = policyrows.Converge(self._api, want,
+                                       None if networks is None else frozenset(networks))
+        self._commit([command_])
+        outcome: policyrows.Outcome = command_.result
+        _log(outcome.change)
+        return outcome
+
+    def apply_policies(self, change: diff.PolicyDiff, *, batch: int = SYNC_BATCH) -> int:
+        """Apply a policy diff in order, at most `batch` commands a transaction (the
+        transactions before a failing one stay committed); returns how many commands ran."""
+        if change.empty:
+            return 0
+        self._require_ready()
+        policy_commands = list(policyrows.commands(self._api, change))
+        for start in range(0, len(policy_commands), batch):
+            self._commit(policy_commands[start:start + batch])
+        _log(change)
+        return len(policy_commands)
 
     def _commit(self, commands: list[Any]) -> None:
         started = time.monotonic()

@@ -8,6 +8,13 @@ every row, so that a full sync deletes only what we created.
 
 The values are slotted dataclasses: a full sync holds one `Port` per pod twice over (wanted
 and read), and without a `__dict__` each costs a few hundred bytes less.
+
+MultiNetworkPolicies become port groups, ACLs and address sets (`northbound/acls.py` computes
+them); they live in their own `PolicyState`, converged on their own, so that switches and ports
+are read, diffed and written exactly as before. Port groups and address sets are keyed by
+their (unique, indexed) name; an ACL has no unique name, so it is keyed by its exact identity,
+OVN-K's `k8s.ovn.org/id`, and belongs to one port group (ACL rows are not roots: a port group
+holds them).
 """
 
 from __future__ import annotations
@@ -24,6 +31,16 @@ MANAGED_KEYS: Mapping[str, frozenset[str]] = {
                                naming.ROLE_KEY, naming.NAD_KEY, "namespace", "pod"}),
     "other_config": frozenset({"subnet", "ipv6_prefix"}),
     "options": frozenset({"network_name", "requested-chassis", "iface-id-ver"}),
+}
+
+
+# The same for policy rows: OVN-K's DbObjectIDs keys and ours; ACL options.
+POLICY_MANAGED_KEYS: Mapping[str, frozenset[str]] = {
+    "external_ids": frozenset({
+        naming.OWNER_KEY, naming.NETWORK_KEY, naming.OWNER_CONTROLLER_KEY, naming.OWNER_TYPE_KEY,
+        naming.OBJECT_NAME_KEY, naming.PRIMARY_ID_KEY, "direction", "type", "gress-index",
+        "port-policy-protocol", "ip-block-index", "ip-family"}),
+    "options": frozenset({"apply-after-lb"}),
 }
 
 
@@ -56,6 +73,48 @@ class State:
 
     switches: Mapping[str, Switch] = dataclasses.field(default_factory=dict)
     ports: Mapping[str, Port] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class PortGroup:
+    """A Port_Group row: its logical switch ports by name (sorted) and external_ids."""
+
+    name: str
+    ports: tuple[str, ...] = ()
+    external_ids: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Acl:
+    """An ACL row held by the port group `port_group`; `id` is its `k8s.ovn.org/id`."""
+
+    id: str
+    port_group: str
+    priority: int
+    direction: str  # "from-lport" or "to-lport"
+    match: str
+    action: str  # "allow", "allow-related" or "drop" here
+    name: str | None = None  # OVN-K's, for ACL logs; at most 63 characters
+    options: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    external_ids: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class AddressSet:
+    """An Address_Set row: bare IP addresses (sorted) and external_ids."""
+
+    name: str
+    addresses: tuple[str, ...] = ()
+    external_ids: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class PolicyState:
+    """Policy rows: port groups and address sets by name, ACLs by id."""
+
+    port_groups: Mapping[str, PortGroup] = dataclasses.field(default_factory=dict)
+    acls: Mapping[str, Acl] = dataclasses.field(default_factory=dict)
+    address_sets: Mapping[str, AddressSet] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)

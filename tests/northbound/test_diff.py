@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ovnk_secondary import nads
+from ovnk_secondary import nads, naming
 from ovnk_secondary.northbound import desired, diff
 
 NETWORK = nads.NetworkConfig(name="localnet2", topology="localnet", nad_key="test/nad",
@@ -95,3 +95,89 @@ def test_every_row_change_is_described_with_what_it_is_for() -> None:
     assert diff.describe(moved) == [
         "updated logical switch port localnet2_ovn_localnet_port: tag_request=34"]
     assert diff.describe(diff.diff(_state("a"), _state("a"))) == []
+
+
+# -- policy rows ---------------------------------------------------------------------------
+
+def _policy_state(*, ports: tuple[str, ...] = ("p1",), addresses: tuple[str, ...] = ("10.0.0.1",),
+                  match: str = "ip4.src == {$as1} && outport == @pg1") -> desired.PolicyState:
+    ids = {naming.OWNER_KEY: naming.OWNER_VALUE, naming.NETWORK_KEY: "n",
+           naming.OWNER_TYPE_KEY: "NetworkPolicy", naming.OBJECT_NAME_KEY: "ns1:pol"}
+    group = desired.PortGroup(name="pg1", ports=ports, external_ids=ids)
+    acl = desired.Acl(id="c:NetworkPolicy:ns1:pol:Ingress:0:None:-1", port_group="pg1",
+                      priority=1001, direction="to-lport", match=match, action="allow-related",
+                      name="NP:ns1:pol:Ingress:0", external_ids=ids)
+    address_set = desired.AddressSet(name="as1", addresses=addresses, external_ids={
+        **ids, naming.OWNER_TYPE_KEY: "PodSelector", naming.OBJECT_NAME_KEY: "ns1_LS{}",
+        "ip-family": "v4"})
+    return desired.PolicyState(port_groups={"pg1": group}, acls={acl.id: acl},
+                               address_sets={"as1": address_set})
+
+
+def test_policy_rows_are_created_in_order_and_a_second_diff_is_empty() -> None:
+    want = _policy_state()
+    change = diff.policy_diff(want, desired.PolicyState())
+    assert [s.name for s in change.create_address_sets] == ["as1"]
+    assert [g.name for g in change.create_port_groups] == ["pg1"]
+    assert change.port_group_members == (diff.Members(name="pg1", added=("p1",)),)
+    assert [a.id for a in change.create_acls] == list(want.acls)
+    assert diff.policy_diff(want, want).empty
+
+
+def test_members_change_by_element_and_acls_in_place() -> None:
+    want = _policy_state(ports=("p1", "p3"), addresses=("10.0.0.2",), match="ip4 && x")
+    change = diff.policy_diff(want, _policy_state(ports=("p1", "p2")))
+    assert change.port_group_members == (diff.Members(name="pg1", added=("p3",),
+                                                      removed=("p2",)),)
+    assert change.address_set_members == (diff.Members(name="as1", added=("10.0.0.2",),
+                                                       removed=("10.0.0.1",)),)
+    [update] = change.update_acls
+    assert (update.name, update.holder, update.columns) == (
+        "c:NetworkPolicy:ns1:pol:Ingress:0:None:-1", "pg1", {"match": "ip4 && x"})
+    assert not change.create_acls and not change.delete_acls
+
+
+def test_deleting_a_port_group_takes_its_acls_and_foreign_keys_survive() -> None:
+    have = _policy_state()
+    change = diff.policy_diff(desired.PolicyState(), have)
+    assert [g.name for g in change.delete_port_groups] == ["pg1"]
+    assert change.delete_acls == ()  # not roots: they go with their port group
+    assert [s.name for s in change.delete_address_sets] == ["as1"]
+    group = have.port_groups["pg1"]
+    extra = dataclasses.replace(group, external_ids={**group.external_ids, "someone": "x"})
+    assert diff.policy_diff(have, dataclasses.replace(have, port_groups={"pg1": extra})).empty
+
+
+def test_an_acl_moved_to_another_port_group_is_recreated() -> None:
+    want = _policy_state()
+    acl = next(iter(want.acls.values()))
+    have = dataclasses.replace(want, acls={acl.id: dataclasses.replace(acl, port_group="pg0")})
+    change = diff.policy_diff(want, have)
+    assert [(a.port_group) for a in change.delete_acls] == ["pg0"]
+    assert [(a.port_group) for a in change.create_acls] == ["pg1"]
+
+
+def test_foreign_policy_rows_are_conflicts_and_nothing_points_at_them() -> None:
+    want = _policy_state()
+    change = diff.policy_diff(want, desired.PolicyState(), foreign={"as1"})
+    assert change.conflicts == ("as1",)
+    assert change.create_acls == ()  # its match names the foreign address set
+    assert [g.name for g in change.create_port_groups] == ["pg1"]
+    change = diff.policy_diff(want, desired.PolicyState(), foreign={"pg1"})
+    assert change.conflicts == ("pg1",) and change.create_acls == ()
+    assert change.create_port_groups == () and change.port_group_members == ()
+
+
+def test_every_policy_row_change_is_described() -> None:
+    lines = diff.describe(diff.policy_diff(_policy_state(), desired.PolicyState()))
+    assert lines == [
+        "created address set as1 (peers ns1_LS{}, v4 on network n; 1 addresses)",
+        "created port group pg1 (MultiNetworkPolicy ns1/pol on network n; 1 ports)",
+        "created ACL c:NetworkPolicy:ns1:pol:Ingress:0:None:-1 on port group pg1 (to-lport "
+        "1001 allow-related ip4.src == {$as1} && outport == @pg1)"]
+    moved = diff.policy_diff(_policy_state(ports=("p2",), addresses=()), _policy_state())
+    assert diff.describe(moved) == ["updated address set as1: addresses -10.0.0.1",
+                                    "updated port group pg1: ports +p2 -p1"]
+    assert diff.describe(diff.policy_diff(desired.PolicyState(), _policy_state())) == [
+        "deleted port group pg1 (MultiNetworkPolicy ns1/pol on network n)",
+        "deleted address set as1 (peers ns1_LS{}, v4 on network n)"]
