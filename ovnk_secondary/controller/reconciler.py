@@ -32,7 +32,7 @@ so the model and the pools need no locks; blocking NB calls go to one worker thr
   claim's status before the pod's annotation: after a crash between the two writes the claim
   holds them and the pod gets them from it. Claims are deleted by others (the VM's owner);
   their addresses return to the pool then, once no live pod uses them.
-- Problems a user can fix are Warning Events on the NAD or pod, each posted once.
+- Problems a user can fix are Warning Events on the NAD or pod, each posted once (`events`).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from typing import Any, TypeVar
 import aiohttp
 
 from ovnk_secondary import errors, ipam, nads, naming, persistentips, podnetworks, selections
-from ovnk_secondary.controller import apiclient, batches, informers, metrics, workqueues
+from ovnk_secondary.controller import apiclient, batches, events, informers, metrics, workqueues
 from ovnk_secondary.northbound import client, desired, diff
 
 logger = logging.getLogger(__name__)
@@ -287,8 +287,7 @@ class Reconciler:
         self._drifted: set[str] = set()  # switch names whose network rows changed behind us
         self._tasks: set[asyncio.Future[None]] = set()
         northbound.on_change = self._nb_row_changed
-        self._posted: collections.OrderedDict[tuple[str, str, str], None] = (
-            collections.OrderedDict())
+        self.events = events.Events(api)
         self._in_flight = 0
         self._idle = asyncio.Condition()
         self._syncing = False
@@ -316,20 +315,9 @@ class Reconciler:
         return self._written
 
     async def _warn(self, subject: Mapping[str, Any] | _Pod, reason: str, message: str) -> None:
-        body = subject.involved() if isinstance(subject, _Pod) else subject
-        uid = str((body.get("metadata") or {}).get("uid"))
-        marker = (uid, reason, message)
-        if marker in self._posted:
-            return
-        self._posted[marker] = None
-        while len(self._posted) > 10_000:
-            self._posted.popitem(last=False)
-        logger.warning("%s %s/%s: %s: %s", body.get("kind"), *_key(body), reason, message)
-        try:
-            await self.api.post_event(involved=body, event_type="Warning", reason=reason,
-                                      message=message)
-        except (apiclient.ApiError, aiohttp.ClientError, TimeoutError) as exc:
-            logger.warning("could not post Event %s: %s", reason, exc)
+        """A Warning Event on a NAD, pod or IPAMClaim (each distinct message once)."""
+        await self.events.post(subject.involved() if isinstance(subject, _Pod) else subject,
+                               reason, message)
 
     async def _pod_work(self, work: Callable[[], Awaitable[None]]) -> None:
         """Run pod work unless a full sync runs (then wait for it)."""
