@@ -64,6 +64,8 @@ EXPECTED_PERMISSIONS: dict[str, dict[tuple[str, str, str], set[str]]] = {
         ("cluster", "", "events"): {"create"},
         ("cluster", "k8s.cni.cncf.io", "ipamclaims"): {"list", "watch"},
         ("cluster", "k8s.cni.cncf.io", "ipamclaims/status"): {"patch"},
+        ("cluster", "k8s.cni.cncf.io", "multi-networkpolicies"): {"list", "watch"},
+        ("cluster", "", "namespaces"): {"list", "watch"},
         ("ovnk-secondary", "coordination.k8s.io", "leases"): {"create", "get", "update"},
     },
     "ovnk-secondary-node-agent": {
