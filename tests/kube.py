@@ -4,8 +4,8 @@ product's least-privilege identities for the code under test, and a clean slate 
 One control plane (etcd, kube-apiserver, kube-controller-manager from `sandbox.kubeapi`) serves
 a whole test session or module: starting one costs seconds, wiping what a test made costs
 milliseconds. `KubeApi.wipe` removes every pod (without grace: no kubelet confirms a deletion
-here), NAD, IPAMClaim, Event, Lease and Node the tests made; namespaces stay, so that the next
-test does not wait for one to terminate.
+here), NAD, IPAMClaim, MultiNetworkPolicy, Event, Lease and Node the tests made; namespaces
+stay, so that the next test does not wait for one to terminate.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ ResourceId = tuple[str, str, str]  # (group, version, plural)
 PODS: ResourceId = ("", "v1", "pods")
 NADS: ResourceId = ("k8s.cni.cncf.io", "v1", "network-attachment-definitions")
 IPAMCLAIMS: ResourceId = ("k8s.cni.cncf.io", "v1alpha1", "ipamclaims")
+MULTI_NETWORK_POLICIES: ResourceId = ("k8s.cni.cncf.io", "v1beta1", "multi-networkpolicies")
 LEASES: ResourceId = ("coordination.k8s.io", "v1", "leases")
 PRODUCT_NAMESPACE = "ovnk-secondary"
 CONTROLLER = "ovnk-secondary-controller"
@@ -138,7 +139,7 @@ class KubeApi:
                 continue
             core.delete_collection_namespaced_pod(name, grace_period_seconds=0)
             core.delete_collection_namespaced_event(name)
-            for group, version, plural in (NADS, IPAMCLAIMS):
+            for group, version, plural in (NADS, IPAMCLAIMS, MULTI_NETWORK_POLICIES):
                 custom.delete_collection_namespaced_custom_object(group, version, name, plural)
         self.request("DELETE", _path(LEASES, PRODUCT_NAMESPACE))
         core.delete_collection_node()

@@ -1,5 +1,6 @@
 """The controller's calls to the Kubernetes API: list, watch, patch annotations and IPAMClaim
-status, post Events.
+status, post Events. Listed and watched: NADs, pods, IPAMClaims, MultiNetworkPolicies and
+namespaces (their labels, for policies' namespaceSelectors).
 
 Plain async HTTP (aiohttp) on the controller's loop, so they stay off any thread pool. The
 connection comes from a kubeconfig (or the in-cluster service account), read once; the
@@ -27,6 +28,8 @@ from ovnk_secondary import errors
 NAD_PATH = "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions"
 PODS_PATH = "/api/v1/pods"
 IPAMCLAIMS_PATH = "/apis/k8s.cni.cncf.io/v1alpha1/ipamclaims"
+MULTI_NETWORK_POLICIES_PATH = "/apis/k8s.cni.cncf.io/v1beta1/multi-networkpolicies"
+NAMESPACES_PATH = "/api/v1/namespaces"
 WATCH_EVENTS_PER_TURN = 50
 TOKEN_FILE_TTL = 60.0  # seconds between reads of the in-cluster token file (client-go: 1 min)
 Objects = list[dict[str, Any]]  # (`list` is a method of ApiClient)

@@ -1,4 +1,5 @@
-"""Pods and NADs of the cluster, listed and watched as client-go's informers do, for the reconciler.
+"""Objects of the cluster (NADs, pods, IPAMClaims, MultiNetworkPolicies, namespaces), listed and
+watched as client-go's informers do, for the reconciler.
 
 One loop per resource: LIST (in pages), then WATCH from the list's resourceVersion, resumed
 from the last version seen (events and bookmarks) when the server ends the stream or the

@@ -187,9 +187,16 @@ async def serve(
             asyncio.create_task(informers.run(api, apiclient.IPAMCLAIMS_PATH,
                                               policy.claim_sink(), stop, what="IPAMClaim",
                                               after=policy.synced)),
+            asyncio.create_task(informers.run(api, apiclient.MULTI_NETWORK_POLICIES_PATH,
+                                              policy.policies.policy_sink(), stop,
+                                              what="MultiNetworkPolicy", after=policy.synced)),
+            asyncio.create_task(informers.run(api, apiclient.NAMESPACES_PATH,
+                                              policy.policies.namespace_sink(), stop,
+                                              what="namespace", after=policy.synced)),
         ]
         for task, name in zip(tasks, ("northbound sync", "NAD watch", "pod watch",
-                                      "IPAMClaim watch"), strict=True):
+                                      "IPAMClaim watch", "MultiNetworkPolicy watch",
+                                      "namespace watch"), strict=True):
             # the end (or a crash) of any task is our stop too, else the Lease is never
             # released while nothing works
             task.add_done_callback(functools.partial(_task_ended, name, stop))

@@ -38,9 +38,10 @@ keeps the three equal). Names, types, labels (in braces) and units:
 - `ovnk_secondary_full_sync_failures_total` counter {} (full syncs): full syncs that failed
   (NB or the Kubernetes API unreachable); retried with backoff.
 - `ovnk_secondary_full_sync_changes_total` counter {table, action} (rows): northbound rows a
-  full sync changed, by table (`Logical_Switch`, `Logical_Switch_Port`) and action (`create`,
-  `update`, `delete`). After the first sync of a process, an increase is drift repaired or
-  work the event path missed.
+  full sync changed, by table (`Logical_Switch`, `Logical_Switch_Port`, and MultiNetworkPolicy
+  rows: `Port_Group`, `ACL`, `Address_Set`) and action (`create`, `update`, `delete`; a port
+  group or address set whose members changed is updated). After the first sync of a process,
+  an increase is drift repaired or work the event path missed.
 - `ovnk_secondary_leader` gauge {} (boolean): 1 while this replica works (holds the leader
   Lease, or runs without leader election), 0 while it stands by.
 - `ovnk_secondary_event_loop_lag_seconds` histogram {} (seconds): how much later than due a
@@ -137,6 +138,29 @@ def full_sync_done(*, seconds: float, change: diff.Diff) -> None:
     FULL_SYNC_SECONDS.observe(seconds)
     for field, (table, action) in _CHANGES.items():
         rows = len(getattr(change, field))
+        if rows:
+            FULL_SYNC_CHANGES.labels(table=table, action=action).inc(rows)
+
+
+def full_sync_policies_done(*, change: diff.PolicyDiff) -> None:
+    """The MultiNetworkPolicy rows a full sync changed (`FULL_SYNC_CHANGES`): each row counted
+    once per action (a created port group's members are part of its creation)."""
+    groups = {g.name for g in change.create_port_groups}
+    sets = {s.name for s in change.create_address_sets}
+    counts = {
+        ("Port_Group", "create"): len(groups),
+        ("Port_Group", "update"): len(({u.name for u in change.update_port_groups}
+                                       | {m.name for m in change.port_group_members}) - groups),
+        ("Port_Group", "delete"): len(change.delete_port_groups),
+        ("ACL", "create"): len(change.create_acls),
+        ("ACL", "update"): len(change.update_acls),
+        ("ACL", "delete"): len(change.delete_acls),
+        ("Address_Set", "create"): len(sets),
+        ("Address_Set", "update"): len(({u.name for u in change.update_address_sets}
+                                        | {m.name for m in change.address_set_members}) - sets),
+        ("Address_Set", "delete"): len(change.delete_address_sets),
+    }
+    for (table, action), rows in counts.items():
         if rows:
             FULL_SYNC_CHANGES.labels(table=table, action=action).inc(rows)
 

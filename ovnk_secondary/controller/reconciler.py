@@ -32,7 +32,11 @@ so the model and the pools need no locks; blocking NB calls go to one worker thr
   claim's status before the pod's annotation: after a crash between the two writes the claim
   holds them and the pod gets them from it. Claims are deleted by others (the VM's owner);
   their addresses return to the pool then, once no live pod uses them.
-- Problems a user can fix are Warning Events on the NAD or pod, each posted once.
+- MultiNetworkPolicies live in `policywork`: hooks here tell it what changed (a pod's labels
+  or recorded addresses, its ports written or released, a NAD's network), and it pulls the
+  networks and pods it needs from this model; every full sync lists policies and namespaces
+  with the rest and converges every network's policy rows once its ports are applied.
+- Problems a user can fix are Warning Events on the NAD or pod, each posted once (`events`).
 """
 
 from __future__ import annotations
@@ -55,8 +59,16 @@ from typing import Any, TypeVar
 import aiohttp
 
 from ovnk_secondary import errors, ipam, nads, naming, persistentips, podnetworks, selections
-from ovnk_secondary.controller import apiclient, batches, informers, metrics, workqueues
-from ovnk_secondary.northbound import client, desired, diff
+from ovnk_secondary.controller import (
+    apiclient,
+    batches,
+    events,
+    informers,
+    metrics,
+    policywork,
+    workqueues,
+)
+from ovnk_secondary.northbound import acls, client, desired, diff
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -110,6 +122,8 @@ class _Pod:
     networks: str | None  # the network selection annotation
     pod_networks: str | None  # our annotation, as the API last showed it
     vm: str | None = None  # label vm.kubevirt.io/name: the pods of one VM may share IPAMClaims
+    # sorted, for MultiNetworkPolicies' selectors; kept only of pods naming networks
+    labels: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> Key:
@@ -134,8 +148,11 @@ class _Pod:
 def _pod(body: Mapping[str, Any]) -> _Pod:
     metadata = body.get("metadata") or {}
     annotations = metadata.get("annotations") or {}
-    vm = (metadata.get("labels") or {}).get(persistentips.VM_LABEL)
+    labels = metadata.get("labels") or {}
+    vm = labels.get(persistentips.VM_LABEL)
     node = (body.get("spec") or {}).get("nodeName")
+    networks = annotations.get(selections.ANNOTATION)
+    pod_networks = annotations.get(podnetworks.ANNOTATION)
     return _Pod(
         # interned: namespaces and nodes repeat across pods
         namespace=sys.intern(str(metadata.get("namespace") or "")),
@@ -145,9 +162,11 @@ def _pod(body: Mapping[str, Any]) -> _Pod:
         node=sys.intern(str(node)) if node else None,
         phase=(body.get("status") or {}).get("phase"),
         deleting=bool(metadata.get("deletionTimestamp")),
-        networks=annotations.get(selections.ANNOTATION),
-        pod_networks=annotations.get(podnetworks.ANNOTATION),
+        networks=networks,
+        pod_networks=pod_networks,
         vm=vm if isinstance(vm, str) and vm else None,
+        labels=(tuple(sorted((str(k), str(v)) for k, v in labels.items()))
+                if networks or pod_networks else ()),
     )
 
 
@@ -287,8 +306,7 @@ class Reconciler:
         self._drifted: set[str] = set()  # switch names whose network rows changed behind us
         self._tasks: set[asyncio.Future[None]] = set()
         northbound.on_change = self._nb_row_changed
-        self._posted: collections.OrderedDict[tuple[str, str, str], None] = (
-            collections.OrderedDict())
+        self.events = events.Events(api)
         self._in_flight = 0
         self._idle = asyncio.Condition()
         self._syncing = False
@@ -297,6 +315,11 @@ class Reconciler:
         self.synced = asyncio.Event()  # the first full sync is done: ready
         self.sync_count = 0
         self._snapshot: metrics.Snapshot | None = None  # the model as last reported
+        # MultiNetworkPolicies: their own module; it pulls networks and pods from the model
+        self.policies = policywork.PolicyWork(
+            api=api, events=self.events, northbound=northbound, nb=self._nb, gate=self._pod_work,
+            networks=self._policy_networks, pods=self._policy_pods, ready=self.synced,
+            failed=self._sync_later)
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -316,20 +339,9 @@ class Reconciler:
         return self._written
 
     async def _warn(self, subject: Mapping[str, Any] | _Pod, reason: str, message: str) -> None:
-        body = subject.involved() if isinstance(subject, _Pod) else subject
-        uid = str((body.get("metadata") or {}).get("uid"))
-        marker = (uid, reason, message)
-        if marker in self._posted:
-            return
-        self._posted[marker] = None
-        while len(self._posted) > 10_000:
-            self._posted.popitem(last=False)
-        logger.warning("%s %s/%s: %s: %s", body.get("kind"), *_key(body), reason, message)
-        try:
-            await self.api.post_event(involved=body, event_type="Warning", reason=reason,
-                                      message=message)
-        except (apiclient.ApiError, aiohttp.ClientError, TimeoutError) as exc:
-            logger.warning("could not post Event %s: %s", reason, exc)
+        """A Warning Event on a NAD, pod or IPAMClaim (each distinct message once)."""
+        await self.events.post(subject.involved() if isinstance(subject, _Pod) else subject,
+                               reason, message)
 
     async def _pod_work(self, work: Callable[[], Awaitable[None]]) -> None:
         """Run pod work unless a full sync runs (then wait for it)."""
@@ -342,6 +354,27 @@ class Reconciler:
             async with self._idle:
                 self._in_flight -= 1
                 self._idle.notify_all()
+
+    def _sync_later(self) -> None:
+        self._needs_sync = True
+
+    # -- MultiNetworkPolicies: the model's facts `policywork` pulls ------------------------
+
+    def _policy_networks(self) -> list[acls.Network]:
+        """The networks in force, with their accepted NADs and IP families."""
+        return [acls.Network(name=name, nad_keys=frozenset(self._network_nads.get(name, ())),
+                             families=frozenset(s.version for s in config.subnets))
+                for name, config in self._networks.items()]
+
+    def _policy_pods(self, nad_keys: frozenset[str]) -> list[acls.Pod]:
+        """The live pods with addresses recorded on any of `nad_keys`, as policies see them."""
+        found = []
+        for pod in self._pods.values():
+            if pod.pod_networks and not pod.finished:
+                recorded = {k: e for k, e in self._recorded(pod)[1].items() if k in nad_keys}
+                if recorded:
+                    found.append(policywork.pod(pod.namespace, pod.name, pod.labels, recorded))
+        return found
 
     # -- NADs -----------------------------------------------------------------------------
 
@@ -556,6 +589,7 @@ class Reconciler:
         if nad.config is not None and nad.config.name in self._networks:
             switches.add(desired.switch_name(self._networks[nad.config.name]))
         await self._converge_switches(switches)
+        self.policies.touch(networks=names)
         if gone:
             await self._retry_conflicted()
         # pods are allocated on the config in force only once it is recorded on the NAD
@@ -601,6 +635,7 @@ class Reconciler:
             return
         nad_key = nad.config.nad_key
         network = nad.config.name
+        self.policies.touch(networks=[network])
         # release by the exact NAD key (owners are exact: never by a derived name's prefix)
         pool = self._pools.get(network)
         holders = self._holders.get(network)
@@ -686,6 +721,9 @@ class Reconciler:
         self._pods[key] = pod
         self._index(previous, pod)
         self._queue_pod(key)
+        if pod.pod_networks and (previous is None or (previous.labels, previous.pod_networks)
+                                 != (pod.labels, pod.pod_networks)):
+            self.policies.touch(nads=self._recorded(pod)[1])  # policies' selectors, address sets
 
     def pod_deleted(self, body: Mapping[str, Any]) -> None:
         """Forget the pod and queue the release of its addresses and ports.
@@ -853,6 +891,7 @@ class Reconciler:
             recorded = podnetworks.decode(pod.pod_networks)
         except errors.InvalidConfig:
             recorded = {}
+        self.policies.touch(nads=recorded)  # its IPs leave policies' address sets
         # A pod re-created under the same name has the same port names, hence the same pool
         # owners: what its annotation already records is its own, not to release.
         current = self._pods.get((namespace, name))
@@ -1171,6 +1210,8 @@ class Reconciler:
             await self._report_conflicts(outcome.change, pod)
             if not outcome.change.conflicts:
                 written[key] = fingerprint
+            if not outcome.change.empty:  # new ports join policies' port groups
+                self.policies.touch(networks=[network.name for network, _ in attachments])
 
     async def _persist_claims(
         self, pod: _Pod, recorded: Mapping[str, podnetworks.PodNetwork],
@@ -1375,8 +1416,9 @@ class Reconciler:
     async def _full_sync(self) -> diff.Diff:
         """The sync itself; returns what it changed in NB."""
         # IPAMClaims with the rest: their addresses are reserved before any allocation
-        nad_list, pods, claim_list = await asyncio.gather(
-            self.api.list(apiclient.NAD_PATH), self._list_pods(), self._list_claims())
+        nad_list, pods, claim_list, _ = await asyncio.gather(
+            self.api.list(apiclient.NAD_PATH), self._list_pods(), self._list_claims(),
+            self.policies.relist())
         if not self.northbound.ready():
             raise errors.NorthboundError("OVN northbound is not ready")
         # pod work waits while this sync runs: nothing of ours writes NB until it applies
@@ -1467,6 +1509,7 @@ class Reconciler:
         await self._report_conflicts(change)
         session = self.northbound.session()
         await self._nb(lambda: self.northbound.apply(change))
+        await self.policies.sync_all()  # every network's policy rows, over these ports
         # NB now holds every pod's ports, but for conflicts (never remembered as written)
         conflicting = set(change.conflicts)
         written = self._written_now()
@@ -1512,6 +1555,7 @@ class Reconciler:
 
     async def aclose(self) -> None:
         self._closing = True
+        await self.policies.aclose()
         if self._repair_networks is not None:  # before the NB thread goes: it writes through it
             self._repair_networks.cancel()
             with contextlib.suppress(asyncio.CancelledError):

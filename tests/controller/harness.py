@@ -79,6 +79,33 @@ class Api(kube.KubeApi):
         group, version, plural = kube.IPAMCLAIMS
         self.custom().delete_namespaced_custom_object(group, version, namespace, plural, name)
 
+    def create_policy(self, namespace: str, name: str, spec: dict[str, Any], *,
+                      policy_for: str | None = None) -> dict[str, Any]:
+        """A MultiNetworkPolicy (annotation k8s.v1.cni.cncf.io/policy-for when given); the
+        object as stored."""
+        self.ensure_namespace(namespace)
+        group, version, plural = kube.MULTI_NETWORK_POLICIES
+        metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+        if policy_for is not None:
+            metadata["annotations"] = {"k8s.v1.cni.cncf.io/policy-for": policy_for}
+        created: dict[str, Any] = self.custom().create_namespaced_custom_object(
+            group, version, namespace, plural, {"apiVersion": f"{group}/{version}",
+                                                "kind": "MultiNetworkPolicy",
+                                                "metadata": metadata, "spec": spec})
+        return created
+
+    def delete_policy(self, namespace: str, name: str) -> None:
+        group, version, plural = kube.MULTI_NETWORK_POLICIES
+        self.custom().delete_namespaced_custom_object(group, version, namespace, plural, name)
+
+    def label_namespace(self, namespace: str, labels: dict[str, str | None]) -> None:
+        """Set (None: remove) labels of a namespace, created when missing."""
+        self.ensure_namespace(namespace)
+        self.core_api.patch_namespace(namespace, {"metadata": {"labels": labels}})
+
+    def label_pod(self, namespace: str, name: str, labels: dict[str, str | None]) -> None:
+        self.core_api.patch_namespaced_pod(name, namespace, {"metadata": {"labels": labels}})
+
     def pod_networks(self, namespace: str, name: str) -> dict[str, Any] | None:
         pod = self.stored(kube.PODS, namespace, name)
         text = ((pod or {}).get("metadata", {}).get("annotations") or {}).get(

@@ -64,6 +64,8 @@ EXPECTED_PERMISSIONS: dict[str, dict[tuple[str, str, str], set[str]]] = {
         ("cluster", "", "events"): {"create"},
         ("cluster", "k8s.cni.cncf.io", "ipamclaims"): {"list", "watch"},
         ("cluster", "k8s.cni.cncf.io", "ipamclaims/status"): {"patch"},
+        ("cluster", "k8s.cni.cncf.io", "multi-networkpolicies"): {"list", "watch"},
+        ("cluster", "", "namespaces"): {"list", "watch"},
         ("ovnk-secondary", "coordination.k8s.io", "leases"): {"create", "get", "update"},
     },
     "ovnk-secondary-node-agent": {
@@ -260,6 +262,33 @@ def test_crds_serve_the_resources_the_project_uses() -> None:
         assert has_status == status, f"{kind}: status subresource {has_status}, not {status}"
     # the controller's path of NADs names the same resource
     assert apiclient.NAD_PATH == "/apis/k8s.cni.cncf.io/v1/network-attachment-definitions"
+
+
+def test_the_served_multi_network_policy_keeps_end_port() -> None:
+    """Our one change to upstream's CRD: v1beta1's ports have `endPort` (else the API server
+    prunes it and a port range silently narrows to its first port), defined exactly as in
+    upstream's own v1beta2 (NetworkPolicy's); the header says so."""
+    crd = _crds()[("k8s.cni.cncf.io", "MultiNetworkPolicy")]
+    versions = {v["name"]: v["schema"]["openAPIV3Schema"] for v in crd["spec"]["versions"]}
+    def port(version: str, direction: str) -> dict[str, Any]:
+        rules = versions[version]["properties"]["spec"]["properties"][direction]
+        found: dict[str, Any] = rules["items"]["properties"]["ports"]["items"]
+        return found
+
+    for direction in ("ingress", "egress"):
+        end_port = port("v1beta1", direction)["properties"]["endPort"]
+        assert (end_port["type"], end_port["format"]) == ("integer", "int32")
+        assert port("v1beta1", direction) == port("v1beta2", direction), (
+            f"{direction}: only endPort was added")
+    header = (CRDS / "multi-networkpolicies.yaml").read_text().split("\n---\n", 1)[0]
+    assert "endPort" in header and "pruned" in header
+    policy = {"apiVersion": "k8s.cni.cncf.io/v1beta1", "kind": "MultiNetworkPolicy",
+              "metadata": {"name": "range", "namespace": "test"},
+              "spec": {"podSelector": {}, "egress": [
+                  {"ports": [{"protocol": "TCP", "port": 8000, "endPort": 8080}]}]}}
+    assert not list(_validator(policy).iter_errors(policy))
+    policy["spec"]["egress"][0]["ports"][0]["endPort"] = "8080"
+    assert list(_validator(policy).iter_errors(policy))
 
 
 # --- kustomize ----------------------------------------------------------------------------------

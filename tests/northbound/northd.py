@@ -8,11 +8,30 @@ verdicts are OVN's logic, not a datapath's.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import pathlib
 import subprocess
 import time
+from collections.abc import Iterator
 
 from ovnk_secondary.northbound import servers
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """A pod's interface as a trace sees it: its logical switch port, MAC and IPv4 address."""
+
+    port: str
+    mac: str
+    ip: str
+
+
+def microflow(source: Endpoint, target: Endpoint, l4: str) -> str:
+    """An IPv4 packet from `source` to `target` entering at `source`'s port; `l4` e.g.
+    `tcp.dst == 80`."""
+    return (f'inport == "{source.port}" && eth.src == {source.mac} && eth.dst == {target.mac} '
+            f"&& ip4.src == {source.ip} && ip4.dst == {target.ip} && ip.ttl == 64 && {l4}")
 
 
 class Northd:
@@ -66,6 +85,15 @@ class Northd:
                               capture_output=True, text=True, timeout=30, check=True)
         return done.stdout
 
+    def reaches(self, datapath: str, source: Endpoint, target: Endpoint, l4: str, *,
+                ct: tuple[str, ...] = ("new", "new")) -> bool:
+        """Whether OVN delivers the packet (`microflow`) to `target`'s port, once northd has
+        compiled what NB holds now; a match OVN cannot parse fails."""
+        self.sync()
+        out, err = self.trace(datapath, microflow(source, target, l4), ct=ct)
+        assert "parsing expression failed" not in err, err
+        return f'output("{target.port}")' in out
+
     def trace(self, datapath: str, microflow: str, *, ct: tuple[str, ...] = ("new", "new"),
               ) -> tuple[str, str]:
         """(ovn-trace's minimal output, its stderr) for `microflow` entering `datapath`;
@@ -75,3 +103,14 @@ class Northd:
              *(f"--ct={flags}" for flags in ct), datapath, microflow],
             capture_output=True, text=True, timeout=30, check=True)
         return done.stdout, done.stderr
+
+
+@contextlib.contextmanager
+def running(directory: pathlib.Path, nb: servers.NbServer) -> Iterator[Northd]:
+    """A started `Northd` (SB and ovn-northd) on `nb`, stopped afterwards."""
+    daemon = Northd(directory=directory, nb=nb)
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()

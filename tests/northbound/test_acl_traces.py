@@ -26,12 +26,8 @@ BARE = nads.NetworkConfig(name="bare", topology="localnet", nad_key="ns1/bare", 
 
 @pytest.fixture
 def northd(tmp_path: pathlib.Path, nb_server: servers.NbServer) -> Iterator[northd_.Northd]:
-    daemon = northd_.Northd(directory=tmp_path / "sb", nb=nb_server)
-    daemon.start()
-    try:
+    with northd_.running(tmp_path / "sb", nb_server) as daemon:
         yield daemon
-    finally:
-        daemon.stop()
 
 
 def _flow(source: str, target: str, l4: str) -> str:
