@@ -23,10 +23,13 @@ owner-controller is `<N>-network-controller` (`naming.controller_name`); ids are
   `<ns>:<policy>`) of the logical switch ports of the selected pods on N, holding the rule ACLs;
 - per namespace with a policy on N, and per direction, a default-deny port group
   `<ctrl>:NetpolNamespace:<ns>:<Ingress|Egress>` (`name`, `direction`) of the ports of the
-  pods isolated in that direction, holding two ACLs (`type` defaultDeny or arpAllow, id
-  `<pg id>:<type>`, named `NP:<ns>:<direction>`):
-  priority 1000 `drop` on `outport == @<pg>` (Ingress) or `inport == @<pg>` (Egress), and
-  priority 1001 `allow` on the same `&& (arp || nd)`;
+  pods isolated in that direction, holding three ACLs (`type` defaultDeny, arpAllow or
+  stateful, id `<pg id>:<type>`, named `NP:<ns>:<direction>`):
+  priority 1000 `drop` on `outport == @<pg>` (Ingress) or `inport == @<pg>` (Egress),
+  priority 1001 `allow` on the same `&& (arp || nd)`, and priority 1001 `allow-related` on
+  `0` (nothing: it makes the switch stateful, so that replies to the isolated pods' own
+  connections pass even when no rule ACL is allow-related; not in OVN-K, whose default
+  network's switches always have stateful ACLs);
 - per rule (index i of `ingress` or `egress`), per protocol of its ports (`None` without
   ports): one ACL for its selector peers, or for anybody when it has no peers
   (ip-block-index -1), and one per ipBlock peer (ip-block-index j), id
@@ -77,6 +80,11 @@ from ovnk_secondary.northbound import desired
 
 DEFAULT_DENY_PRIORITY = 1000
 DEFAULT_ALLOW_PRIORITY = 1001
+# Matches nothing: the ACL exists for its action. OVN sends a switch's traffic through conntrack
+# only when one of its ACLs is allow-related (ovn-nb(5), ACL action `allow`); a deny-only policy
+# has none, and then the replies to an isolated pod's own (allowed) connections hit the drop.
+# OVN-K's default network always has stateful ACLs on its switches; a secondary one may not.
+STATEFUL_MATCH = "0"
 ARP_ALLOW_MATCH = "(arp || nd)"
 NO_PROTOCOL = "None"  # OVN-K's port-policy-protocol of a rule without ports
 NETWORK_POLICY = "NetworkPolicy"
@@ -337,7 +345,8 @@ class _Builder:
             for kind, priority, match, action in (
                     ("defaultDeny", DEFAULT_DENY_PRIORITY, lport, "drop"),
                     ("arpAllow", DEFAULT_ALLOW_PRIORITY, f"{lport} && {ARP_ALLOW_MATCH}",
-                     "allow")):
+                     "allow"),
+                    ("stateful", DEFAULT_ALLOW_PRIORITY, STATEFUL_MATCH, "allow-related")):
                 acls.append(_acl(
                     group.name, direction,
                     _ids(net, NETPOL_NAMESPACE, (naming.OBJECT_NAME_KEY, policy.namespace),

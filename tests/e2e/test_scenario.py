@@ -517,6 +517,87 @@ def test_faults_while_30_pods_are_created(sb: cluster.Sandbox) -> None:
     _eventually(lambda: "ipam.net_ovn_layer2_switch" not in _names(sb, "Logical_Switch"))
 
 
+def _policy(name: str, policy_for: str, spec: dict[str, Any]) -> str:
+    return json.dumps({
+        "apiVersion": "k8s.cni.cncf.io/v1beta1", "kind": "MultiNetworkPolicy",
+        "metadata": {"name": name, "namespace": NS,
+                     "annotations": {"k8s.v1.cni.cncf.io/policy-for": policy_for}},
+        "spec": spec})
+
+
+def test_multinetworkpolicies_close_and_open_traffic_on_both_topologies(
+        sb: cluster.Sandbox) -> None:
+    """MultiNetworkPolicies applied with kubectl, judged by pings between pods' containers. On
+    a layer2 network with subnets: ingress isolation, replies to the isolated pod's own
+    traffic passing, a podSelector peer opened and closed by a label flip. On the IPAM-less
+    localnet2: an egress ipBlock with except (selector peers are refused there, with an
+    Event). Deleting the policies opens everything again and leaves no rows of ours."""
+    nad = {"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+           "metadata": {"name": "nad-policy", "namespace": NS},
+           "spec": {"config": json.dumps({
+               "cniVersion": "0.3.1", "name": "policy-network", "type": "ovn-k8s-cni-overlay",
+               "topology": "layer2", "subnets": "10.124.0.0/24",
+               "netAttachDefName": f"{NS}/nad-policy"})}}
+    sb.kubectl("apply", "-f", "-", stdin=json.dumps(nad))
+    pods = {"srv": "app=server", "cli": "role=other", "oth": "role=other"}
+    for name, labels in pods.items():
+        sb.kubectl("run", name, "-n", NS, "--image", "ovnk-sandbox/workload:busybox",
+                   "--image-pull-policy", "IfNotPresent", "--labels", labels, "--annotations",
+                   "k8s.v1.cni.cncf.io/networks=nad-policy", "--command", "--", "sleep", "3600")
+    policies = ["deny-to-server", "allow-clients", "selector-on-ipamless", "no-external"]
+    try:
+        scenario.wait_ready(sb, list(pods))
+        srv, cli, oth = (scenario.view(sb, name) for name in pods)
+        localnet = scenario.view(sb, "localnet2-pod")
+        _, external = cluster.EXTERNAL_HOSTS[33]
+
+        def reaches(pod: scenario.PodView, address: str) -> bool:
+            return scenario.ping(sb, pod, address, replies=1, deadline=2)
+
+        assert scenario.ping(sb, cli, _ip(srv)) and scenario.ping(sb, oth, _ip(srv))
+        sb.kubectl("apply", "-f", "-", stdin=_policy("deny-to-server", "nad-policy", {
+            "podSelector": {"matchLabels": {"app": "server"}}, "policyTypes": ["Ingress"],
+            "ingress": []}))
+        _eventually(lambda: not reaches(cli, _ip(srv)))
+        assert not reaches(oth, _ip(srv))
+        assert scenario.ping(sb, srv, _ip(cli))  # its own traffic and the replies pass
+
+        sb.kubectl("apply", "-f", "-", stdin=_policy("allow-clients", "nad-policy", {
+            "podSelector": {"matchLabels": {"app": "server"}},
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}]}]}))
+        sb.kubectl("label", "pod", "-n", NS, "cli", "role=client", "--overwrite")
+        _eventually(lambda: reaches(cli, _ip(srv)))
+        assert not reaches(oth, _ip(srv))  # not a client
+        sb.kubectl("label", "pod", "-n", NS, "cli", "role=other", "--overwrite")
+        _eventually(lambda: not reaches(cli, _ip(srv)))
+
+        # localnet2 has no subnets: pod selectors cannot name addresses there
+        sb.kubectl("apply", "-f", "-", stdin=_policy("selector-on-ipamless", "nad-localnet2", {
+            "podSelector": {}, "ingress": [{"from": [{"podSelector": {}}]}]}))
+        _eventually(lambda: "PolicyNotApplied" in sb.kubectl(
+            "get", "events", "-n", NS, "--field-selector",
+            "involvedObject.name=selector-on-ipamless", "-o", "jsonpath={.items[*].reason}"
+        ).stdout)
+        assert scenario.ping(sb, localnet, external)
+        sb.kubectl("apply", "-f", "-", stdin=_policy("no-external", "nad-localnet2", {
+            "podSelector": {}, "policyTypes": ["Egress"],
+            "egress": [{"to": [{"ipBlock": {"cidr": "172.17.33.0/24",
+                                            "except": [f"{external}/32"]}}]}]}))
+        _eventually(lambda: not reaches(localnet, external))
+        two = scenario.view(sb, "two-networks-pod")
+        assert scenario.ping(sb, localnet, _ip(two, "net2"))  # the rest of its /24
+    finally:
+        sb.kubectl("delete", "multi-networkpolicies", "-n", NS, *policies,
+                   "--ignore-not-found")
+    _eventually(lambda: reaches(cli, _ip(srv)) and reaches(oth, _ip(srv))
+                and reaches(localnet, external))
+    for table in ("ACL", "Port_Group", "Address_Set"):  # the last policy gone, nothing of ours
+        assert not sb.ovn_nbctl("--bare", "--columns=_uuid", "find", table,
+                                "external_ids:ovnk-secondary.io/owner=ovnk-secondary").split()
+    sb.kubectl("delete", "pod", "-n", NS, *pods)
+    sb.kubectl("delete", "network-attachment-definitions", "-n", NS, "nad-policy")
+
+
 def test_deleting_everything_leaves_nothing_and_a_recreated_pod_works(
     sb: cluster.Sandbox,
 ) -> None:

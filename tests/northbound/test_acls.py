@@ -101,11 +101,14 @@ def test_rows_have_ovnks_names_ids_priorities_and_matches() -> None:
             1000, "drop", f"{lport} == @{deny.name}", options)
         assert (arp.priority, arp.action, arp.match) == (
             1001, "allow", f"{lport} == @{deny.name} && (arp || nd)")
-        assert drop.name == arp.name == f"NP:ns1:{direction}"
+        stateful = state.acls[f"{deny_id}:stateful"]  # turns conntrack on: replies pass
+        assert (stateful.priority, stateful.action, stateful.match) == (
+            1001, "allow-related", "0")
+        assert drop.name == arp.name == stateful.name == f"NP:ns1:{direction}"
     isolated = {d: state.port_groups[naming.hash_for_ovn(
         f"{controller}:NetpolNamespace:ns1:{d}")].ports for d in ("Ingress", "Egress")}
     assert isolated == {"Ingress": ("ns1.l2_ns1_db",), "Egress": ()}
-    assert len(state.acls) == 6 and len(state.port_groups) == 3
+    assert len(state.acls) == 8 and len(state.port_groups) == 3
     assert len(state.address_sets) == 1
     assert all(r.external_ids[naming.OWNER_KEY] == naming.OWNER_VALUE
                for rows in (state.port_groups, state.acls, state.address_sets)
@@ -118,7 +121,7 @@ def test_a_policy_selecting_no_pod_still_has_its_rows() -> None:
     policy = _policy({"podSelector": {"matchLabels": {"app": "nobody"}},
                       "ingress": [{"from": [{"podSelector": {}}]}]})
     state = _state([DB, WEB], policy).state
-    assert _counts(state) == _counts(_state([], policy).state) == (3, 5, 1)
+    assert _counts(state) == _counts(_state([], policy).state) == (3, 7, 1)
     assert all(not g.ports for g in state.port_groups.values())
     assert [s.addresses for s in state.address_sets.values()] == [("10.100.0.5", "10.100.0.6")]
 

@@ -59,7 +59,7 @@ def test_policy_rows_land_as_ovn_nbctl_shows_them(
     want = world.rows(world.policy(world.ALLOW_WEB_TO_DB))
     outcome = nb.converge_policies(want)
     assert outcome.missing_ports == ()
-    assert len(outcome.change.create_acls) == 5
+    assert len(outcome.change.create_acls) == 7
     group = _policy_group("pol")
     web = naming.hash_for_ovn(
         "l2-network-network-controller:PodSelector:ns1_LS{ML:{app: web,},}:v4")
@@ -67,9 +67,11 @@ def test_policy_rows_land_as_ovn_nbctl_shows_them(
         f"  to-lport  1001 (ip4.src == {{${web}}} && tcp && tcp.dst==5432 && "
         f"outport == @{group}) allow-related"]
     assert nb_server.nbctl("acl-list", _deny_group("Ingress")).splitlines() == [
+        "  to-lport  1001 (0) allow-related",
         f"  to-lport  1001 (outport == @{_deny_group('Ingress')} && (arp || nd)) allow",
         f"  to-lport  1000 (outport == @{_deny_group('Ingress')}) drop"]
     assert nb_server.nbctl("acl-list", _deny_group("Egress")).splitlines() == [
+        "from-lport  1001 (0) allow-related [after-lb]",
         f"from-lport  1001 (inport == @{_deny_group('Egress')} && (arp || nd)) allow [after-lb]",
         f"from-lport  1000 (inport == @{_deny_group('Egress')}) drop [after-lb]"]
     assert _group_ports(nb_server, group) == ["ns1.l2_ns1_db"]
@@ -79,8 +81,8 @@ def test_policy_rows_land_as_ovn_nbctl_shows_them(
     for table, record in (("Port_Group", group), ("Address_Set", web)):
         assert nb_server.nbctl("get", table, record,
                                f'external_ids:"{naming.OWNER_KEY}"').strip() == naming.OWNER_VALUE
-    assert nb_server.nbctl("--bare", "--columns=external_ids", "find", "ACL",
-                           "priority=1001", "action=allow-related").count(naming.OWNER_KEY) == 1
+    assert nb_server.nbctl("--bare", "--columns=external_ids", "find", "ACL", "priority=1001",
+                           "action=allow-related").count(naming.OWNER_KEY) == 3  # rule+2 stateful
     _eventually(lambda: nb.read_policies()[0] == want)
     assert nb.converge_policies(want).change.empty, "a second converge must change nothing"
 
@@ -126,7 +128,7 @@ def test_foreign_rows_are_untouched_and_a_foreign_name_is_a_conflict(
     # an admin's ACL on our port group stays through our changes of that group
     nb_server.nbctl("--type=port-group", "acl-add", group, "to-lport", "3000",
                     f"outport == @{group} && icmp4", "allow")
-    _eventually(lambda: len(nb.read_policies()[0].acls) == len(want.acls) - 2)
+    _eventually(lambda: len(nb.read_policies()[0].acls) == len(want.acls) - 3)
     changed = world.rows(world.policy(world.ALLOW_TEAM_B), names=("db", "web"))
     nb.converge_policies(changed)
     assert "icmp4" in nb_server.nbctl("acl-list", group)
