@@ -61,6 +61,64 @@ def _show_metrics(sb: cluster.Sandbox) -> None:
     show(scenario.agent_metrics(sb, "node-1"), _AGENT_SHOWN)
 
 
+_POLICY = """apiVersion: k8s.cni.cncf.io/v1beta1
+kind: MultiNetworkPolicy
+metadata:
+  name: l2-pod-2-from-l2-pod-1-only
+  namespace: test
+  annotations:
+    k8s.v1.cni.cncf.io/policy-for: test/nad-layer2
+spec:
+  podSelector:
+    matchLabels:
+      demo: l2-pod-2
+  policyTypes: [Ingress]
+  ingress:
+    - from:
+        - ipBlock:
+            cidr: {source}/32
+"""
+
+
+def _policy_matrix(sb: cluster.Sandbox, pods: list[scenario.PodView], targets: dict[str, str],
+                   before: dict[tuple[str, str], bool]) -> bool:
+    """One MultiNetworkPolicy closes l2-pod-2's layer2 interface to all but l2-pod-1 (an ipBlock:
+    nad-layer2 has no subnets, so pod selectors cannot name its addresses); deleting it opens
+    it again. True when exactly the expected cells of the matrix changed, and back."""
+    by_name = {p.name: p for p in pods}
+    source = by_name["l2-pod-1"].addresses("net1")[0].split("/")[0]
+    text = _POLICY.format(source=source)
+    _section("MultiNetworkPolicy: l2-pod-2's layer2 interface accepts only l2-pod-1")
+    for line in text.splitlines():
+        print(f"  {line}")
+    scenario.kubectl(sb, "label", "pod", "-n", scenario.NAMESPACE, "l2-pod-2", "demo=l2-pod-2")
+    sb.kubectl("apply", "-f", "-", stdin=text)
+    try:
+        deadline = time.monotonic() + 30
+        closed = "two-networks-pod", "l2-pod-2/net1"
+        while scenario.ping(sb, by_name["two-networks-pod"], targets[closed[1]], replies=1,
+                            deadline=2) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        reached = scenario.ping_matrix(sb, pods, targets)
+        _matrix(reached, [p.name for p in pods], list(targets))
+        changed = {cell for cell in before if before[cell] != reached[cell]}
+        print(f"  changed by the policy: {', '.join(f'{r} -> {c}' for r, c in sorted(changed))}")
+        # every other pod that reached l2-pod-2 there (its own pings stay local)
+        expected = {(r, c) for (r, c) in before if c == closed[1] and before[(r, c)]
+                    and r not in ("l2-pod-1", "l2-pod-2")}
+    finally:
+        sb.kubectl("delete", "multi-networkpolicy", "-n", scenario.NAMESPACE,
+                   "l2-pod-2-from-l2-pod-1-only")
+        scenario.kubectl(sb, "label", "pod", "-n", scenario.NAMESPACE, "l2-pod-2", "demo-")
+    deadline = time.monotonic() + 30
+    while not scenario.ping(sb, by_name["two-networks-pod"], targets[closed[1]], replies=1,
+                            deadline=2) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    after = scenario.ping_matrix(sb, pods, targets)
+    print(f"  policy deleted: the matrix is {'as before' if after == before else 'CHANGED'}")
+    return bool(expected) and changed == expected and after == before
+
+
 def _broken_uplink(sb: cluster.Sandbox, pod: scenario.PodView) -> bool:
     """A localnet pod cut off by its node's uplink going down, found by `diagnose`; then fixed."""
     key = f"{scenario.NAMESPACE}/{pod.name}"
@@ -130,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         targets = scenario.targets(pods)
         reached = scenario.ping_matrix(sb, pods, targets)
         _matrix(reached, [p.name for p in pods], list(targets))
+        policy_ok = _policy_matrix(sb, pods, targets, reached)
 
         by_name = {p.name: p for p in pods}
         l2a, l2b = by_name["l2-pod-1"], by_name["l2-pod-2"]
@@ -151,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in geneve:
             print(f"  {line}")
 
-        checks = [ok_geneve and bool(geneve)]
+        checks = [ok_geneve and bool(geneve), policy_ok]
         for pod_name, vlan, trunk, bridge in (
             ("localnet2-pod", 33, "trunk2", "ovs-br1/enp2s0"),
             ("localnet1-pod", 34, "trunk1", "br-ex/enp1s0"),
