@@ -23,6 +23,11 @@ for vlan in 33 34; do
   ovs-vsctl --may-exist add-port br-tor "access$vlan" -- set port "access$vlan" tag="$vlan"
   ip -n "vlan$vlan" link set lo up
   ip -n "vlan$vlan" link set eth0 up
+  # br-tor is a userspace (netdev) bridge: it forwards a veth's offloaded TCP/UDP checksums
+  # unfinished and the receiver drops the segments (ping passes, TCP and UDP do not). A host
+  # with a real NIC has them finished by the NIC; here the kernel finishes them (as the node
+  # agent does for pod interfaces, --tx-checksum-offload auto).
+  ip netns exec "vlan$vlan" ethtool -K eth0 tx off >/dev/null
   ip -n "vlan$vlan" addr add "172.17.$vlan.1/24" dev eth0
 done
 echo READY

@@ -279,6 +279,99 @@ def agent_metrics(sb: cluster.Sandbox, node: str) -> list[Sample]:
     return scrape(sb, node, "http://127.0.0.1:9190/metrics")
 
 
+# -- TCP and UDP listeners, and probes of them ---------------------------------------------------
+
+# A listener for `python3 -c LISTENER NAME TCP_PORTS UDP_PORTS` (ports comma-separated): every TCP
+# connection and every UDP datagram is answered with "NAME PROTOCOL PORT", so a probe knows which
+# listener answered, not only that something did. Runs in any container with python3 (the
+# product image, the sandbox's node images).
+LISTENER = """
+import socket, sys, threading
+name, tcp, udp = sys.argv[1], sys.argv[2], sys.argv[3]
+def serve_tcp(port):
+    server = socket.create_server(("0.0.0.0", port), backlog=64)
+    while True:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(f"{name} tcp {port}".encode())
+def serve_udp(port):
+    server = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    server.bind(("0.0.0.0", port))
+    while True:
+        _, peer = server.recvfrom(2048)
+        server.sendto(f"{name} udp {port}".encode(), peer)
+threads = [threading.Thread(target=serve_tcp, args=(int(p),)) for p in tcp.split(",") if p]
+threads += [threading.Thread(target=serve_udp, args=(int(p),)) for p in udp.split(",") if p]
+for thread in threads:
+    thread.start()
+print("listening", flush=True)
+"""
+
+# `python3 -c PROBE JSON` with JSON a list of [protocol, address, port]: prints a JSON list of
+# the answers (the listener's line, or null when nothing answered): TCP connects within 1.5 s,
+# UDP sends a datagram every 0.5 s, three times, and takes the first answer.
+PROBE = """
+import concurrent.futures, json, socket, sys
+def probe(protocol, address, port):
+    try:
+        if protocol == "tcp":
+            with socket.create_connection((address, port), timeout=1.5) as conn:
+                conn.settimeout(1.5)
+                return conn.recv(256).decode() or None
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as conn:
+            conn.settimeout(0.5)
+            for _ in range(3):
+                conn.sendto(b"probe", (address, port))
+                try:
+                    return conn.recv(256).decode()
+                except socket.timeout:
+                    pass
+    except OSError:
+        return None
+    return None
+targets = json.loads(sys.argv[1])
+with concurrent.futures.ThreadPoolExecutor(len(targets)) as pool:
+    print(json.dumps(list(pool.map(lambda t: probe(*t), targets))))
+"""
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Probe:
+    """One TCP connection or UDP exchange to a listener."""
+
+    protocol: str  # "tcp" | "udp"
+    address: str
+    port: int
+
+
+def listener_command(name: str, *, tcp: Sequence[int] = (), udp: Sequence[int] = ()) -> list[str]:
+    """argv of a listener answering "NAME PROTOCOL PORT" on the given ports (`LISTENER`)."""
+    return ["python3", "-c", LISTENER, name, ",".join(map(str, tcp)), ",".join(map(str, udp))]
+
+
+def probe_command(probes: Sequence[Probe]) -> list[str]:
+    """argv that tries every probe at once and prints the answers (`PROBE`)."""
+    return ["python3", "-c", PROBE,
+            json.dumps([[p.protocol, p.address, p.port] for p in probes])]
+
+
+def answered(probes: Sequence[Probe], result: cluster.ExecResult) -> dict[Probe, str | None]:
+    """The answer to each probe from the output of `probe_command(probes)`.
+
+    Raises SandboxError if the probe itself failed (no python3, bad arguments, ...)."""
+    if result.exit_code != 0:
+        raise errors.SandboxError(f"probe failed ({result.exit_code}): "
+                                  f"{(result.stderr or result.stdout).strip()[-500:]}")
+    answers = json.loads(result.stdout.strip().splitlines()[-1])
+    return dict(zip(probes, answers, strict=True))
+
+
+def probe_from_pod(sb: cluster.Sandbox, pod: PodView,
+                   probes: Sequence[Probe]) -> dict[Probe, str | None]:
+    """Run the probes in the pod's container (`kubectl exec`; its image needs python3)."""
+    return answered(probes, in_pod(sb, pod, probe_command(probes), timeout=30))
+
+
 def ping_matrix(
     sb: cluster.Sandbox, pods: Sequence[PodView], targets: dict[str, str]
 ) -> dict[tuple[str, str], bool]:

@@ -48,10 +48,13 @@ def _names(sb: cluster.Sandbox, table: str, *, owned: bool = False) -> list[str]
     return sb.ovn_nbctl("--bare", "--columns=name", *(where if owned else ["list", table])).split()
 
 
-def _eventually(check: Callable[[], bool], *, timeout: float = 30) -> None:
+def _eventually(check: Callable[[], bool], *, timeout: float = 30,
+                show: Callable[[], object] | None = None) -> None:
+    """Poll `check` until true; on timeout fail, with what `show` returns (the last seen)."""
     deadline = time.monotonic() + timeout
     while not check():
-        assert time.monotonic() < deadline, f"still not true after {timeout} s"
+        assert time.monotonic() < deadline, (
+            f"still not true after {timeout} s" + (f"; last seen: {show()}" if show else ""))
         time.sleep(0.3)
 
 
@@ -596,6 +599,172 @@ def test_multinetworkpolicies_close_and_open_traffic_on_both_topologies(
                                 "external_ids:ovnk-secondary.io/owner=ovnk-secondary").split()
     sb.kubectl("delete", "pod", "-n", NS, *pods)
     sb.kubectl("delete", "network-attachment-definitions", "-n", NS, "nad-policy")
+
+
+PEER_NS = "policy-peer"
+TCP_PORTS, UDP_PORTS = (8080, 8081, 9090), (5353, 9000)
+
+
+def _product_image(sb: cluster.Sandbox) -> str:
+    """The product image the sandbox deployed (it has python3 for the listeners and probes)."""
+    return sb.kubectl("get", "deployment", "-n", "ovnk-secondary", "ovnk-secondary-controller",
+                      "-o", "jsonpath={.spec.template.spec.containers[0].image}").stdout.strip()
+
+
+def _run_listener(sb: cluster.Sandbox, name: str, *, namespace: str, labels: str,
+                  networks: str) -> None:
+    """A pod of the product image whose container is a TCP and UDP listener on every port."""
+    sb.kubectl("run", name, "-n", namespace, "--image", _product_image(sb),
+               "--image-pull-policy", "IfNotPresent", "--labels", labels,
+               "--annotations", f"k8s.v1.cni.cncf.io/networks={networks}", "--command", "--",
+               *scenario.listener_command(name, tcp=TCP_PORTS, udp=UDP_PORTS))
+
+
+def _matrix(sb: cluster.Sandbox, clients: dict[str, scenario.PodView],
+            server: scenario.PodView, name: str) -> dict[str, set[str]]:
+    """client -> the "PROTOCOL/PORT"s of the server that answered it (with its own name)."""
+    probes = [scenario.Probe(protocol, _ip(server), port)
+              for protocol, ports in (("tcp", TCP_PORTS), ("udp", UDP_PORTS)) for port in ports]
+    reached = {}
+    for client_name, client in clients.items():
+        answers = scenario.probe_from_pod(sb, client, probes)
+        reached[client_name] = {f"{p.protocol}/{p.port}" for p, answer in answers.items()
+                                if answer == f"{name} {p.protocol} {p.port}"}
+    return reached
+
+
+ALL = {f"tcp/{port}" for port in TCP_PORTS} | {f"udp/{port}" for port in UDP_PORTS}
+
+
+def test_multinetworkpolicies_decide_tcp_and_udp_per_port_on_both_topologies(
+        sb: cluster.Sandbox) -> None:
+    """A matrix of TCP and UDP listeners in pods (each answers with its name, protocol and
+    port), probed from client pods after each step. Layer2 with subnets: default allow,
+    ingress deny-all, a podSelector peer limited to TCP/8080 and UDP/5353 and opened by a
+    label flip, the same label in another namespace not matching, a namespaceSelector peer
+    (UDP/9000, TCP/9090) closed again by a namespace label change, an egress port range
+    (TCP 8080-8081), a named port and a missing policy-for refused with their Events and not
+    applied, deletion opening everything. Localnet2 (VLAN 33, IPAM-less): an ipBlock
+    ingress peer, the external VLAN host, allowed on TCP/8080 and UDP/5353 only, and a pod of
+    the same VLAN outside the block refused."""
+    nad = {"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+           "metadata": {"name": "nad-matrix", "namespace": NS},
+           "spec": {"config": json.dumps({
+               "cniVersion": "0.3.1", "name": "matrix-network", "type": "ovn-k8s-cni-overlay",
+               "topology": "layer2", "subnets": "10.125.0.0/24",
+               "netAttachDefName": f"{NS}/nad-matrix"})}}
+    sb.kubectl("apply", "-f", "-", stdin=json.dumps(nad))
+    scenario.ensure_namespace(sb, PEER_NS)
+    sb.kubectl("label", "namespace", PEER_NS, "team=peer", "--overwrite")
+    on_matrix = f"{NS}/nad-matrix"
+    _run_listener(sb, "msrv", namespace=NS, labels="app=server", networks=on_matrix)
+    _run_listener(sb, "mcli", namespace=NS, labels="role=other", networks=on_matrix)
+    _run_listener(sb, "mfar", namespace=PEER_NS, labels="role=other", networks=on_matrix)
+    localnet = '[{{"namespace": "{ns}", "name": "nad-localnet2", "ips": ["{ip}/24"]}}]'
+    _run_listener(sb, "lnsrv", namespace=NS, labels="app=ln-server",
+                  networks=localnet.format(ns=NS, ip="172.17.33.60"))
+    _run_listener(sb, "lncli", namespace=NS, labels="app=ln-client",
+                  networks=localnet.format(ns=NS, ip="172.17.33.61"))
+    policies = ["deny-to-server", "allow-clients", "allow-peer-namespace", "client-egress",
+                "named-port", "no-policy-for", "from-external-host"]
+    vlan_netns, _ = cluster.EXTERNAL_HOSTS[33]
+    try:
+        scenario.wait_ready(sb, ["msrv", "mcli", "lnsrv", "lncli"])
+        scenario.wait_ready(sb, ["mfar"], namespace=PEER_NS)
+        srv, cli = scenario.view(sb, "msrv"), scenario.view(sb, "mcli")
+        clients = {"mcli": cli, "mfar": scenario.view(sb, "mfar", namespace=PEER_NS)}
+
+        def expect(expected: dict[str, set[str]]) -> None:
+            seen: list[dict[str, set[str]]] = []
+            _eventually(lambda: seen.append(_matrix(sb, clients, srv, "msrv"))
+                        or seen[-1] == expected, timeout=45, show=lambda: seen[-1])
+
+        expect({"mcli": ALL, "mfar": ALL})  # no policy: everything open
+        sb.kubectl("apply", "-f", "-", stdin=_policy("deny-to-server", "nad-matrix", {
+            "podSelector": {"matchLabels": {"app": "server"}}, "policyTypes": ["Ingress"],
+            "ingress": []}))
+        expect({"mcli": set(), "mfar": set()})
+        sb.kubectl("apply", "-f", "-", stdin=_policy("allow-clients", "nad-matrix", {
+            "podSelector": {"matchLabels": {"app": "server"}},
+            "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}],
+                         "ports": [{"protocol": "TCP", "port": 8080},
+                                   {"protocol": "UDP", "port": 5353}]}]}))
+        expect({"mcli": set(), "mfar": set()})  # nobody is a client yet
+        sb.kubectl("label", "pod", "-n", NS, "mcli", "role=client", "--overwrite")
+        sb.kubectl("label", "pod", "-n", PEER_NS, "mfar", "role=client", "--overwrite")
+        # a bare podSelector names pods of the policy's own namespace only
+        expect({"mcli": {"tcp/8080", "udp/5353"}, "mfar": set()})
+        sb.kubectl("apply", "-f", "-", stdin=_policy("allow-peer-namespace", "nad-matrix", {
+            "podSelector": {"matchLabels": {"app": "server"}},
+            "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "peer"}}}],
+                         "ports": [{"protocol": "UDP", "port": 9000},
+                                   {"protocol": "TCP", "port": 9090}]}]}))
+        expect({"mcli": {"tcp/8080", "udp/5353"}, "mfar": {"udp/9000", "tcp/9090"}})
+        sb.kubectl("label", "namespace", PEER_NS, "team=other", "--overwrite")
+        expect({"mcli": {"tcp/8080", "udp/5353"}, "mfar": set()})
+
+        sb.kubectl("delete", "multi-networkpolicies", "-n", NS, "deny-to-server",
+                   "allow-clients", "allow-peer-namespace")
+        expect({"mcli": ALL, "mfar": ALL})
+        sb.kubectl("apply", "-f", "-", stdin=_policy("client-egress", "nad-matrix", {
+            "podSelector": {"matchLabels": {"role": "client"}}, "policyTypes": ["Egress"],
+            "egress": [{"ports": [{"protocol": "TCP", "port": 8080, "endPort": 8081}]}]}))
+        expect({"mcli": {"tcp/8080", "tcp/8081"}, "mfar": ALL})  # mfar: not of NS
+
+        # refused with an Event that says why, and not applied at all (never half a policy)
+        sb.kubectl("apply", "-f", "-", stdin=_policy("named-port", "nad-matrix", {
+            "podSelector": {"matchLabels": {"app": "server"}},
+            "ingress": [{"ports": [{"protocol": "TCP", "port": "http"}]}]}))
+        unannotated = json.loads(_policy("no-policy-for", "nad-matrix", {"podSelector": {}}))
+        del unannotated["metadata"]["annotations"]
+        sb.kubectl("apply", "-f", "-", stdin=json.dumps(unannotated))
+        for name, reason in (("named-port", "UnsupportedPolicy"),
+                             ("no-policy-for", "PolicyForMissing")):
+            _eventually(lambda name=name, reason=reason: reason in sb.kubectl(  # type: ignore[misc]
+                "get", "events", "-n", NS, "--field-selector", f"involvedObject.name={name}",
+                "-o", "jsonpath={.items[*].reason}").stdout)
+        expect({"mcli": {"tcp/8080", "tcp/8081"}, "mfar": ALL})
+
+        # localnet2: the external host on VLAN 33 is an ipBlock peer; lncli is on the VLAN too
+        lnsrv, lncli = scenario.view(sb, "lnsrv"), scenario.view(sb, "lncli")
+        probes = [scenario.Probe(protocol, _ip(lnsrv), port)
+                  for protocol, ports in (("tcp", TCP_PORTS), ("udp", UDP_PORTS))
+                  for port in ports]
+
+        def localnet_matrix() -> dict[str, set[str]]:
+            from_host = scenario.answered(probes, sb.exec(
+                sb.external, ["ip", "netns", "exec", vlan_netns,
+                              *scenario.probe_command(probes)], check=False))
+            from_pod = scenario.probe_from_pod(sb, lncli, probes)
+            return {who: {f"{p.protocol}/{p.port}" for p, answer in answers.items()
+                          if answer == f"lnsrv {p.protocol} {p.port}"}
+                    for who, answers in (("host", from_host), ("lncli", from_pod))}
+
+        seen: list[dict[str, set[str]]] = []
+        _eventually(lambda: seen.append(localnet_matrix())
+                    or seen[-1] == {"host": ALL, "lncli": ALL}, timeout=45,
+                    show=lambda: seen[-1])
+        sb.kubectl("apply", "-f", "-", stdin=_policy("from-external-host", "nad-localnet2", {
+            "podSelector": {"matchLabels": {"app": "ln-server"}}, "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"ipBlock": {"cidr": "172.17.33.0/28"}}],
+                         "ports": [{"protocol": "TCP", "port": 8080},
+                                   {"protocol": "UDP", "port": 5353}]}]}))
+        _eventually(lambda: seen.append(localnet_matrix()) or seen[-1] == {
+            "host": {"tcp/8080", "udp/5353"}, "lncli": set()}, timeout=45,
+                    show=lambda: seen[-1])
+    finally:
+        sb.kubectl("delete", "multi-networkpolicies", "-n", NS, *policies,
+                   "--ignore-not-found")
+        sb.kubectl("label", "namespace", PEER_NS, "team=peer", "--overwrite")
+    expect({"mcli": ALL, "mfar": ALL})
+    sb.kubectl("delete", "pod", "-n", NS, "msrv", "mcli", "lnsrv", "lncli", "--wait=false")
+    sb.kubectl("delete", "pod", "-n", PEER_NS, "mfar", "--wait=false")
+    scenario.wait_gone(sb, ["msrv", "mcli", "lnsrv", "lncli"])
+    scenario.wait_gone(sb, ["mfar"], namespace=PEER_NS)
+    sb.kubectl("delete", "network-attachment-definitions", "-n", NS, "nad-matrix")
+    for table in ("ACL", "Port_Group", "Address_Set"):
+        assert not sb.ovn_nbctl("--bare", "--columns=_uuid", "find", table,
+                                "external_ids:ovnk-secondary.io/owner=ovnk-secondary").split()
 
 
 def test_deleting_everything_leaves_nothing_and_a_recreated_pod_works(
