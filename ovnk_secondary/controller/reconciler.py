@@ -58,7 +58,16 @@ from typing import Any, TypeVar
 
 import aiohttp
 
-from ovnk_secondary import errors, ipam, nads, naming, persistentips, podnetworks, selections
+from ovnk_secondary import (
+    errors,
+    ipam,
+    migration,
+    nads,
+    naming,
+    persistentips,
+    podnetworks,
+    selections,
+)
 from ovnk_secondary.controller import (
     apiclient,
     batches,
@@ -122,6 +131,9 @@ class _Pod:
     networks: str | None  # the network selection annotation
     pod_networks: str | None  # our annotation, as the API last showed it
     vm: str | None = None  # label vm.kubevirt.io/name: the pods of one VM may share IPAMClaims
+    # VM pods only (live migration, `migration`): creationTimestamp, and TARGET_READY set
+    created: str = ""
+    target_ready: bool = False
     # sorted, for MultiNetworkPolicies' selectors; kept only of pods naming networks
     labels: tuple[tuple[str, str], ...] = ()
 
@@ -133,6 +145,11 @@ class _Pod:
     def finished(self) -> bool:
         """Completed pods hold no addresses (released on Succeeded/Failed, as on deletion)."""
         return self.phase in ("Succeeded", "Failed")
+
+    @property
+    def live(self) -> bool:
+        """Scheduled, neither finished nor being deleted: a pod that may be attached."""
+        return bool(self.node) and not self.finished and not self.deleting
 
     def involved(self) -> dict[str, Any]:
         """The pod as an Event's involved object."""
@@ -150,6 +167,7 @@ def _pod(body: Mapping[str, Any]) -> _Pod:
     annotations = metadata.get("annotations") or {}
     labels = metadata.get("labels") or {}
     vm = labels.get(persistentips.VM_LABEL)
+    vm = vm if isinstance(vm, str) and vm else None
     node = (body.get("spec") or {}).get("nodeName")
     networks = annotations.get(selections.ANNOTATION)
     pod_networks = annotations.get(podnetworks.ANNOTATION)
@@ -164,10 +182,17 @@ def _pod(body: Mapping[str, Any]) -> _Pod:
         deleting=bool(metadata.get("deletionTimestamp")),
         networks=networks,
         pod_networks=pod_networks,
-        vm=vm if isinstance(vm, str) and vm else None,
+        vm=vm,
+        created=str(metadata.get("creationTimestamp") or "") if vm else "",
+        target_ready=vm is not None and migration.TARGET_READY in annotations,
         labels=(tuple(sorted((str(k), str(v)) for k, v in labels.items()))
                 if networks or pod_networks else ()),
     )
+
+
+def _migration_facts(pod: _Pod) -> tuple[bool, bool, str]:
+    """What of a VM's pod decides the ports of its other pods (`migration.decide`)."""
+    return pod.live, pod.target_ready, pod.created
 
 
 def _network_name(body: Mapping[str, Any]) -> str | None:
@@ -271,7 +296,7 @@ class Reconciler:
             process=self._work_on_nad, workers=NAD_WORKERS)
         # while a full sync lists pods: the keys of pod events seen meanwhile (they win)
         self._touched: set[Key] | None = None
-        self._nb_writes: batches.Batcher[desired.State, client.Outcome] = batches.Batcher(
+        self._nb_writes: batches.Batcher[client.Part, client.Outcome] = batches.Batcher(
             flush=self._flush_nb_writes, limit=NB_BATCH)
         # switch names whose network rows (switch, localnet port) are to converge
         self._switch_writes: batches.Batcher[str, client.Outcome] = batches.Batcher(
@@ -300,6 +325,8 @@ class Reconciler:
         self._claim_selecting: dict[Key, set[Key]] = collections.defaultdict(set)
         # claim status writes in flight: a second pod of the VM waits for the first one's
         self._claim_writes: dict[persistentips.ClaimOwner, asyncio.Future[None]] = {}
+        # (namespace, VM name) -> its pods (label vm.kubevirt.io/name): live migrations
+        self._vms: dict[Key, set[Key]] = collections.defaultdict(set)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._repair_networks: asyncio.Task[None] | None = None
         self._closing = False  # set by aclose: no new repair then
@@ -326,9 +353,8 @@ class Reconciler:
     async def _nb(self, function: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._nb_thread, function)
 
-    async def _flush_nb_writes(self, parts: list[desired.State]) -> list[client.Outcome]:
-        return await self._nb(functools.partial(
-            self.northbound.converge, [client.Part(want=p) for p in parts]))
+    async def _flush_nb_writes(self, parts: list[client.Part]) -> list[client.Outcome]:
+        return await self._nb(functools.partial(self.northbound.converge, parts))
 
     def _written_now(self) -> dict[Key, bytes]:
         """The memo of written ports, emptied whenever the NB connection changed."""
@@ -720,7 +746,11 @@ class Reconciler:
             self._note_gone(key, previous)  # same name, new pod
         self._pods[key] = pod
         self._index(previous, pod)
+        self._index_vm(previous, pod)
         self._queue_pod(key)
+        if pod.vm is not None and (previous is None or _migration_facts(previous)
+                                   != _migration_facts(pod)):
+            self._queue_vm(pod)  # the VM's other pods' ports may change with this one
         if pod.pod_networks and (previous is None or (previous.labels, previous.pod_networks)
                                  != (pod.labels, pod.pod_networks)):
             self.policies.touch(nads=self._recorded(pod)[1])  # policies' selectors, address sets
@@ -737,10 +767,13 @@ class Reconciler:
         if current is not None and current.uid == pod.uid:
             del self._pods[key]
             self._index(current, None)
+            self._index_vm(current, None)
             if not body.get("spec"):
                 pod = current
         self._note_gone(key, pod)
         self._queue_pod(key)
+        if pod.vm is not None:
+            self._queue_vm(pod)  # a migration's source alone again, or the switch-over done
 
     def _nad_event(self, body: dict[str, Any], *, deleted: bool) -> None:
         key = _key(body)
@@ -849,6 +882,31 @@ class Reconciler:
                     change(self._claim_selecting[claim], pod.key)
                     if adding:
                         self._claim_refs.setdefault(pod.key, {})[selection.nad_key] = claim[1]
+
+    def _index_vm(self, before: _Pod | None, after: _Pod | None) -> None:
+        """Keep `_vms` (the pods of each VM) up to date for one pod."""
+        if before is not None and before.vm is not None:
+            members = self._vms.get((before.namespace, before.vm))
+            if members is not None:
+                members.discard(before.key)
+                if not members:
+                    del self._vms[(before.namespace, before.vm)]
+        if after is not None and after.vm is not None:
+            self._vms[(after.namespace, after.vm)].add(after.key)
+
+    def _queue_vm(self, pod: _Pod) -> None:
+        for key in self._vms.get((pod.namespace, pod.vm or ""), ()):
+            if key != pod.key:
+                self._queue_pod(key)
+
+    def _migration(self, pod: _Pod) -> migration.Decision | None:
+        """The port modes of the live pods of the pod's VM; None for a pod of no VM."""
+        if pod.vm is None:
+            return None
+        members = (self._pods.get(k) for k in self._vms.get((pod.namespace, pod.vm), ()))
+        return migration.decide(pod.vm, (
+            migration.VmPod(key=p.key, created=p.created, target_ready=p.target_ready)
+            for p in members if p is not None and p.live))
 
     def _note_gone(self, key: Key, pod: _Pod) -> None:
         gone = self._gone.setdefault(key, [])
@@ -1025,6 +1083,13 @@ class Reconciler:
         annotation = pod.networks
         if not node or not annotation or pod.finished or pod.deleting:
             return []
+        decision = self._migration(pod)
+        mode = migration.ACTIVE
+        if decision is not None:
+            if pod.key in decision.refused:
+                problems.append((migration.CONFLICT, decision.refused[pod.key]))
+                return []
+            mode = decision.modes.get(pod.key, migration.ACTIVE)
         try:
             chosen = selections.parse(annotation, pod_namespace=namespace, pod_name=name)
         except errors.InvalidConfig as exc:
@@ -1082,6 +1147,7 @@ class Reconciler:
             result.append((network, desired.Attachment(
                 nad_key=selection.nad_key, pod_namespace=namespace, pod_name=name,
                 pod_uid=uid, node=str(node), mac=entry.mac_address, ips=entry.ip_addresses,
+                mode=mode,
             )))
         # said once the others are known: attached ones are named, never assumed
         attached = ", ".join(a.nad_key for _, a in result)
@@ -1182,7 +1248,10 @@ class Reconciler:
             return
         if not await self._persist_claims(pod, recorded, claimed):
             return  # not annotated: the claim's change (or a full sync) queues the pod again
-        want = desired.state((), attachments)
+        # at a live migration's switch-over, the target's ports are enabled and the source's
+        # disabled in one transaction (the source's only if still there: `client.Part`)
+        vacated = self._vacated_source_ports(pod)
+        want = desired.state((), [*attachments, *vacated])
         fingerprint = _fingerprint(want)
         written = self._written_now()
         if written.get(key) == fingerprint and podnetworks.encode(recorded) == before:
@@ -1200,7 +1269,8 @@ class Reconciler:
             self._needs_sync = True
             return
         written.pop(key, None)
-        outcome = await self._nb_writes.submit(want)  # the pod's ports: all or nothing
+        outcome = await self._nb_writes.submit(client.Part(
+            want=want, existing=frozenset(a.port_name for _, a in vacated)))  # all or nothing
         if outcome.error is not None:
             logger.warning("NB write for pod %s/%s failed, a full sync will retry: %s",
                            *key, outcome.error)
@@ -1212,6 +1282,28 @@ class Reconciler:
                 written[key] = fingerprint
             if not outcome.change.empty:  # new ports join policies' port groups
                 self.policies.touch(networks=[network.name for network, _ in attachments])
+
+    def _vacated_source_ports(
+            self, pod: _Pod) -> list[tuple[nads.NetworkConfig, desired.Attachment]]:
+        """For the target of a live migration whose domain is ready: the source's ports, as
+        its annotation records them, VACATED (`migration`); else nothing."""
+        decision = self._migration(pod)
+        if decision is None or not decision.switched or decision.target != pod.key \
+                or decision.source is None:
+            return []
+        source = self._pods.get(decision.source)
+        if source is None or source.node is None:
+            return []
+        found = []
+        for nad_key, entry in self._recorded(source)[1].items():
+            nad = self._nads.get(_split(nad_key))
+            if nad is None or not nad.applied or nad.config is None:
+                continue
+            found.append((self._networks[nad.config.name], desired.Attachment(
+                nad_key=nad_key, pod_namespace=source.namespace, pod_name=source.name,
+                pod_uid=source.uid, node=source.node, mac=entry.mac_address,
+                ips=entry.ip_addresses, mode=migration.VACATED)))
+        return found
 
     async def _persist_claims(
         self, pod: _Pod, recorded: Mapping[str, podnetworks.PodNetwork],
@@ -1442,8 +1534,10 @@ class Reconciler:
         self._claims = persistentips.Book(persistentips.parse(b) for b in claim_list)
         self._claim_refs = {}
         self._claim_selecting = collections.defaultdict(set)
+        self._vms = collections.defaultdict(set)
         for pod in pods.values():
             self._index(None, pod)
+            self._index_vm(None, pod)
         self._decoded = {k: v for k, v in self._decoded.items() if k in self._pods}
         self._written.clear()
         for body in nad_list:

@@ -55,7 +55,7 @@ SYNC_BATCH = 500
 MONITORED: dict[str, tuple[str, ...]] = {
     "Logical_Switch": ("name", "ports", "external_ids", "other_config"),
     "Logical_Switch_Port": ("name", "type", "addresses", "port_security", "external_ids",
-                            "options", "tag_request"),
+                            "options", "tag_request", "enabled"),
     # policy rows: the columns of desired.PortGroup/Acl/AddressSet and their references
     "Port_Group": ("name", "ports", "acls", "external_ids"),
     "ACL": ("name", "priority", "direction", "match", "action", "options", "external_ids"),
@@ -133,10 +133,13 @@ class _Idl(connection.OvsdbIdl):  # type: ignore[misc]
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Part:
     """What `converge` makes NB hold: the rows of `want`; and rows of ours among `switches`
-    that `want` lacks are deleted (with their ports)."""
+    that `want` lacks are deleted (with their ports). Ports of `want` named in `existing` are
+    only updated, never created: another pod's ports changed with this one's (a live
+    migration's switch-over), which must not come back if that pod was removed meanwhile."""
 
     want: desired.State
     switches: frozenset[str] = frozenset()
+    existing: frozenset[str] = frozenset()
 
 
 class _Converge(command.BaseCommand):  # type: ignore[misc]
@@ -151,6 +154,7 @@ class _Converge(command.BaseCommand):  # type: ignore[misc]
         self.northbound = northbound
         self.want = part.want
         self.scope = part.switches
+        self.existing = part.existing
 
     def run_idl(self, txn: Any) -> None:
         # the ports' switches too: a port is never written into a switch we do not own
@@ -160,7 +164,11 @@ class _Converge(command.BaseCommand):  # type: ignore[misc]
             {p.name: p.switch for p in self.want.ports.values()})
         have = desired.State(
             switches={n: s for n, s in have.switches.items() if n in wanted}, ports=have.ports)
-        change = diff.diff(self.want, have, foreign=foreign)
+        want = self.want
+        if self.existing - set(have.ports):
+            want = dataclasses.replace(want, ports={
+                n: p for n, p in want.ports.items() if n not in self.existing or n in have.ports})
+        change = diff.diff(want, have, foreign=foreign)
         for nested in self.northbound._commands(change):
             nested.run_idl(txn)
         self.result = change
@@ -381,6 +389,7 @@ class Northbound:
                 external_ids=external_ids,
                 options=datums.map_(row, "options"),
                 tag_request=datums.scalar(row, "tag_request"),
+                enabled=datums.scalar(row, "enabled"),
             )
         return desired.State(switches=switches, ports=ports), frozenset(foreign)
 
@@ -512,6 +521,7 @@ class Northbound:
                 external_ids=dict(port.external_ids),
                 options=dict(port.options),
                 tag_request=[port.tag_request] if port.tag_request is not None else [],
+                enabled=[port.enabled] if port.enabled is not None else [],
             )
         for update in change.update_ports:
             yield from self._update_commands("Logical_Switch_Port", update)
@@ -521,7 +531,7 @@ class Northbound:
     def _update_commands(self, table: str, update: diff.Update) -> Iterator[Any]:
         values: list[tuple[str, Any]] = []
         for column, value in update.columns.items():
-            if column == "tag_request":
+            if column in ("tag_request", "enabled"):  # optional: a set of 0 or 1
                 value = [value] if value is not None else []
             elif isinstance(value, tuple):
                 value = list(value)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 
-from ovnk_secondary import nads, naming
+from ovnk_secondary import migration, nads, naming
 
 OWNED = {naming.OWNER_KEY: naming.OWNER_VALUE}
 # Map keys we manage per column: any other key in those maps (someone else's) is left alone.
@@ -65,6 +65,7 @@ class Port:
     external_ids: Mapping[str, str] = dataclasses.field(default_factory=dict)
     options: Mapping[str, str] = dataclasses.field(default_factory=dict)
     tag_request: int | None = None
+    enabled: bool | None = None  # None: the column unset (OVN: enabled)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
@@ -128,6 +129,7 @@ class Attachment:
     node: str
     mac: str
     ips: tuple[str, ...] | None  # CIDR strings; None without IPAM
+    mode: migration.PortMode = migration.ACTIVE  # a live-migrating VM's pods: `migration`
 
     @property
     def port_name(self) -> str:
@@ -177,12 +179,16 @@ def localnet_port(network: nads.NetworkConfig) -> Port | None:
 
 
 def pod_port(network: nads.NetworkConfig, attachment: Attachment) -> Port:
+    """A pod's port: its MAC and IPs as addresses and port security; during a VM's live
+    migration also `enabled=false`, and no addresses on a vacated source (`migration`)."""
     address = " ".join([attachment.mac, *(ip.split("/")[0] for ip in attachment.ips or ())])
+    mode = attachment.mode
     return Port(
         name=attachment.port_name,
         switch=switch_name(network),
-        addresses=(address,),
+        addresses=(address,) if mode.addresses else (),
         port_security=(address,),
+        enabled=None if mode.enabled else False,
         external_ids={
             "namespace": attachment.pod_namespace,
             "pod": "true",

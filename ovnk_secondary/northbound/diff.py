@@ -21,7 +21,8 @@ from ovnk_secondary import naming
 from ovnk_secondary.northbound import desired
 
 _SWITCH_COLUMNS = ("external_ids", "other_config")
-_PORT_COLUMNS = ("type", "addresses", "port_security", "external_ids", "options", "tag_request")
+_PORT_COLUMNS = ("type", "addresses", "port_security", "external_ids", "options", "tag_request",
+                 "enabled")
 _ACL_COLUMNS = ("priority", "direction", "match", "action", "name", "options", "external_ids")
 _ADDRESS_SET_REFERENCE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_.]*)")
 

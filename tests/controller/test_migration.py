@@ -1,0 +1,163 @@
+"""Live migration on the controller's side: a VM's source and target virt-launcher pods in the
+real API server, their logical switch ports in a real NB (OVN-Kubernetes' strategy, see
+`ovnk_secondary/migration.py`). The switch-over is checked in NB's own transaction log."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from ovnk_secondary import migration, persistentips
+from ovnk_secondary.northbound import servers
+from tests.controller.harness import Api, Controller, nb_get, ports, until
+
+NS = "vms"
+NAD = "vmnet"
+READY = {migration.TARGET_READY: "2026-12-01T03:00:00Z"}
+
+
+def _launcher(api: Api, name: str, *, node: str, vm: str = "vm-a",
+              claim: str | None = "vm-a.vmnet") -> None:
+    element: dict[str, Any] = {"name": NAD}
+    if claim is not None:
+        element["ipam-claim-reference"] = claim
+    api.create_pod(NS, name, json.dumps([element]), node=node,
+                   labels={persistentips.VM_LABEL: vm, "kubevirt.io": "virt-launcher"})
+    time.sleep(1.1)  # creationTimestamp has a resolution of one second: the order is by it
+
+
+def _port(name: str) -> str:
+    return f"{NS}.{NAD}_{NS}_{name}"
+
+
+def _row(nb: servers.NbServer, pod: str) -> tuple[str, str, str]:
+    """(enabled, addresses, port_security) of the pod's port, as ovn-nbctl prints them."""
+    name = _port(pod)
+    return (nb_get(nb, "Logical_Switch_Port", name, "enabled"),
+            nb_get(nb, "Logical_Switch_Port", name, "addresses"),
+            nb_get(nb, "Logical_Switch_Port", name, "port_security"))
+
+
+def _annotate(api: Api, name: str, annotations: dict[str, str | None]) -> None:
+    api.core_api.patch_namespaced_pod(name, NS, {"metadata": {"annotations": annotations}})
+
+
+def _transactions(nb: servers.NbServer) -> list[dict[str, Any]]:
+    """NB's committed transactions, from its database file (a log of JSON records)."""
+    records = []
+    for line in nb.database.read_text().splitlines():
+        if line.startswith("{"):
+            records.append(json.loads(line))
+    return records
+
+
+@pytest.fixture
+def vmnet(api: Api) -> None:
+    api.create_nad(NS, NAD, name=NAD, topology="layer2", subnets="10.70.0.0/24",
+                   allowPersistentIPs=True)
+    api.create_claim(NS, "vm-a.vmnet", NAD)
+
+
+def test_the_target_waits_disabled_and_the_switch_over_is_one_transaction(
+    api: Api, nb_server: servers.NbServer, controller: Controller, vmnet: None
+) -> None:
+    _launcher(api, "launcher-src", node="node1")
+    source = until(lambda: (api.pod_networks(NS, "launcher-src") or {}).get(f"{NS}/{NAD}"),
+                   "the source got no addresses")
+    address = f"{source['mac_address']} {source['ip_addresses'][0].split('/')[0]}"
+    _launcher(api, "launcher-dst", node="node2")
+    until(lambda: _port("launcher-dst") in ports(nb_server), "no target port")
+    target = api.pod_networks(NS, "launcher-dst") or {}
+    assert target[f"{NS}/{NAD}"] == source  # the claim's IPs, hence the MAC
+    # until the domain is ready on the target, traffic goes to the source
+    assert _row(nb_server, "launcher-dst") == ("false", f'["{address}"]', f'["{address}"]')
+    assert _row(nb_server, "launcher-src") == ("[]", f'["{address}"]', f'["{address}"]')
+    options = nb_get(nb_server, "Logical_Switch_Port", _port("launcher-dst"), "options")
+    assert 'requested-chassis=node2' in options
+
+    _annotate(api, "launcher-dst", READY)
+    until(lambda: _row(nb_server, "launcher-dst")[0] == "[]", "the target stayed disabled")
+    # the source disabled and without addresses: off the switch's L2 lookup (localnet learns)
+    assert _row(nb_server, "launcher-src") == ("false", "[]", f'["{address}"]')
+    uuids = {pod: nb_server.nbctl("--bare", "--columns=_uuid", "find", "Logical_Switch_Port",
+                                  f"name={_port(pod)}").strip()
+             for pod in ("launcher-src", "launcher-dst")}
+    switch_over = [t for t in _transactions(nb_server)
+                   if uuids["launcher-dst"] in t.get("Logical_Switch_Port", {})
+                   and "enabled" in t["Logical_Switch_Port"][uuids["launcher-dst"]]
+                   and t["Logical_Switch_Port"][uuids["launcher-dst"]]["enabled"] == ["set", []]]
+    assert len(switch_over) == 1, switch_over
+    assert set(switch_over[0]["Logical_Switch_Port"]) == set(uuids.values())
+
+    # the migration completes: the source pod goes, the target is alone and as usual
+    api.delete_pod(NS, "launcher-src")
+    until(lambda: _port("launcher-src") not in ports(nb_server), "the source's port stayed")
+    assert _row(nb_server, "launcher-dst") == ("[]", f'["{address}"]', f'["{address}"]')
+    assert api.pod_networks(NS, "launcher-dst") == target
+
+
+def test_a_failed_or_aborted_migration_leaves_the_source_as_it_was(
+    api: Api, nb_server: servers.NbServer, controller: Controller, vmnet: None
+) -> None:
+    _launcher(api, "launcher-src", node="node1")
+    until(lambda: _port("launcher-src") in ports(nb_server), "no source port")
+    before = _row(nb_server, "launcher-src")
+    _launcher(api, "launcher-dst", node="node2")
+    until(lambda: _row(nb_server, "launcher-dst")[0] == "false", "no disabled target port")
+    # the target fails (virt-launcher exits before the domain is ready)
+    api.core_api.patch_namespaced_pod_status("launcher-dst", NS, {"status": {"phase": "Failed"}})
+    until(lambda: _port("launcher-dst") not in ports(nb_server), "the failed target's port")
+    assert _row(nb_server, "launcher-src") == before
+    # a second attempt, aborted (its pod deleted) after it was created
+    _launcher(api, "launcher-dst2", node="node2")
+    until(lambda: _row(nb_server, "launcher-dst2")[0] == "false", "no disabled target port")
+    api.delete_pod(NS, "launcher-dst2")
+    until(lambda: _port("launcher-dst2") not in ports(nb_server), "the aborted target's port")
+    assert _row(nb_server, "launcher-src") == before
+
+
+def test_a_third_live_pod_of_a_vm_is_refused_with_an_event(
+    api: Api, nb_server: servers.NbServer, controller: Controller, vmnet: None
+) -> None:
+    _launcher(api, "launcher-1", node="node1")
+    _launcher(api, "launcher-2", node="node2")
+    until(lambda: _port("launcher-2") in ports(nb_server), "no target port")
+    _launcher(api, "launcher-3", node="node1")
+    events = until(lambda: [e for e in api.events("launcher-3")
+                            if e["reason"] == migration.CONFLICT], "no LiveMigrationConflict")
+    assert events[0]["type"] == "Warning"
+    assert "launcher-1 (migration source) and launcher-2 (target)" in events[0]["message"]
+    assert api.pod_networks(NS, "launcher-3") is None
+    assert _port("launcher-3") not in ports(nb_server)
+    # once the target is gone, the third pod is the new target (waiting, disabled)
+    api.delete_pod(NS, "launcher-2")
+    until(lambda: _row(nb_server, "launcher-3")[0] == "false", "the third pod stayed out")
+
+
+def test_a_controller_restart_mid_migration_keeps_each_port_as_it_was(
+    api: Api, nb_server: servers.NbServer, vmnet: None
+) -> None:
+    first = Controller(nb_remote=nb_server.remote, kubeconfig=api.kubeconfig)
+    first.start()
+    try:
+        _launcher(api, "launcher-src", node="node1")
+        _launcher(api, "launcher-dst", node="node2")
+        until(lambda: _row(nb_server, "launcher-dst")[0] == "false", "no disabled target")
+    finally:
+        first.stop()
+    waiting = {pod: _row(nb_server, pod) for pod in ("launcher-src", "launcher-dst")}
+    _annotate(api, "launcher-dst", READY)  # while no controller runs
+    second = Controller(nb_remote=nb_server.remote, kubeconfig=api.kubeconfig)
+    second.start()
+    try:
+        until(lambda: _row(nb_server, "launcher-dst")[0] == "[]", "the switch-over was lost")
+        assert _row(nb_server, "launcher-src") == ("false", "[]", waiting["launcher-src"][2])
+        assert _row(nb_server, "launcher-dst")[1] == waiting["launcher-src"][1]
+        time.sleep(1)  # the full sync and the pods' own turns agree: nothing flips back
+        assert _row(nb_server, "launcher-src") == ("false", "[]", waiting["launcher-src"][2])
+        assert _row(nb_server, "launcher-dst")[0] == "[]"
+    finally:
+        second.stop()

@@ -1,0 +1,60 @@
+"""`migration.decide`: which of a VM's live pods gets the traffic (pure)."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ovnk_secondary import migration
+
+
+def _pod(name: str, created: str, ready: bool = False) -> migration.VmPod:
+    return migration.VmPod(key=("vms", name), created=created, target_ready=ready)
+
+
+def test_one_pod_is_active() -> None:
+    decision = migration.decide("vm", [_pod("a", "2026-01-01T00:00:00Z")])
+    assert decision.modes == {("vms", "a"): migration.ACTIVE}
+    assert decision.source is None and not decision.refused
+
+
+def test_the_newer_pod_waits_disabled_until_its_domain_is_ready() -> None:
+    src, dst = _pod("b-src", "2026-01-01T00:00:00Z"), _pod("a-dst", "2026-01-01T00:00:05Z")
+    waiting = migration.decide("vm", [dst, src])  # any order in: by creation time
+    assert waiting.modes == {src.key: migration.ACTIVE, dst.key: migration.WAITING}
+    assert (waiting.source, waiting.target, waiting.switched) == (src.key, dst.key, False)
+    ready = migration.decide("vm", [src, _pod("a-dst", "2026-01-01T00:00:05Z", ready=True)])
+    assert ready.modes == {src.key: migration.VACATED, dst.key: migration.ACTIVE}
+    assert ready.switched
+
+
+def test_a_tie_on_creation_time_is_broken_by_name() -> None:
+    one, two = _pod("one", "2026-01-01T00:00:00Z"), _pod("two", "2026-01-01T00:00:00Z")
+    assert migration.decide("vm", [two, one]).source == one.key
+
+
+def test_a_third_pod_is_refused_naming_the_two_migrating() -> None:
+    pods = [_pod(f"p{i}", f"2026-01-01T00:00:0{i}Z") for i in range(3)]
+    decision = migration.decide("vm-x", pods)
+    assert set(decision.modes) == {pods[0].key, pods[1].key}
+    assert "VM vm-x already has two live pods, p0 (migration source) and p1 (target)" in \
+        decision.refused[pods[2].key]
+
+
+_pods = st.lists(st.builds(
+    _pod, st.text("abc", min_size=1, max_size=3),
+    st.sampled_from(["2026-01-01T00:00:00Z", "2026-01-01T00:00:01Z", "2026-01-01T00:00:02Z"]),
+    st.booleans()), unique_by=lambda p: p.key, max_size=5)
+
+
+@given(_pods)
+def test_exactly_one_pod_gets_traffic_and_every_pod_is_decided_once(
+        pods: list[migration.VmPod]) -> None:
+    decision = migration.decide("vm", pods)
+    assert set(decision.modes) | set(decision.refused) == {p.key for p in pods}
+    assert not set(decision.modes) & set(decision.refused)
+    assert len(decision.modes) == min(len(pods), 2)
+    enabled = [k for k, m in decision.modes.items() if m.enabled]
+    assert len(enabled) == (1 if pods else 0)
+    # a pod without addresses is never the one enabled (the vacated source)
+    assert all(m.addresses for m in decision.modes.values() if m.enabled)
