@@ -30,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 
 import benchapi  # beside this file (benchmarks/ is the script's directory)
 import ovs.poller
@@ -45,20 +46,34 @@ NAD = {"cniVersion": "0.3.1", "name": "bench", "type": "ovn-k8s-cni-overlay",
 
 class CommitWatcher(ovs_idl.Idl):  # type: ignore[misc]
     """An independent NB client that records when each row of `tables` appears (`seen`) and
-    goes (`deleted`), by name."""
+    goes (`deleted`), by name.
 
-    def __init__(self, remote: str, tables: tuple[str, ...] = ("Logical_Switch_Port",)) -> None:
+    `columns` registers more (table: columns) to read, e.g. for a predicate over the whole
+    state: `on_change(stamp)`, when set, is called in the watcher's thread after each batch of
+    updates (`stamp`: when the batch was read), so it reads consistent rows. Other threads
+    read rows holding `lock`."""
+
+    def __init__(self, remote: str, tables: tuple[str, ...] = ("Logical_Switch_Port",),
+                 columns: Mapping[str, Sequence[str]] | None = None) -> None:
         helper = ovs_idl.SchemaHelper(location=str(servers.SCHEMA))
-        for table in tables:
-            helper.register_columns(table, ["name"])
+        registered: dict[str, set[str]] = {table: {"name"} for table in tables}
+        for table, names in (columns or {}).items():
+            registered.setdefault(table, set()).update(names)
+        for table, names in registered.items():
+            helper.register_columns(table, sorted(names))
         super().__init__(remote, helper)
+        self._named = frozenset(tables)
         self.seen: dict[str, float] = {}
         self.deleted: dict[str, float] = {}
+        self.lock = threading.Lock()
+        self.on_change: Callable[[float], None] | None = None
         self._stop = False
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def notify(self, event: str, row: object, updates: object = None) -> None:
+        if getattr(row, "_table").name not in self._named:  # noqa: B009
+            return
         name = getattr(row, "name")  # noqa: B009
         if event == ovs_idl.ROW_CREATE:
             self.seen.setdefault(name, time.monotonic())
@@ -67,7 +82,11 @@ class CommitWatcher(ovs_idl.Idl):  # type: ignore[misc]
 
     def _run(self) -> None:
         while not self._stop:
-            self.run()
+            with self.lock:
+                seqno = self.change_seqno
+                self.run()
+                if self.on_change is not None and self.change_seqno != seqno:
+                    self.on_change(time.monotonic())
             poller = ovs.poller.Poller()
             self.wait(poller)
             poller.timer_wait(100)
