@@ -88,6 +88,7 @@ NODE_PRIVILEGES: dict[str, Any] = {
 }
 # The reference scenario's external hosts: VLAN -> (namespace in the external container, address).
 EXTERNAL_HOSTS = {33: ("vlan33", "172.17.33.1"), 34: ("vlan34", "172.17.34.1")}
+GUEST_NETNS_INFIX = "-vm-"  # <sandbox>-vm-<vm>: the guests of the VM stand-in (`vms`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -725,6 +726,13 @@ def down(name: str) -> None:
             break
         time.sleep(0.5)
     shutil.rmtree(state_dir(name), ignore_errors=True)
+    # the guests of the VM stand-in (`vms`): network namespaces on this machine
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                            check=False).stdout
+    for line in listed.splitlines():
+        netns = (line.split() or [""])[0]
+        if netns.startswith(f"{name}{GUEST_NETNS_INFIX}"):
+            subprocess.run(["ip", "netns", "del", netns], check=False, capture_output=True)
 
 
 def _container(

@@ -1,0 +1,429 @@
+"""A KubeVirt VM stand-in for the sandbox (a sandbox component, not the product).
+
+KubeVirt cannot run here (no nested virtualisation), so this reproduces what matters to a
+secondary network: what KubeVirt's *bridge binding* does to a virt-launcher pod's interface,
+and what virt-controller and virt-handler do to the pods around a restart or a live migration.
+
+- **The virt-launcher pod**: `virt-launcher-<vm>-<5 chars>`, labels `kubevirt.io=virt-launcher`
+  and `vm.kubevirt.io/name=<vm>`, one network selection element per NIC (`interface` net1,
+  net2, ...; `ipam-claim-reference: <vm>.<interface>` on networks with `allowPersistentIPs`,
+  whose IPAMClaim is created first, as KubeVirt's ipam-extensions do; the same static `ips`
+  and `mac` on IPAM-less networks, the cloud-init case).
+- **The bridge binding**: in the pod, the CNI's interface loses its address and MAC (it gets
+  a random one) and is enslaved to a Linux bridge `k6t-<iface>` with a tap-like veth; the
+  other end of that veth is the **guest's NIC**, named `<iface>`, with the MAC and IPs of the
+  pod annotation (`k8s.ovn.org/pod-networks`).
+- **The guest** is a network namespace on the machine running the sandbox,
+  `<sandbox>-vm-<vm>`: the VM's "kernel". It outlives pods, so a live migration keeps its
+  sockets (a TCP connection survives, as the guest's memory does in a real migration).
+- **Live migration** (`migrate`): virt-controller creates the target pod on another node; the
+  guest's NIC is prepared there (down); at the switch-over the source NIC is removed and the
+  target NIC takes its name, MAC and IPs (the domain pauses on the source and resumes on the
+  target), the guest announces itself as QEMU does (RARP, 5 rounds: 0, 50, 150, 300, 500 ms)
+  and with a gratuitous ARP, then virt-handler sets `kubevirt.io/migration-target-ready-
+  timestamp` on the target pod, and the source pod goes. `abort=True` stops before the switch-
+  over and deletes the target pod.
+- **Restart** (`restart`): the pod is deleted, a new one created (maybe on another node); the
+  guest's NIC is plugged again with what the new annotation says.
+
+The pod's network namespace is reached from this machine through the node container's
+`/proc/<pid>/root` (`nsenter --net=...`), so that a veth end can go straight into the guest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import itertools
+import json
+import secrets
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import kubernetes
+
+from ovnk_secondary import errors, migration, persistentips
+from ovnk_secondary.sandbox import cluster, scenario
+
+LAUNCHER_LABEL = ("kubevirt.io", "virt-launcher")
+NADS = ("k8s.cni.cncf.io", "v1", "network-attachment-definitions")
+CLAIMS = ("k8s.cni.cncf.io", "v1alpha1", "ipamclaims")
+
+# QEMU's self-announce after a migration: RARP from the guest's MAC, 5 rounds, 50 ms then
+# +100 ms apart (include/migration/misc.h), plus the guest's own gratuitous ARP.
+ANNOUNCE = """
+import socket, struct, sys, time
+iface, mac, ip = sys.argv[1], bytes.fromhex(sys.argv[2].replace(":", "")), sys.argv[3]
+sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+sock.bind((iface, 0))
+broadcast = b"\\xff" * 6
+rarp = broadcast + mac + b"\\x80\\x35" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 3) \\
+    + mac + bytes(4) + mac + bytes(4)
+garp = broadcast + mac + b"\\x08\\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) \\
+    + mac + socket.inet_aton(ip) + bytes(6) + socket.inet_aton(ip) if ip else b""
+for delay in (0, 0.05, 0.1, 0.15, 0.2):
+    time.sleep(delay)
+    sock.send(rarp)
+    if garp:
+        sock.send(garp)
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Nic:
+    """One NIC of a VM: its pod interface (and the guest's NIC name), NAD and addressing."""
+
+    interface: str  # net1, net2, ...
+    nad: str  # namespace/name
+    claim: str | None = None  # IPAMClaim name (networks with allowPersistentIPs)
+    ips: tuple[str, ...] = ()  # static, IPAM-less networks (address/prefix)
+    mac: str | None = None  # static
+
+    def element(self) -> dict[str, Any]:
+        namespace, name = self.nad.split("/", 1)
+        element: dict[str, Any] = {"namespace": namespace, "name": name,
+                                   "interface": self.interface}
+        if self.claim:
+            element["ipam-claim-reference"] = self.claim
+        if self.ips:
+            element["ips"] = list(self.ips)
+        if self.mac:
+            element["mac"] = self.mac
+        return element
+
+
+@dataclasses.dataclass(frozen=True)
+class Migration:
+    """What `migrate` did, with monotonic times (seconds) of its steps."""
+
+    source: scenario.PodView
+    target: scenario.PodView
+    paused: float  # the source NIC removed from the guest
+    resumed: float  # the target NIC up with the guest's MAC and IPs (announce sent)
+    ready: float  # TARGET_READY set on the target pod
+
+
+def guest_netns(sb: cluster.Sandbox, vm: str) -> str:
+    return f"{sb.name}{cluster.GUEST_NETNS_INFIX}{vm}"
+
+
+def guest(sb: cluster.Sandbox, vm: str, command: Sequence[str], *, check: bool = False,
+          timeout: float = 60) -> cluster.ExecResult:
+    """`command` inside the guest (its network namespace, on this machine)."""
+    done = subprocess.run(["ip", "netns", "exec", guest_netns(sb, vm), *command],
+                          capture_output=True, text=True, timeout=timeout, check=False)
+    if check and done.returncode != 0:
+        raise errors.SandboxError(f"{shlex.join(command)} in VM {vm}: {done.stderr.strip()}")
+    return cluster.ExecResult(done.returncode, done.stdout, done.stderr)
+
+
+def launchers(sb: cluster.Sandbox, vm: str, namespace: str) -> list[dict[str, Any]]:
+    """The VM's virt-launcher pods (as the API returns them), oldest first."""
+    pods = scenario.core_api(sb).list_namespaced_pod(
+        namespace, label_selector=f"{persistentips.VM_LABEL}={vm}")
+    items = [p.to_dict() for p in pods.items if not p.metadata.deletion_timestamp]
+    return sorted(items, key=lambda p: (p["metadata"]["creation_timestamp"],
+                                        p["metadata"]["name"]))
+
+
+def nics_for(sb: cluster.Sandbox, vm: str, nads: Sequence[str],
+             static: dict[str, tuple[tuple[str, ...], str | None]] | None = None) -> list[Nic]:
+    """The VM's NICs on `nads` (namespace/name), net1 onwards; a claim `<vm>.<iface>` on the
+    networks that allow persistent IPs; `static` gives (ips, mac) per NAD (IPAM-less)."""
+    custom = scenario.custom_api(sb)
+    nics = []
+    for index, nad in enumerate(nads, start=1):
+        namespace, name = nad.split("/", 1)
+        body = custom.get_namespaced_custom_object(NADS[0], NADS[1], namespace, NADS[2], name)
+        config = json.loads(body["spec"]["config"])
+        interface = f"net{index}"
+        ips, mac = (static or {}).get(nad, ((), None))
+        claim = f"{vm}.{interface}" if config.get("allowPersistentIPs") and \
+            config.get("subnets") else None
+        nics.append(Nic(interface=interface, nad=nad, claim=claim, ips=tuple(ips), mac=mac))
+    return nics
+
+
+def _ensure_claim(sb: cluster.Sandbox, namespace: str, nic: Nic) -> None:
+    """The IPAMClaim as KubeVirt's ipam-extensions create it (spec.network: the network's
+    name in the NAD's config)."""
+    assert nic.claim is not None
+    custom = scenario.custom_api(sb)
+    nad_namespace, nad_name = nic.nad.split("/", 1)
+    body = custom.get_namespaced_custom_object(NADS[0], NADS[1], nad_namespace, NADS[2], nad_name)
+    network = json.loads(body["spec"]["config"])["name"]
+    try:
+        custom.create_namespaced_custom_object(CLAIMS[0], CLAIMS[1], namespace, CLAIMS[2], {
+            "apiVersion": f"{CLAIMS[0]}/{CLAIMS[1]}", "kind": "IPAMClaim",
+            "metadata": {"name": nic.claim, "namespace": namespace},
+            "spec": {"network": network, "interface": nic.interface}})
+    except kubernetes.client.ApiException as exc:  # 409: it exists
+        if exc.status != 409:
+            raise
+
+
+def _start_launcher(sb: cluster.Sandbox, vm: str, namespace: str, node: str,
+                    nics: Sequence[Nic]) -> scenario.PodView:
+    name = f"virt-launcher-{vm}-{secrets.token_hex(3)[:5]}"
+    body = {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace,
+                     "labels": {LAUNCHER_LABEL[0]: LAUNCHER_LABEL[1],
+                                persistentips.VM_LABEL: vm},
+                     "annotations": {"k8s.v1.cni.cncf.io/networks": json.dumps(
+                         [nic.element() for nic in nics])}},
+        "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1,
+                 "containers": [{
+                     "name": "compute", "image": "ovnk-sandbox/workload:busybox",
+                     "imagePullPolicy": "IfNotPresent",
+                     "command": ["sh", "-c",
+                                 "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done"],
+                 }]},
+    }
+    scenario.core_api(sb).create_namespaced_pod(namespace, body)
+    scenario.wait_ready(sb, [name], namespace=namespace)
+    return scenario.view(sb, name, namespace=namespace)
+
+
+def _node_pid(sb: cluster.Sandbox, node: str) -> int:
+    done = subprocess.run(["docker", "inspect", "-f", "{{.State.Pid}}", sb.container(node)],
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout.strip())
+
+
+def _in_pod(sb: cluster.Sandbox, pod: scenario.PodView, argv: Sequence[str], *,
+            stdin: str | None = None) -> str:
+    """`argv` in the pod's network namespace, from this machine; its output."""
+    if pod.netns is None:
+        raise errors.SandboxError(f"pod {pod.namespace}/{pod.name} has no interface of ours")
+    # the node's own view of the path (its /var/run is a link to /run: resolved there)
+    real = sb.exec(pod.node, ["readlink", "-f", pod.netns]).stdout.strip()
+    path = f"/proc/{_node_pid(sb, pod.node)}/root{real}"
+    done = subprocess.run(["nsenter", f"--net={path}", *argv], input=stdin,
+                          capture_output=True, text=True, timeout=30, check=False)
+    if done.returncode != 0:
+        raise errors.SandboxError(f"in pod {pod.namespace}/{pod.name}: {done.stderr.strip()}")
+    return done.stdout
+
+
+def _random_mac() -> str:
+    octets = bytearray(secrets.token_bytes(6))
+    octets[0] = (octets[0] & 0xFC) | 0x02  # locally administered, unicast
+    return ":".join(f"{o:02x}" for o in octets)
+
+
+def _plug(sb: cluster.Sandbox, vm: str, pod: scenario.PodView, nics: Sequence[Nic], *,
+          prefix: str) -> None:
+    """KubeVirt's bridge binding in the pod; the guest end of each NIC's veth goes into the
+    guest, named `<prefix><iface>`, down and without addresses."""
+    mtus = {link["ifname"]: link["mtu"] for link in json.loads(_in_pod(sb, pod, ["ip", "-j",
+                                                                              "link"]))}
+    lines = []
+    for nic in nics:
+        iface, guest_end = nic.interface, f"{prefix}{nic.interface}"
+        mtu = mtus[iface]  # the guest's NIC gets the pod interface's MTU, as in KubeVirt
+        lines += [f"link add k6t-{iface} type bridge", f"link set k6t-{iface} up",
+                  f"addr flush dev {iface}", f"link set {iface} down",
+                  f"link set {iface} address {_random_mac()}",
+                  f"link set {iface} master k6t-{iface}", f"link set {iface} up",
+                  # the guest's end is made in the guest: its name is the pod's interface's
+                  f"link add tap-{iface} mtu {mtu} type veth peer name {guest_end} "
+                  f"mtu {mtu} netns {guest_netns(sb, vm)}",
+                  f"link set tap-{iface} master k6t-{iface}", f"link set tap-{iface} up"]
+    _in_pod(sb, pod, ["ip", "-batch", "-"], stdin="\n".join(lines) + "\n")
+    for nic in nics:  # the guest's checksums, finished by the kernel (userspace OVS, see
+        # external.sh); and no IPv6 chatter from the guest's link-local address
+        guest(sb, vm, ["ethtool", "-K", f"{prefix}{nic.interface}", "tx", "off"], check=True)
+        guest(sb, vm, ["sysctl", "-qw",
+                       f"net.ipv6.conf.{prefix}{nic.interface}.disable_ipv6=1"], check=True)
+
+
+def _addressing(pod: scenario.PodView, nic: Nic) -> tuple[str, list[str]]:
+    entry = pod.pod_networks.get(nic.nad)
+    if entry is None:
+        raise errors.SandboxError(f"pod {pod.name} has no address on {nic.nad}")
+    return str(entry["mac_address"]), list(entry.get("ip_addresses") or [])
+
+
+def _activate(sb: cluster.Sandbox, vm: str, pod: scenario.PodView, nics: Sequence[Nic], *,
+              prefix: str, remove_old: bool) -> None:
+    """The guest's NICs up with the MAC and IPs of `pod`'s annotation (the NICs of the
+    previous pod removed first when `remove_old`), then the announce (`ANNOUNCE`)."""
+    lines = []
+    for nic in nics:
+        mac, ips = _addressing(pod, nic)
+        if remove_old:
+            lines.append(f"link del {nic.interface}")
+        if prefix:
+            lines.append(f"link set {prefix}{nic.interface} name {nic.interface}")
+        lines.append(f"link set {nic.interface} address {mac}")
+        lines += [f"addr add {ip} dev {nic.interface}" for ip in ips]
+        lines.append(f"link set {nic.interface} up")
+    done = subprocess.run(["ip", "-n", guest_netns(sb, vm), "-batch", "-"],
+                          input="\n".join(lines) + "\n", capture_output=True, text=True,
+                          timeout=30, check=False)
+    if done.returncode != 0:
+        raise errors.SandboxError(f"VM {vm}: {done.stderr.strip()}")
+    for nic in nics:
+        mac, ips = _addressing(pod, nic)
+        subprocess.Popen(  # in the background, as QEMU sends its rounds
+            ["ip", "netns", "exec", guest_netns(sb, vm), sys.executable, "-c", ANNOUNCE,
+             nic.interface, mac, ips[0].split("/")[0] if ips else ""],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _other_node(sb: cluster.Sandbox, node: str) -> str:
+    others = [n for n in sb.node_names if n != node and n.startswith("node-")]
+    if not others:
+        raise errors.SandboxError(f"no node to move to besides {node}")
+    return others[0]
+
+
+def _nics_of(pod: dict[str, Any]) -> list[Nic]:
+    elements = json.loads(pod["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"])
+    return [Nic(interface=e["interface"], nad=f"{e['namespace']}/{e['name']}",
+                claim=e.get("ipam-claim-reference"), ips=tuple(e.get("ips") or ()),
+                mac=e.get("mac")) for e in elements]
+
+
+def _one_launcher(sb: cluster.Sandbox, vm: str, namespace: str) -> dict[str, Any]:
+    pods = launchers(sb, vm, namespace)
+    if len(pods) != 1:
+        raise errors.SandboxError(f"VM {vm} has {len(pods)} virt-launcher pods, not one: "
+                                  f"{[p['metadata']['name'] for p in pods]}")
+    return pods[0]
+
+
+def create(sb: cluster.Sandbox, vm: str, nads: Sequence[str], *, namespace: str = "test",
+           node: str = "node-1",
+           static: dict[str, tuple[tuple[str, ...], str | None]] | None = None
+           ) -> scenario.PodView:
+    """Start VM `vm` on `node` with a NIC on each NAD; returns its virt-launcher pod."""
+    nics = nics_for(sb, vm, nads, static)
+    for nic in nics:
+        if nic.claim:
+            _ensure_claim(sb, namespace, nic)
+    subprocess.run(["ip", "netns", "add", guest_netns(sb, vm)], check=True,
+                   capture_output=True)
+    guest(sb, vm, ["ip", "link", "set", "lo", "up"], check=True)
+    pod = _start_launcher(sb, vm, namespace, node, nics)
+    _plug(sb, vm, pod, nics, prefix="")
+    _activate(sb, vm, pod, nics, prefix="", remove_old=False)
+    return pod
+
+
+def migrate(sb: cluster.Sandbox, vm: str, *, namespace: str = "test", to: str | None = None,
+            abort: bool = False) -> Migration | None:
+    """Live-migrate VM `vm` to `to` (the other node by default), as virt-controller and
+    virt-handler do; with `abort`, stop before the switch-over (the target pod deleted) and
+    return None."""
+    source_pod = _one_launcher(sb, vm, namespace)
+    nics = _nics_of(source_pod)
+    source = scenario.view(sb, source_pod["metadata"]["name"], namespace=namespace)
+    target = _start_launcher(sb, vm, namespace, to or _other_node(sb, source.node), nics)
+    _plug(sb, vm, target, nics, prefix="m-")
+    core = scenario.core_api(sb)
+    if abort:
+        core.delete_namespaced_pod(target.name, namespace)
+        for nic in nics:
+            guest(sb, vm, ["ip", "link", "del", f"m-{nic.interface}"])
+        scenario.wait_gone(sb, [target.name], namespace=namespace)
+        return None
+    paused = time.monotonic()
+    _activate(sb, vm, target, nics, prefix="m-", remove_old=True)
+    resumed = time.monotonic()
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    core.patch_namespaced_pod(target.name, namespace, {"metadata": {"annotations": {
+        migration.TARGET_READY: stamp}}})
+    ready = time.monotonic()
+    core.delete_namespaced_pod(source.name, namespace)  # virt-launcher's source completes
+    return Migration(source=source, target=target, paused=paused, resumed=resumed, ready=ready)
+
+
+def restart(sb: cluster.Sandbox, vm: str, *, namespace: str = "test",
+            to: str | None = None) -> scenario.PodView:
+    """Stop and start VM `vm`: its pod deleted, a new one on `to` (the same node by
+    default), the guest's NICs plugged again from the new annotation."""
+    old = _one_launcher(sb, vm, namespace)
+    nics = _nics_of(old)
+    name = old["metadata"]["name"]
+    scenario.core_api(sb).delete_namespaced_pod(name, namespace)
+    scenario.wait_gone(sb, [name], namespace=namespace)
+    for nic in nics:  # the veth went with the pod's namespace; say so if it did not
+        guest(sb, vm, ["ip", "link", "del", nic.interface])
+    pod = _start_launcher(sb, vm, namespace, to or old["spec"]["node_name"], nics)
+    _plug(sb, vm, pod, nics, prefix="")
+    _activate(sb, vm, pod, nics, prefix="", remove_old=False)
+    return pod
+
+
+def delete(sb: cluster.Sandbox, vm: str, *, namespace: str = "test") -> None:
+    """Delete VM `vm`: its pods, its IPAMClaims (their IPs go back to the pools), the guest."""
+    pods = launchers(sb, vm, namespace)
+    claims = {nic.claim for pod in pods for nic in _nics_of(pod) if nic.claim}
+    core = scenario.core_api(sb)
+    for pod in pods:
+        core.delete_namespaced_pod(pod["metadata"]["name"], namespace)
+    scenario.wait_gone(sb, [p["metadata"]["name"] for p in pods], namespace=namespace)
+    custom = scenario.custom_api(sb)
+    for claim in sorted(claims):
+        custom.delete_namespaced_custom_object(CLAIMS[0], CLAIMS[1], namespace, CLAIMS[2], claim)
+    subprocess.run(["ip", "netns", "del", guest_netns(sb, vm)], check=False,
+                   capture_output=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outage:
+    """What a `ping -D -i INTERVAL` saw: requests, replies, the longest time without a reply
+    (seconds, between consecutive replies), and duplicate replies (two VMs answering)."""
+
+    sent: int
+    received: int
+    longest_gap: float
+    duplicates: int
+
+    @property
+    def lost(self) -> int:
+        return self.sent - self.received
+
+
+def outage(output: str) -> Outage:
+    """Parse iputils' `ping -D` output (`[<epoch>] 64 bytes from ...: icmp_seq=N ...`)."""
+    stamps = []
+    duplicates = 0
+    for line in output.splitlines():
+        if line.startswith("[") and "icmp_seq=" in line and "bytes from" in line:
+            if "DUP!" in line:
+                duplicates += 1
+                continue
+            stamps.append(float(line[1:line.index("]")]))
+    sent = 0
+    for line in output.splitlines():
+        if "packets transmitted" in line:
+            sent = int(line.split()[0])
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    return Outage(sent=sent, received=len(stamps), longest_gap=max(gaps, default=float("inf")),
+                  duplicates=duplicates)
+
+
+def ping_in_background(sb: cluster.Sandbox, container: str, netns: Sequence[str],
+                       address: str, *, seconds: int,
+                       interval: float = 0.01) -> Callable[[], Outage]:
+    """Start iputils' `ping -D -i INTERVAL -w SECONDS ADDRESS` in a container of the sandbox
+    (`netns`: the argv prefix entering the sender's namespace, e.g. `nsenter --net=PATH` for
+    a pod, `ip netns exec vlan33` for an external host); returns a function waiting for its
+    end and returning the `Outage`."""
+    process = subprocess.Popen(
+        ["docker", "exec", sb.container(container), *netns, "ping", "-D", "-i", str(interval),
+         "-w", str(seconds), address], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+
+    def result() -> Outage:
+        output, _ = process.communicate(timeout=seconds + 60)
+        return outage(output)
+
+    return result
