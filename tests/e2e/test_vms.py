@@ -19,13 +19,7 @@ from ovnk_secondary.sandbox import cluster, scenario, vms
 pytestmark = pytest.mark.sandbox
 NS = scenario.NAMESPACE
 L2, LOCALNET = f"{NS}/nad-vm-l2", f"{NS}/nad-vm-localnet"
-NADS = {
-    "nad-vm-l2": {"name": "vm-l2", "topology": "layer2", "subnets": "10.126.0.0/24"},
-    # the same VLAN as localnet2 (its bridge mapping), addresses from .128 to .239
-    "nad-vm-localnet": {"name": "vm-localnet", "topology": "localnet", "vlanID": 33,
-                        "physicalNetworkName": "localnet2", "subnets": "172.17.33.0/24",
-                        "excludeSubnets": "172.17.33.0/25,172.17.33.240/28"},
-}
+VM_NADS = scenario.EXAMPLES / "vms" / "10-nads.yaml"  # nad-vm-l2, nad-vm-localnet
 
 
 def _eventually(check: Callable[[], bool], *, timeout: float = 30) -> None:
@@ -38,15 +32,9 @@ def _eventually(check: Callable[[], bool], *, timeout: float = 30) -> None:
 @pytest.fixture(scope="module")
 def sb(cluster_sandbox: cluster.Sandbox) -> Iterator[cluster.Sandbox]:
     scenario.ensure_namespace(cluster_sandbox, NS)
-    for name, config in NADS.items():
-        cluster_sandbox.kubectl("apply", "-f", "-", stdin=json.dumps({
-            "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {"config": json.dumps({
-                "cniVersion": "0.3.1", "type": "ovn-k8s-cni-overlay", "allowPersistentIPs": True,
-                "netAttachDefName": f"{NS}/{name}", **config})}}))
+    cluster_sandbox.kubectl("apply", "-f", str(VM_NADS))
     yield cluster_sandbox
-    cluster_sandbox.kubectl("delete", "network-attachment-definitions", "-n", NS, *NADS)
+    cluster_sandbox.kubectl("delete", "-f", str(VM_NADS))
 
 
 def _peer(sb: cluster.Sandbox) -> scenario.PodView:

@@ -1,0 +1,247 @@
+"""Live-migration downtime benchmark (not a test): a VM migrating between two nodes while a peer
+on a third one, and the external VLAN host, ping it every 10 ms and hold a TCP connection.
+
+    .venv/bin/python benchmarks/migration_bench.py [--migrations 10] [--aborts 3] [--keep]
+
+Needs the sandbox's images and Kubernetes binaries (`make images kube`). Per run: a sandbox
+cluster of its own with three nodes (`migbench`), the product deployed as in `make demo`; two
+NADs with `subnets` and `allowPersistentIPs`: `vm-l2` (layer2) and `vm-localnet` (localnet on
+VLAN 33, the external host's segment); a peer pod on node-3 on `vm-l2`; one VM (the sandbox's
+VM stand-in, `ovnk_secondary/sandbox/vms.py`) with a NIC on each, started on node-1.
+
+Per migration (node-1 -> node-2, then back, and so on; the first one is the VM's first): from
+the peer (layer2) and from the external host (localnet): `ping -D -i 0.01` and a TCP client
+sending a line every 10 ms to an echo server in the guest, both started 1 s before the
+migration and ending 4 s after it. Reported per topology: packets lost, the longest gap
+between two replies, duplicate replies (two locations answering), the TCP connection's fate
+(reset or not) and its longest gap between echoes; and per migration the guest's own pause
+(the NIC moving inside the guest, the stand-in's "blackout") and when virt-handler's
+`kubevirt.io/migration-target-ready-timestamp` was set after the resume.
+
+Aborted migrations (`--aborts`): the target pod deleted before the switch-over; the longest
+gap while it happens (the source keeps the traffic; target: < 300 ms).
+
+Baseline in the same run: the same pings and TCP for 6 s with no migration: the longest gap
+of the path itself (the userspace datapath's jitter on this machine), to which every gap is
+compared (ratio).
+
+Strategy measured: OVN-Kubernetes' (two ports; at the target's domain-ready annotation, one NB
+transaction enables the target and disables the source, emptying its addresses). OVN's
+multi-chassis binding with `activation-strategy=rarp` is not implemented yet (see the README's
+limitations); it has no row here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ovnk_secondary.sandbox import cluster, scenario, vms
+
+NS = "test"
+L2, LOCALNET = f"{NS}/nad-vm-l2", f"{NS}/nad-vm-localnet"
+VM_NADS = scenario.EXAMPLES / "vms" / "10-nads.yaml"  # nad-vm-l2, nad-vm-localnet
+ECHO_PORT = 7777
+
+# in the guest: a TCP echo server (one thread per connection)
+ECHO_SERVER = """
+import socket, sys, threading
+server = socket.create_server(("0.0.0.0", int(sys.argv[1])), backlog=16)
+def echo(conn):
+    with conn:
+        while data := conn.recv(4096):
+            conn.sendall(data)
+while True:
+    threading.Thread(target=echo, args=(server.accept()[0],), daemon=True).start()
+"""
+# at the peer: one connection, a line every 10 ms for `seconds`; prints JSON: the longest
+# time between two echoes, lines sent and echoed, and the error that ended it (reset) if any
+TCP_CLIENT = """
+import json, socket, sys, time
+address, port, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+sock = socket.create_connection((address, port), timeout=5)
+sock.settimeout(0.005)
+end, sent, echoed, last, gap, error, buffer = time.monotonic() + seconds, 0, 0, None, 0.0, None, b""
+try:
+    while time.monotonic() < end:
+        sock.sendall(b"x" * 15 + b"\\n")
+        sent += 1
+        deadline = time.monotonic() + 0.01
+        while time.monotonic() < deadline:
+            try:
+                data = sock.recv(65536)
+            except socket.timeout:
+                continue
+            if not data:
+                raise ConnectionError("closed by the VM")
+            now = time.monotonic()
+            if last is not None:
+                gap = max(gap, now - last)
+            last = now
+            echoed += data.count(b"\\n")
+except OSError as exc:
+    error = repr(exc)
+print(json.dumps({"gap": gap, "sent": sent, "echoed": echoed, "error": error}))
+"""
+
+
+@dataclasses.dataclass
+class Sample:
+    """One topology in one migration (or abort, or baseline window)."""
+
+    lost: int
+    sent: int
+    gap: float  # s, longest between ping replies
+    duplicates: int
+    tcp_gap: float
+    tcp_error: str | None
+
+
+def _apply_nads(sb: cluster.Sandbox) -> None:
+    scenario.ensure_namespace(sb, NS)
+    sb.kubectl("apply", "-f", str(VM_NADS))
+
+
+def _peer(sb: cluster.Sandbox, node: str) -> scenario.PodView:
+    scenario.core_api(sb).create_namespaced_pod(NS, {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "peer", "namespace": NS,
+                     "annotations": {"k8s.v1.cni.cncf.io/networks": L2}},
+        "spec": {"nodeName": node, "terminationGracePeriodSeconds": 1, "containers": [{
+            "name": "c", "image": "ovnk-sandbox/workload:busybox",
+            "imagePullPolicy": "IfNotPresent", "command": ["sleep", "100000"]}]}})
+    scenario.wait_ready(sb, ["peer"])
+    return scenario.view(sb, "peer")
+
+
+class Window:
+    """Pings and a TCP client from the peer and the external host, for `seconds`."""
+
+    def __init__(self, sb: cluster.Sandbox, peer: scenario.PodView, targets: dict[str, str],
+                 seconds: int) -> None:
+        assert peer.netns is not None
+        vlan_netns, _ = cluster.EXTERNAL_HOSTS[33]
+        self.senders = {"layer2": (peer.node, ["nsenter", f"--net={peer.netns}"]),
+                        "localnet": (sb.external, ["ip", "netns", "exec", vlan_netns])}
+        self.pings: dict[str, Callable[[], vms.Outage]] = {}
+        self.tcp: dict[str, subprocess.Popen[str]] = {}
+        for topology, (where, netns) in self.senders.items():
+            address = targets[topology]
+            self.pings[topology] = vms.ping_in_background(sb, where, netns, address,
+                                                          seconds=seconds)
+            self.tcp[topology] = subprocess.Popen(
+                ["docker", "exec", sb.container(where), *netns, "python3", "-c", TCP_CLIENT,
+                 address, str(ECHO_PORT), str(seconds - 0.5)],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def result(self) -> dict[str, Sample]:
+        samples = {}
+        for topology, ping in self.pings.items():
+            seen = ping()
+            output, _ = self.tcp[topology].communicate(timeout=120)
+            try:
+                tcp = json.loads(output.strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                tcp = {"gap": float("inf"), "error": output.strip()[-300:]}
+            samples[topology] = Sample(lost=seen.lost, sent=seen.sent, gap=seen.longest_gap,
+                                       duplicates=seen.duplicates, tcp_gap=tcp["gap"],
+                                       tcp_error=tcp["error"])
+        return samples
+
+
+def _summary(label: str, samples: list[Sample], baseline: Sample) -> str:
+    gaps = [s.gap for s in samples]
+    return (f"{label}: lost {sum(s.lost for s in samples)}/{sum(s.sent for s in samples)}, "
+            f"longest gap p50 {statistics.median(gaps) * 1000:.0f} ms, max "
+            f"{max(gaps) * 1000:.0f} ms ({max(gaps) / baseline.gap:.1f}x the baseline's "
+            f"{baseline.gap * 1000:.0f} ms), duplicates {sum(s.duplicates for s in samples)}, "
+            f"TCP resets {sum(1 for s in samples if s.tcp_error)}, TCP longest gap "
+            f"{max(s.tcp_gap for s in samples) * 1000:.0f} ms")
+
+
+def run(sb: cluster.Sandbox, *, migrations: int, aborts: int) -> dict[str, Any]:
+    _apply_nads(sb)
+    nodes = [n for n in sb.node_names if n.startswith("node-")]
+    peer = _peer(sb, nodes[2])
+    launcher = vms.create(sb, "vm-bench", [L2, LOCALNET], node=nodes[0])
+    targets = {"layer2": launcher.pod_networks[L2]["ip_addresses"][0].split("/")[0],
+               "localnet": launcher.pod_networks[LOCALNET]["ip_addresses"][0].split("/")[0]}
+    server = subprocess.Popen(["ip", "netns", "exec", vms.guest_netns(sb, "vm-bench"),
+                               sys.executable, "-c", ECHO_SERVER, str(ECHO_PORT)])
+    try:
+        time.sleep(1)
+        window = Window(sb, peer, targets, seconds=6)
+        baseline = window.result()
+        print(f"baseline (no migration, 6 s): {json.dumps(dataclasses.asdict(baseline['layer2']))}"
+              f" {json.dumps(dataclasses.asdict(baseline['localnet']))}", file=sys.stderr)
+        rows: list[dict[str, Any]] = []
+        for index in range(migrations):
+            window = Window(sb, peer, targets, seconds=7)
+            time.sleep(1)
+            moved = vms.migrate(sb, "vm-bench")
+            assert moved is not None
+            samples = window.result()
+            row = {"migration": index + 1, "from": moved.source.node, "to": moved.target.node,
+                   "guest_pause_ms": (moved.resumed - moved.paused) * 1000,
+                   "ready_after_resume_ms": (moved.ready - moved.resumed) * 1000,
+                   **{t: dataclasses.asdict(s) for t, s in samples.items()}}
+            rows.append(row)
+            print(json.dumps(row), file=sys.stderr)
+            scenario.wait_gone(sb, [moved.source.name])
+        aborted: list[dict[str, Sample]] = []
+        for _ in range(aborts):
+            window = Window(sb, peer, targets, seconds=7)
+            time.sleep(1)
+            assert vms.migrate(sb, "vm-bench", abort=True) is None
+            aborted.append(window.result())
+            print(json.dumps({t: dataclasses.asdict(s) for t, s in aborted[-1].items()}),
+                  file=sys.stderr)
+    finally:
+        server.kill()
+        vms.delete(sb, "vm-bench")
+    return {"baseline": baseline, "rows": rows, "aborted": aborted}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--migrations", type=int, default=10)
+    parser.add_argument("--aborts", type=int, default=3)
+    parser.add_argument("--keep", action="store_true", help="leave the sandbox up")
+    args = parser.parse_args()
+    started = time.monotonic()
+    sb = cluster.Sandbox.up(name="migbench", nodes=3, kubernetes=True)
+    print(f"sandbox up in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    try:
+        result = run(sb, migrations=args.migrations, aborts=args.aborts)
+    finally:
+        if not args.keep:
+            sb.down()
+    baseline, rows, aborted = result["baseline"], result["rows"], result["aborted"]
+    print(f"strategy: ovn-kubernetes (two ports, switch-over at the target's domain-ready "
+          f"annotation); {len(rows)} migrations, pings every 10 ms, TCP line every 10 ms")
+    for topology in ("layer2", "localnet"):
+        samples = [Sample(**row[topology]) for row in rows]
+        print(_summary(f"{topology}, all migrations", samples, baseline[topology]))
+        first = samples[0]
+        print(f"{topology}, the VM's first migration: lost {first.lost}, longest gap "
+              f"{first.gap * 1000:.0f} ms, TCP {'reset' if first.tcp_error else 'kept'}")
+        if aborted:
+            print(_summary(f"{topology}, aborted migrations", [a[topology] for a in aborted],
+                           baseline[topology]))
+    pauses = [row["guest_pause_ms"] for row in rows]
+    ready = [row["ready_after_resume_ms"] for row in rows]
+    print(f"the stand-in's own blackout (guest NIC moved): p50 {statistics.median(pauses):.0f} ms,"
+          f" max {max(pauses):.0f} ms; domain-ready annotation set {statistics.median(ready):.0f}"
+          " ms (p50) after the resume")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
