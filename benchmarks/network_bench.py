@@ -349,6 +349,9 @@ def run(networks: int, pods: int, single: int, workdir: pathlib.Path,
         metrics.end_phase(result, "delete")
 
         time.sleep(1)  # a last scrape
+        # the controller's last /metrics (GC pauses, loop lag histogram) beside its log
+        (workdir / "metrics.txt").write_text(
+            urllib.request.urlopen(metrics.url, timeout=5).read().decode())
         metrics.stop()
         loop.close()
         watcher.stop()
@@ -384,8 +387,8 @@ def main() -> int:
     parser.add_argument("--pods", type=int, default=10000)
     parser.add_argument("--single", type=int, default=100)
     parser.add_argument("--workdir", type=pathlib.Path,
-                        help="keep NB, logs and the controller's log here (default: a temporary "
-                             "directory, removed)")
+                        help="keep NB, logs, the controller's log and its last /metrics here "
+                             "(default: a temporary directory, removed)")
     parser.add_argument("--profile", action="store_true",
                         help="record the controller with py-spy, per phase, into the work "
                              "directory (profile-<phase>.txt; use with --workdir)")

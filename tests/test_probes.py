@@ -1,52 +1,44 @@
-"""probes.metrics: collected on the event loop, rendered off it."""
+"""/metrics text: the controller's model written directly, the same as prometheus_client's."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
-from typing import Any
 
 import prometheus_client
-import pytest
-from prometheus_client import core
 
-from ovnk_secondary import probes
-
-
-class _Model:
-    """A collector that must be read on the loop's thread (like the reconciler's model)."""
-
-    def __init__(self) -> None:
-        self.threads: list[threading.Thread] = []
-
-    def collect(self) -> list[core.Metric]:
-        self.threads.append(threading.current_thread())
-        gauge = core.GaugeMetricFamily("model_size", "rows", labels=["network"])
-        for i in range(3):
-            gauge.add_metric([f"net{i}"], i)
-        return [gauge]
+from ovnk_secondary import ipam, probes
+from ovnk_secondary.controller import metrics
 
 
-def test_collected_on_the_loop_rendered_in_another_thread(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    render_threads = []
-    generate = prometheus_client.generate_latest
+def _snapshot(networks: int) -> metrics.Snapshot:
+    names = [f"net-{i}" for i in range(networks)] + ['odd"name\\with\nbreaks', ""]
+    return metrics.Snapshot(
+        accepted_nads=networks, refused_nads=2,
+        networks={n: "layer2" if i % 2 else "localnet" for i, n in enumerate(names)},
+        pools={n: [ipam.SubnetUsage(subnet=f"10.{i // 250}.{i % 250}.0/24", size=253, used=i),
+                   ipam.SubnetUsage(subnet="fd00::/64", size=2**64 - 2, used=0)]
+               for i, n in enumerate(names) if i % 3},
+        waiting={n: i % 4 for i, n in enumerate(names)})
 
-    def recorded(collector: Any) -> bytes:
-        render_threads.append(threading.current_thread())
-        return generate(collector)
 
-    monkeypatch.setattr(prometheus_client, "generate_latest", recorded)
-    model = _Model()
-    handler = probes.metrics(model)
+def test_the_model_text_is_generate_latest_s() -> None:
+    for snapshot in (None, metrics.Snapshot(), _snapshot(1), _snapshot(1200)):
+        model = metrics.Model(lambda s=snapshot: s)  # type: ignore[misc]
+        assert model.exposition() == prometheus_client.generate_latest(model)
+
+
+def test_the_handler_uses_a_collector_s_own_text() -> None:
+    snapshot = _snapshot(3)
+    handler = probes.metrics(metrics.REGISTRY, metrics.Model(lambda: snapshot))
 
     async def scrape() -> bytes:
         response = await handler(None)  # type: ignore[arg-type]
-        assert response.body is not None
         return bytes(response.body)  # type: ignore[arg-type]
 
-    body = asyncio.run(scrape()).decode()
-    assert model.threads == [threading.main_thread()]  # asyncio.run's loop runs here
-    assert render_threads and threading.main_thread() not in render_threads
-    assert 'model_size{network="net2"} 2.0\n' in body
-    assert "# TYPE process_cpu_seconds_total counter" in body  # the default registry follows
+    body = asyncio.run(scrape())
+    assert body == b"".join((
+        prometheus_client.generate_latest(metrics.REGISTRY),
+        prometheus_client.generate_latest(metrics.Model(lambda: snapshot)),
+        body[body.index(b"# HELP python_gc"):]))  # the default registry's, last
+    assert b'ovnk_secondary_ip_pool_used_addresses{network="net-2",subnet="10.0.2.0/24"} 2.0\n' \
+        in body

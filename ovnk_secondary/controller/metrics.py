@@ -183,41 +183,79 @@ class Snapshot:
     waiting: Mapping[str, int] = dataclasses.field(default_factory=dict)  # network -> pods
 
 
+# the model's families: (name, help, label names)
+_NADS = ("ovnk_secondary_nads",
+         "NADs of type ovn-k8s-cni-overlay by state (accepted, refused).", ("state",))
+_NETWORKS = ("ovnk_secondary_networks", "Networks in force, by topology.", ("topology",))
+_POOL_SIZE = ("ovnk_secondary_ip_pool_addresses",
+              "Usable addresses of each subnet of a network (all but network, IPv4 broadcast and "
+              "excludeSubnets).", ("network", "subnet"))
+_POOL_USED = ("ovnk_secondary_ip_pool_used_addresses", "Addresses of the subnet held by pods.",
+              ("network", "subnet"))
+_WAITING = ("ovnk_secondary_pods_waiting_for_address",
+            "Pods refused an address or a MAC on the network (IPAMFailed, AddressInUse), waiting "
+            "for one to be released.", ("network",))
+
+
+def _samples(snapshot: Snapshot) -> list[list[tuple[tuple[str, ...], float]]]:
+    """Per family (in the order of `_FAMILIES`), its samples: (label values, value)."""
+    pools = sorted(snapshot.pools.items())
+    return [
+        [(("accepted",), snapshot.accepted_nads), (("refused",), snapshot.refused_nads)],
+        [((topology,), sum(1 for t in snapshot.networks.values() if t == topology))
+         for topology in nads.TOPOLOGIES],
+        [((network, usage.subnet), usage.size) for network, subnets in pools
+         for usage in subnets],
+        [((network, usage.subnet), usage.used) for network, subnets in pools
+         for usage in subnets],
+        [((network,), count) for network, count in sorted(snapshot.waiting.items())],
+    ]
+
+
+_FAMILIES = (_NADS, _NETWORKS, _POOL_SIZE, _POOL_USED, _WAITING)
+
+
 def families(snapshot: Snapshot | None) -> list[core.Metric]:
     """The model's metric families (pure). Every family is there; without a snapshot (before
     the first full sync, on a standby) they have no samples, so that a sum over replicas is
     the leader's. Labels that name a state or topology are there for each one, 0 when none."""
-    nad_count = core.GaugeMetricFamily(
-        "ovnk_secondary_nads", "NADs of type ovn-k8s-cni-overlay by state (accepted, refused).",
-        labels=["state"])
-    networks = core.GaugeMetricFamily(
-        "ovnk_secondary_networks", "Networks in force, by topology.", labels=["topology"])
-    size = core.GaugeMetricFamily(
-        "ovnk_secondary_ip_pool_addresses",
-        "Usable addresses of each subnet of a network (all but network, IPv4 broadcast and "
-        "excludeSubnets).", labels=["network", "subnet"])
-    used = core.GaugeMetricFamily(
-        "ovnk_secondary_ip_pool_used_addresses", "Addresses of the subnet held by pods.",
-        labels=["network", "subnet"])
-    waiting = core.GaugeMetricFamily(
-        "ovnk_secondary_pods_waiting_for_address",
-        "Pods refused an address or a MAC on the network (IPAMFailed, AddressInUse), waiting "
-        "for one to be released.", labels=["network"])
-    all_families: list[core.Metric] = [nad_count, networks, size, used, waiting]
-    if snapshot is None:
-        return all_families
-    nad_count.add_metric(["accepted"], snapshot.accepted_nads)
-    nad_count.add_metric(["refused"], snapshot.refused_nads)
-    for topology in nads.TOPOLOGIES:
-        networks.add_metric([topology], sum(1 for t in snapshot.networks.values()
-                                            if t == topology))
-    for network, subnets in sorted(snapshot.pools.items()):
-        for usage in subnets:
-            size.add_metric([network, usage.subnet], usage.size)
-            used.add_metric([network, usage.subnet], usage.used)
-    for network, count in sorted(snapshot.waiting.items()):
-        waiting.add_metric([network], count)
-    return all_families
+    all_families = [core.GaugeMetricFamily(name, doc, labels=list(labels))
+                    for name, doc, labels in _FAMILIES]
+    if snapshot is not None:
+        for family, samples in zip(all_families, _samples(snapshot), strict=True):
+            for values, value in samples:
+                family.add_metric(list(values), value)
+    return list(all_families)
+
+
+def exposition(snapshot: Snapshot | None) -> bytes:
+    """`prometheus_client.generate_latest` of `families(snapshot)`, byte for byte, written
+    directly: generate_latest spends ~10 us a sample (validating and escaping every label
+    name), and at 1,000 networks (3,000 samples) each scrape held the event loop for 30-90 ms.
+    """
+    out = []
+    samples = _samples(snapshot) if snapshot is not None else [[] for _ in _FAMILIES]
+    for (name, doc, labels), family in zip(_FAMILIES, samples, strict=True):
+        out.append(f"# HELP {name} {doc}\n# TYPE {name} gauge\n")
+        for values, value in family:
+            text = ",".join(f'{label}="{_escape(v)}"' for label, v in zip(
+                labels, values, strict=True))
+            out.append(f"{name}{{{text}}} {_number(value)}\n")
+    return "".join(out).encode()
+
+
+def _escape(value: str) -> str:
+    """A label value as the text format writes it."""
+    if "\\" in value or "\n" in value or '"' in value:
+        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
+    return value
+
+
+def _number(value: float) -> str:
+    """A value as the text format writes it (floatToGoString; small integers directly)."""
+    if isinstance(value, int) and 0 <= value < 1_000_000:
+        return f"{value}.0"
+    return str(prometheus_client.utils.floatToGoString(value))  # type: ignore[no-untyped-call]
 
 
 class Model:
@@ -229,3 +267,6 @@ class Model:
     def collect(self) -> Iterator[core.Metric]:
         yield from families(self._snapshot())
 
+    def exposition(self) -> bytes:
+        """What `generate_latest(self)` gives, quicker (`probes.metrics` uses it)."""
+        return exposition(self._snapshot())
