@@ -1,6 +1,7 @@
 """Network benchmark (not a test): 1,000 networks and 10,000 pods through the controller.
 
     .venv/bin/python benchmarks/network_bench.py [--networks 1000] [--pods 10000] [--single 100]
+                                                 [--workdir DIR] [--profile]
 
 On the host, per run: a fresh NB ovsdb-server, a fresh kube-apiserver with etcd
 (`benchapi`), and the controller as its own process with leader election
@@ -24,6 +25,18 @@ Baselines in the same run, with raw ovsdbapp against a second fresh NB: the same
 created in one transaction and one transaction per switch, and deleted in one transaction;
 and the API server's own part: the time it took to accept the burst's creations
 (`burst_api_s`) and deletions (`delete_api_s`), which no controller can beat.
+
+The controller's own part is what follows the API server's last answer: `burst_tail_s`
+(`burst_s - burst_api_s`) and `delete_tail_s`, and their ratios to the one-transaction
+baselines (`burst_tail_ratio`, `delete_tail_ratio`): how long after the last NAD is in the API
+the controller takes to have NB hold the result. `<phase>_worst_lag_ms` is each phase's worst
+loop lag, `<phase>_worst_busy_ms` the loop thread's worst own CPU time between two ticks.
+Each phase ends when its last NB change is observed: `--pods 0` or `--single 0` skip a phase
+(quicker iterations; the figures of record are full-size).
+
+`--profile` (needs `py-spy` in the venv: `.venv/bin/pip install py-spy`, and ptrace rights)
+records the controller per phase with py-spy, every thread, into the work directory
+(`profile-<phase>.txt`, collapsed stacks, one line per stack and its sample count).
 """
 
 from __future__ import annotations
@@ -120,6 +133,32 @@ class Metrics:
         self._thread.join(5)
 
 
+class Profiler:
+    """py-spy recording the controller during one phase at a time (`--profile`)."""
+
+    def __init__(self, pid: int | None, workdir: pathlib.Path) -> None:
+        self.pid = pid
+        self.workdir = workdir
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self, phase: str) -> None:
+        if self.pid is None:
+            return
+        py_spy = pathlib.Path(sys.executable).with_name("py-spy")
+        self._process = subprocess.Popen(
+            [str(py_spy), "record", "--pid", str(self.pid), "--rate", "200", "--threads",
+             "--format", "raw", "--nonblocking", "--output",
+             str(self.workdir / f"profile-{phase}.txt")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # attached before the phase starts
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.send_signal(2)  # SIGINT: py-spy writes its output
+            self._process.wait(30)
+            self._process = None
+
+
 def baseline(remote: str, count: int) -> dict[str, float]:
     """Raw ovsdbapp: the same switches in one transaction, one per switch; deletion in one."""
     idl = connection.OvsdbIdl.from_server(remote, "OVN_Northbound")
@@ -196,7 +235,8 @@ async def _delete_all(api: benchapi.BenchApi, paths: list[str], concurrency: int
         await asyncio.gather(*(one(p) for p in paths))
 
 
-def run(networks: int, pods: int, single: int, workdir: pathlib.Path) -> dict[str, float]:
+def run(networks: int, pods: int, single: int, workdir: pathlib.Path,
+        profile: bool = False) -> dict[str, float]:
     nb = servers.NbServer(directory=workdir / "nb")
     nb.start()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -226,12 +266,14 @@ def run(networks: int, pods: int, single: int, workdir: pathlib.Path) -> dict[st
 
         assert _until(is_ready, 60), f"the controller did not become ready (log: {log})"
         metrics = Metrics(f"http://127.0.0.1:{health}/metrics")
+        profiler = Profiler(controller.pid if profile else None, workdir)
         loop = asyncio.new_event_loop()
 
         # 1. burst
         names = [f"sc{i:04d}" for i in range(networks)]
         created: dict[str, float] = {}
         metrics.phase()
+        profiler.start("burst")
         loop.run_until_complete(_post_all(
             api, [(NAD_PATH.format(ns="bench"), _nad("bench", n, i))
                      for i, n in enumerate(names)], created,
@@ -242,10 +284,13 @@ def run(networks: int, pods: int, single: int, workdir: pathlib.Path) -> dict[st
         assert _until(lambda: all(w in watcher.seen for w in wanted), 300), (
             f"{sum(w not in watcher.seen for w in wanted)} switches never came")
         result["burst_s"] = max(watcher.seen[w] for w in wanted) - min(created.values())
+        result["burst_tail_s"] = result["burst_s"] - result["burst_api_s"]
+        profiler.stop()
         metrics.end_phase(result, "burst")
 
         # 2. steady state: one NAD at a time
         metrics.phase()
+        profiler.start("single")
         latencies = []
         for i in range(single):
             name = f"st{i:04d}"
@@ -255,12 +300,15 @@ def run(networks: int, pods: int, single: int, workdir: pathlib.Path) -> dict[st
                 stamps, lambda body: body["metadata"]["name"]))  # type: ignore[index]
             assert _until(lambda n=name: _switch(n) in watcher.seen, 30)
             latencies.append(watcher.seen[_switch(name)] - stamps[name])
-        result["single_p50_ms"] = statistics.median(latencies) * 1000
-        result["single_p99_ms"] = _p(latencies, 0.99) * 1000
+        if latencies:
+            result["single_p50_ms"] = statistics.median(latencies) * 1000
+            result["single_p99_ms"] = _p(latencies, 0.99) * 1000
+        profiler.stop()
         metrics.end_phase(result, "single")
 
         # 3. pods over the burst's networks
         metrics.phase()
+        profiler.start("pods")
         pod_created: dict[str, float] = {}
 
         def pod(i: int) -> dict[str, object]:
@@ -277,15 +325,18 @@ def run(networks: int, pods: int, single: int, workdir: pathlib.Path) -> dict[st
                 body["metadata"]["name"]), concurrency=16))
         assert _until(lambda: all(p in watcher.seen for p in pod_created),
                       max(120, pods / 20)), "pods' ports missing"
-        port_latency = [watcher.seen[p] - t for p, t in pod_created.items()]
-        span = max(watcher.seen[p] for p in pod_created) - min(pod_created.values())
-        result["pods_per_s"] = pods / span
-        result["pod_p99_ms"] = _p(port_latency, 0.99) * 1000
+        if pods:
+            port_latency = [watcher.seen[p] - t for p, t in pod_created.items()]
+            span = max(watcher.seen[p] for p in pod_created) - min(pod_created.values())
+            result["pods_per_s"] = pods / span
+            result["pod_p99_ms"] = _p(port_latency, 0.99) * 1000
+        profiler.stop()
         metrics.end_phase(result, "pods")
         result["peak_rss_mb"] = controller_bench.peak_rss_mb(controller.pid)
 
         # 4. deletion of the burst's NADs
         metrics.phase()
+        profiler.start("delete")
         started = time.monotonic()
         loop.run_until_complete(_delete_all(
             api, [NAD_PATH.format(ns="bench") + f"/{n}" for n in names]))
@@ -293,9 +344,14 @@ def run(networks: int, pods: int, single: int, workdir: pathlib.Path) -> dict[st
         assert _until(lambda: all(w in watcher.deleted for w in wanted), 300), (
             "switches left after deleting the NADs")
         result["delete_s"] = max(watcher.deleted[w] for w in wanted) - started
+        result["delete_tail_s"] = result["delete_s"] - result["delete_api_s"]
+        profiler.stop()
         metrics.end_phase(result, "delete")
 
         time.sleep(1)  # a last scrape
+        # the controller's last /metrics (GC pauses, loop lag histogram) beside its log
+        (workdir / "metrics.txt").write_text(
+            urllib.request.urlopen(metrics.url, timeout=5).read().decode())
         metrics.stop()
         loop.close()
         watcher.stop()
@@ -318,6 +374,9 @@ def run(networks: int, pods: int, single: int, workdir: pathlib.Path) -> dict[st
         base_nb.stop()
     result["burst_ratio"] = result["burst_s"] / result["baseline_one_txn_s"]
     result["delete_ratio"] = result["delete_s"] / result["baseline_delete_one_txn_s"]
+    # the controller's own part: after the API server's last answer, against one transaction
+    result["burst_tail_ratio"] = result["burst_tail_s"] / result["baseline_one_txn_s"]
+    result["delete_tail_ratio"] = result["delete_tail_s"] / result["baseline_delete_one_txn_s"]
     return result
 
 
@@ -328,15 +387,19 @@ def main() -> int:
     parser.add_argument("--pods", type=int, default=10000)
     parser.add_argument("--single", type=int, default=100)
     parser.add_argument("--workdir", type=pathlib.Path,
-                        help="keep NB, logs and the controller's log here (default: a temporary "
-                             "directory, removed)")
+                        help="keep NB, logs, the controller's log and its last /metrics here "
+                             "(default: a temporary directory, removed)")
+    parser.add_argument("--profile", action="store_true",
+                        help="record the controller with py-spy, per phase, into the work "
+                             "directory (profile-<phase>.txt; use with --workdir)")
     args = parser.parse_args()
     if args.workdir is not None:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        result = run(args.networks, args.pods, args.single, args.workdir)
+        result = run(args.networks, args.pods, args.single, args.workdir, args.profile)
     else:
         with tempfile.TemporaryDirectory(prefix="ovnk-netbench-") as workdir:
-            result = run(args.networks, args.pods, args.single, pathlib.Path(workdir))
+            result = run(args.networks, args.pods, args.single, pathlib.Path(workdir),
+                         args.profile)
     print(json.dumps({k: round(v, 3) for k, v in result.items()}), flush=True)
     return 0
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
 import heapq
 import ipaddress
 import socket
@@ -82,9 +83,10 @@ class _Subnet:
             return self.excluded_ends[index]
         return None
 
-    @property
+    @functools.cached_property
     def size(self) -> int:
-        """Usable addresses (excluded ranges are clipped to the subnet and merged)."""
+        """Usable addresses (excluded ranges are clipped to the subnet and merged); the
+        bounds never change, and `/metrics` asks for every subnet's at each scrape."""
         excluded = sum(end - start + 1
                        for start, end in zip(self.excluded_starts, self.excluded_ends, strict=True))
         return max(0, self.last - self.first + 1 - excluded)

@@ -107,8 +107,15 @@ ANNOTATE_CONCURRENCY = 16
 # patch (the API client keeps at most 32 connections), few enough to cost little memory.
 POD_WORKERS = 2 * NB_BATCH
 # NAD events are worked on concurrently across NADs, in order for each one: a burst of 1,000
-# NADs handled one at a time waited for 1,000 NB commits and annotation patches in a row
-NAD_WORKERS = 64
+# NADs handled one at a time waited for 1,000 NB commits and annotation patches in a row. A
+# NAD's turn lasts its switch's commit and its ACCEPTED_CONFIG patch (hundreds of ms while the
+# API server is busy accepting the burst): with 64 workers, a burst of 1,000 NADs queued up to
+# 600 of them and the last switch came 0.8-1.2 s after the API's last accept (network_bench);
+# an idle worker costs a task waiting on the queue
+NAD_WORKERS = 512
+# NB row changes (`_drift`) handled per turn of the event loop: a burst of deletions (10,000
+# ports going with their switches) is handled in slices, other work running in between
+DRIFT_SLICE = 1000
 # Pods per page of the full sync's listing: a page of full pod bodies is what it holds at once.
 LIST_PAGE = 500
 
@@ -283,6 +290,9 @@ class Reconciler:
         self._nb_thread = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="ovn-nb")
         self._nads: dict[Key, _Nad] = {}
+        # the NADs refused for a NETWORK_CONFLICT, in the order refused (values unused): decided
+        # again when a network goes, without a pass over every NAD per deletion
+        self._conflicted: dict[Key, None] = {}
         self._networks: dict[str, nads.NetworkConfig] = {}  # network name -> effective config
         self._network_nads: dict[str, list[str]] = collections.defaultdict(list)  # accepted
         self._pods: dict[Key, _Pod] = {}
@@ -331,6 +341,9 @@ class Reconciler:
         self._repair_networks: asyncio.Task[None] | None = None
         self._closing = False  # set by aclose: no new repair then
         self._drifted: set[str] = set()  # switch names whose network rows changed behind us
+        # owned rows changed in NB, from the NB connection thread to the loop (`_drift`)
+        self._row_changes: collections.deque[client.RowChange] = collections.deque()
+        self._row_changes_scheduled = False
         self._tasks: set[asyncio.Future[None]] = set()
         northbound.on_change = self._nb_row_changed
         self.events = events.Events(api)
@@ -487,6 +500,8 @@ class Reconciler:
     def _store_nad(self, key: Key, nad: _Nad) -> _Nad:
         self._forget_nad(key)
         self._nads[key] = nad
+        if nad.reason == NETWORK_CONFLICT:
+            self._conflicted[key] = None
         return nad
 
     def _set_network(self, config: nads.NetworkConfig) -> None:
@@ -544,6 +559,7 @@ class Reconciler:
 
     def _forget_nad(self, key: Key) -> None:
         nad = self._nads.pop(key, None)
+        self._conflicted.pop(key, None)
         if nad is None or not nad.applied or nad.config is None:
             return
         accepted = self._network_nads.get(nad.config.name, [])
@@ -647,7 +663,8 @@ class Reconciler:
 
     async def _retry_conflicted(self) -> None:
         """NADs refused for a conflict with another network: decide again (it may be gone)."""
-        for key, nad in [(k, n) for k, n in self._nads.items() if n.reason == NETWORK_CONFLICT]:
+        # in the order they were refused, as `_nads` holds them (dicts keep insertion order)
+        for key, nad in [(k, self._nads[k]) for k in self._conflicted]:
             if self._nads.get(key) is nad:
                 await self.nad_changed(nad.body)
 
@@ -1383,10 +1400,28 @@ class Reconciler:
     # -- drift: owned NB rows changed behind our back ----------------------------------------
 
     def _nb_row_changed(self, change: client.RowChange) -> None:
-        """In the NB connection thread: hand the change to the loop."""
+        """In the NB connection thread: hand the change to the loop.
+
+        Changes are queued and the loop woken once for all those queued meanwhile: deleting
+        NADs whose switches hold 10,000 ports reports 10,000 port deletions, and a wake-up
+        each (a write to the loop's self-pipe) cost the NB thread more than the IDL's update
+        itself."""
         loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._drift, change)
+        if loop is None or loop.is_closed():
+            return
+        self._row_changes.append(change)  # deque: appends and pops are thread-safe
+        if not self._row_changes_scheduled:
+            self._row_changes_scheduled = True
+            loop.call_soon_threadsafe(self._drain_row_changes)
+
+    def _drain_row_changes(self) -> None:
+        """On the loop: the queued row changes, at most DRIFT_SLICE per turn of the loop."""
+        self._row_changes_scheduled = False  # before popping: a change queued later wakes us
+        for _ in range(min(DRIFT_SLICE, len(self._row_changes))):
+            self._drift(self._row_changes.popleft())
+        if self._row_changes and not self._row_changes_scheduled:
+            self._row_changes_scheduled = True
+            asyncio.get_running_loop().call_soon(self._drain_row_changes)
 
     def _drift(self, change: client.RowChange) -> None:
         """An owned row was updated or deleted: converge what it belongs to within moments.
@@ -1408,6 +1443,9 @@ class Reconciler:
                 self._written.pop(key, None)
                 self._pod_queue.add(key)
             return
+        if (change.table == "Logical_Switch" and change.event == "delete"
+                and change.name not in self._switch_owner):
+            return  # a switch no network holds is gone, as wanted (our own deletions)
         network = self._networks.get(ids.get(naming.NETWORK_KEY, ""))
         switch = change.name if change.table == "Logical_Switch" else (
             desired.switch_name(network) if network is not None else None)
@@ -1525,6 +1563,7 @@ class Reconciler:
                                      _key(b)))
         previous_nads = self._nads
         self._nads, self._networks, self._pools, self._holders = {}, {}, {}, {}
+        self._conflicted = {}
         self._switch_owner = {}
         self._network_nads = collections.defaultdict(list)
         self._waiting = collections.defaultdict(set)
