@@ -5,7 +5,9 @@ kubelet and Multus, the external host, a real control plane, the product deploye
 `manifests/`), applies `manifests/examples/` with kubectl, waits for the pods, then prints
 `ovn-nbctl show` for our switches, each pod's interfaces, a ping matrix run in the pods with
 `kubectl exec`, and captures proving Geneve between the nodes and the VLAN tags on the physical
-network. The sandbox stays up afterwards.
+network; a MultiNetworkPolicy closing one cell of the matrix; a KubeVirt VM (the sandbox's
+stand-in) keeping its addresses across a live migration, with the gap the external host saw,
+and a restart; diagnose finding a broken uplink; metrics. The sandbox stays up afterwards.
 
 Run with `python -m ovnk_secondary.sandbox.demo [--name NAME]`.
 """
@@ -18,7 +20,7 @@ import sys
 import time
 
 from ovnk_secondary import errors
-from ovnk_secondary.sandbox import cluster, kubeapi, scenario
+from ovnk_secondary.sandbox import cluster, kubeapi, scenario, vms
 
 
 def _section(title: str) -> None:
@@ -117,6 +119,56 @@ def _policy_matrix(sb: cluster.Sandbox, pods: list[scenario.PodView], targets: d
     after = scenario.ping_matrix(sb, pods, targets)
     print(f"  policy deleted: the matrix is {'as before' if after == before else 'CHANGED'}")
     return bool(expected) and changed == expected and after == before
+
+
+def _vm(sb: cluster.Sandbox) -> bool:
+    """A VM (the sandbox's stand-in) with a NIC on layer2 and one on VLAN 33, addresses from
+    subnets held by IPAMClaims: live-migrated with 10 ms pings running, then restarted; its
+    addresses stay. Returns whether they did and the pings came back."""
+    _section("KubeVirt VM vm-a: addresses from subnets, kept by IPAMClaims across live "
+             "migration and restart")
+    scenario.kubectl(sb, "apply", "-f", str(scenario.EXAMPLES / "vms" / "10-nads.yaml"))
+    l2, localnet = f"{scenario.NAMESPACE}/nad-vm-l2", f"{scenario.NAMESPACE}/nad-vm-localnet"
+
+    def addresses(pod: scenario.PodView) -> dict[str, str]:
+        return {nad: f"{e['mac_address']} {' '.join(e['ip_addresses'])}"
+                for nad, e in sorted(pod.pod_networks.items())}
+
+    ok = True
+    try:
+        launcher = vms.create(sb, "vm-a", [l2, localnet], node="node-1")
+        before = addresses(launcher)
+        print(f"  created on {launcher.node} ({launcher.name}):")
+        for nad, value in before.items():
+            print(f"    {nad}: {value}")
+        target_ip = launcher.pod_networks[localnet]["ip_addresses"][0].split("/")[0]
+        vlan_netns, host = cluster.EXTERNAL_HOSTS[33]
+        pinging = vms.ping_in_background(sb, sb.external, ["ip", "netns", "exec", vlan_netns],
+                                         target_ip, seconds=7)
+        time.sleep(1)
+        moved = vms.migrate(sb, "vm-a")
+        assert moved is not None
+        seen = pinging()
+        after = addresses(moved.target)
+        print(f"  live-migrated {moved.source.node} -> {moved.target.node} ({moved.target.name}):"
+              f" addresses {'the same' if after == before else 'CHANGED: ' + str(after)}")
+        print(f"  the external host {host} pinged {target_ip} every 10 ms meanwhile: "
+              f"{seen.lost} of {seen.sent} lost, longest gap {seen.longest_gap * 1000:.0f} ms, "
+              f"{seen.duplicates} duplicate replies")
+        restarted = vms.restart(sb, "vm-a", to="node-2")
+        again = addresses(restarted)
+        print(f"  restarted on {restarted.node} ({restarted.name}): addresses "
+              f"{'the same' if again == before else 'CHANGED: ' + str(again)}")
+        replied = vms.guest(sb, "vm-a", ["ping", "-c", "3", "-i", "0.2", "-W", "2", host])
+        print(f"  vm-a -> {host}: {'replies' if replied.exit_code == 0 else 'NO REPLY'}")
+        ok = (after == before == again and seen.received > 0 and seen.duplicates == 0
+              and replied.exit_code == 0)
+    except errors.OvnkSecondaryError as exc:
+        print(f"  FAILED: {exc}")
+        ok = False
+    print("  (try: .venv/bin/ovnk-secondary sandbox vm migrate vm-a; "
+          ".venv/bin/ovnk-secondary sandbox vm exec vm-a -- ip addr)")
+    return ok
 
 
 def _broken_uplink(sb: cluster.Sandbox, pod: scenario.PodView) -> bool:
@@ -230,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {line.strip()}")
             checks.append(ok and bool(tagged) and f"vlan {vlan}," in tagged[0])
 
+        checks.append(_vm(sb))
         checks.append(_broken_uplink(sb, by_name["localnet2-pod"]))
         _show_metrics(sb)
     except errors.OvnkSecondaryError as exc:
