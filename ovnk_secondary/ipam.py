@@ -279,39 +279,55 @@ class Holders:
     A claim is all or nothing: when any value is held by another owner, `claim` raises
     `errors.IpamError` naming that holder and records nothing. Static IPs are compared as
     addresses, whatever their prefix length (10.0.0.1/24 and 10.0.0.1/16 are one address).
+
+    Owners claiming with the same `group` share values: the pods of one KubeVirt VM (the
+    source and target of a live migration carry the VM's MAC and static IPs at once). A value
+    is free again when the last owner holding it releases it.
     """
 
     def __init__(self, *, network: str) -> None:
         self.network = network
-        self._held: dict[tuple[str, str], Hashable] = {}  # (kind, value) -> owner
+        self._held: dict[tuple[str, str], list[Hashable]] = {}  # (kind, value) -> owners
         self._by_owner: dict[Hashable, tuple[tuple[str, str], ...]] = {}
+        self._group: dict[Hashable, Hashable] = {}  # owner -> its group, when it has one
 
     def holder(self, kind: str, value: str) -> Hashable | None:
-        return self._held.get((kind, _canonical(kind, value)))
+        owners = self._held.get((kind, _canonical(kind, value)))
+        return owners[0] if owners else None
 
     def claim(self, owner: Hashable, *, macs: Iterable[str] = (),
-              ips: Iterable[str] = ()) -> None:
+              ips: Iterable[str] = (), group: Hashable | None = None) -> None:
         wanted = tuple([("MAC", _canonical("MAC", m)) for m in macs]
                        + [("IP", _canonical("IP", i)) for i in ips])
         held = self._by_owner.get(owner)
-        if held is not None and set(held) == set(wanted):
+        if held is not None and set(held) == set(wanted) and self._group.get(owner) == group:
             return
         for key in wanted:
-            holder = self._held.get(key)
-            if holder is not None and holder != owner:
-                raise errors.IpamError(f"network {self.network}: {key[0]} {key[1]} is already "
-                                       f"used by {holder}; choose another {key[0]}")
+            for holder in self._held.get(key, ()):
+                if holder != owner and (group is None or self._group.get(holder) != group):
+                    shared = self._group.get(holder)
+                    of = f" of {shared}" if shared is not None else ""
+                    raise errors.IpamError(
+                        f"network {self.network}: {key[0]} {key[1]} is already used by "
+                        f"{holder}{of}; choose another {key[0]}")
         self.release(owner)
         for key in wanted:
-            self._held[key] = owner
+            self._held.setdefault(key, []).append(owner)
         self._by_owner[owner] = wanted
+        if group is not None:
+            self._group[owner] = group
 
     def release(self, owner: Hashable) -> bool:
-        """Free what `owner` holds; False when it held nothing."""
+        """Free what `owner` holds (values shared with its group stay the others'); False
+        when it held nothing."""
         held = self._by_owner.pop(owner, None)
+        self._group.pop(owner, None)
         for key in held or ():
-            if self._held.get(key) == owner:
-                del self._held[key]
+            owners = self._held.get(key)
+            if owners is not None and owner in owners:
+                owners.remove(owner)
+                if not owners:
+                    del self._held[key]
         return held is not None
 
     def owners(self) -> list[Hashable]:

@@ -39,6 +39,18 @@ Key = tuple[str, str]  # (namespace, name)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class Vm:
+    """A VM by its exact identity: its pods may share its MAC and static IPs on a network
+    (`ipam.Holders` groups)."""
+
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"VM {self.namespace}/{self.name}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class VmPod:
     """A live pod of a VM (not finished, not being deleted, scheduled)."""
 

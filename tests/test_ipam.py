@@ -9,7 +9,7 @@ import netaddr
 import pytest
 from hypothesis import strategies as st
 
-from ovnk_secondary import errors, ipam
+from ovnk_secondary import errors, ipam, migration
 
 
 def _pool(subnets: str, excludes: str = "") -> ipam.Pool:
@@ -144,3 +144,22 @@ def test_holders_refuse_a_value_held_by_another_owner_and_claim_all_or_nothing()
     holders.claim("b", macs=["02:00:00:00:be:ef"], ips=["10.254.6.1/24"])
     assert holders.holder("MAC", "02:00:00:00:BE:EF") == "b"
     assert holders.owners() == ["b"]
+
+
+def test_holders_of_one_group_share_values_until_the_last_releases_them() -> None:
+    holders = ipam.Holders(network="flat")
+    vm = migration.Vm("vms", "vm-a")
+    value = {"macs": ["02:00:00:00:00:0a"], "ips": ["10.254.7.1/24"]}
+    holders.claim("source", group=vm, **value)
+    holders.claim("target", group=vm, **value)  # a live migration: both pods hold them
+    with pytest.raises(errors.IpamError, match=r"already used by source of VM vms/vm-a"):
+        holders.claim("other", **value)  # a pod of no VM
+    with pytest.raises(errors.IpamError, match=r"already used by source of VM vms/vm-a"):
+        holders.claim("other", group=migration.Vm("vms", "vm-b"), **value)  # another VM
+    holders.release("source")  # the migration done: the target keeps them
+    assert holders.holder("IP", "10.254.7.1") == "target"
+    with pytest.raises(errors.IpamError, match=r"already used by target of VM vms/vm-a"):
+        holders.claim("other", **value)
+    holders.release("target")
+    holders.claim("other", **value)  # free once the last holder went
+    assert holders.owners() == ["other"]

@@ -197,6 +197,11 @@ def _pod(body: Mapping[str, Any]) -> _Pod:
     )
 
 
+def _vm_group(pod: _Pod) -> migration.Vm | None:
+    """The VM whose pods share the pod's MAC and static IPs (`ipam.Holders`), if any."""
+    return migration.Vm(pod.namespace, pod.vm) if pod.vm else None
+
+
 def _migration_facts(pod: _Pod) -> tuple[bool, bool, str]:
     """What of a VM's pod decides the ports of its other pods (`migration.decide`)."""
     return pod.live, pod.target_ready, pod.created
@@ -1013,7 +1018,7 @@ class Reconciler:
                 continue
             try:
                 self._reserve(config.name, self._recorded_owner(pod, nad_key, config, entry),
-                              entry)
+                              entry, group=_vm_group(pod))
             except errors.IpamError as exc:
                 logger.warning("pod %s/%s: %s", pod.namespace, pod.name, exc)
 
@@ -1068,15 +1073,16 @@ class Reconciler:
         return claim.owner
 
     def _reserve(self, network: str, owner: ipam.Owner | persistentips.ClaimOwner,
-                 entry: podnetworks.PodNetwork) -> None:
-        """Mark a recorded entry's addresses as `owner`'s; IpamError when another holds one."""
+                 entry: podnetworks.PodNetwork, *, group: migration.Vm | None = None) -> None:
+        """Mark a recorded entry's addresses as `owner`'s (shared with the owners of `group`:
+        a VM's pods); IpamError when another holds one."""
         pool = self._pools.get(network)
         if pool is not None and entry.ip_addresses:
             pool.reserve(owner=owner, addresses=entry.ip_addresses)
         holders = self._holders.get(network)
         if holders is not None:
             holders.claim(owner, macs=[entry.mac_address],
-                          ips=() if pool is not None else entry.ip_addresses or ())
+                          ips=() if pool is not None else entry.ip_addresses or (), group=group)
 
     def _attachments(
         self, pod: _Pod, recorded: dict[str, podnetworks.PodNetwork],
@@ -1156,7 +1162,7 @@ class Reconciler:
             else:
                 owner = self._recorded_owner(pod, selection.nad_key, network, entry)
                 try:
-                    self._reserve(network.name, owner, entry)
+                    self._reserve(network.name, owner, entry, group=_vm_group(pod))
                 except errors.IpamError as exc:
                     problems.append((IPAM_FAILED, f"recorded addresses of {owner}: {exc}"))
             if isinstance(owner, persistentips.ClaimOwner) and claimed is not None:
@@ -1196,11 +1202,14 @@ class Reconciler:
         except errors.IpamError as exc:
             self._waiting[network.name].add(pod.key)
             return IPAM_FAILED, str(exc)
+        # a VM's pods derive one MAC (without IPs to derive it from): a migration keeps it
+        seed = f"{pod.namespace}/{pod.vm}" if pod.vm else pod.uid
         mac = podnetworks.mac_address(ips or (), requested=selection.mac,
-                                      seed=f"{pod.uid}/{selection.nad_key}")
+                                      seed=f"{seed}/{selection.nad_key}")
         try:
             self._holders[network.name].claim(
-                owner, macs=[mac], ips=() if pool is not None else ips or ())
+                owner, macs=[mac], ips=() if pool is not None else ips or (),
+                group=_vm_group(pod))
         except errors.IpamError as exc:
             if pool is not None and isinstance(owner, ipam.Owner):
                 pool.release(owner=owner)

@@ -161,3 +161,35 @@ def test_a_controller_restart_mid_migration_keeps_each_port_as_it_was(
         assert _row(nb_server, "launcher-dst")[0] == "[]"
     finally:
         second.stop()
+
+
+def test_on_an_ipamless_network_both_pods_of_a_vm_carry_its_static_addresses(
+    api: Api, nb_server: servers.NbServer, controller: Controller
+) -> None:
+    """The talk's cloud-init case: no subnets, the VM's pods name the same static IP and MAC;
+    only the pods of that VM may."""
+    api.create_nad(NS, "flat", name="flat", topology="layer2")
+    static = json.dumps([{"name": "flat", "ips": ["192.0.2.10/24"], "mac": "02:00:00:00:00:10"}])
+    labels = {persistentips.VM_LABEL: "vm-s", "kubevirt.io": "virt-launcher"}
+    api.create_pod(NS, "static-src", static, node="node1", labels=labels)
+    time.sleep(1.1)
+    api.create_pod(NS, "static-dst", static, node="node2", labels=labels)
+    port = f"{NS}.flat_{NS}_static-dst"
+    until(lambda: nb_get(nb_server, "Logical_Switch_Port", port, "enabled") == "false",
+          "no disabled target port")
+    entries = [(api.pod_networks(NS, p) or {}).get(f"{NS}/flat") for p in ("static-src",
+                                                                          "static-dst")]
+    assert entries[0] == entries[1] and entries[0] is not None
+    assert entries[0]["mac_address"] == "02:00:00:00:00:10"
+    api.create_pod(NS, "not-the-vm", static, node="node1")
+    events = until(lambda: [e for e in api.events("not-the-vm")
+                            if e["reason"] == "AddressInUse"], "no AddressInUse")
+    assert "of VM vms/vm-s" in events[0]["message"]
+    assert api.pod_networks(NS, "not-the-vm") is None
+    # the VM migrated away and gone: the addresses are free for the other pod
+    _annotate(api, "static-dst", READY)
+    until(lambda: nb_get(nb_server, "Logical_Switch_Port", port, "enabled") == "[]",
+          "the target stayed disabled")
+    api.delete_pod(NS, "static-src")
+    api.delete_pod(NS, "static-dst")
+    until(lambda: api.pod_networks(NS, "not-the-vm"), "the addresses stayed held")
