@@ -161,3 +161,29 @@ def test_a_vm_keeps_its_addresses_across_live_migration_failed_migration_and_res
                 if "virt-launcher" in line]
     assert not scenario.custom_api(sb).list_namespaced_custom_object(
         *vms.CLAIMS[:2], NS, vms.CLAIMS[2])["items"]
+
+
+def test_a_vm_with_static_addresses_on_an_ipamless_localnet_migrates_with_them(
+        sb: cluster.Sandbox) -> None:
+    """The talk's cloud-init case: no subnets; the VM's pods name the same static IP and
+    MAC, the target gets them, the external host keeps reaching the VM."""
+    nad = f"{NS}/nad-vm-static"
+    static = {nad: (("172.17.33.70/24",), "02:00:00:00:33:70")}
+    vlan_netns, _ = cluster.EXTERNAL_HOSTS[33]
+    try:
+        launcher = vms.create(sb, "vm-b", [nad], node="node-1", static=static)
+        assert launcher.pod_networks[nad]["ip_addresses"] == ["172.17.33.70/24"]
+        assert launcher.pod_networks[nad]["mac_address"] == "02:00:00:00:33:70"
+        result = vms.ping_in_background(sb, sb.external, ["ip", "netns", "exec", vlan_netns],
+                                        "172.17.33.70", seconds=10)
+        time.sleep(1)
+        moved = vms.migrate(sb, "vm-b")
+        assert moved is not None and moved.target.node == "node-2"
+        assert moved.target.pod_networks[nad] == launcher.pod_networks[nad]
+        seen = result()
+        assert seen.received > 0.5 * seen.sent and seen.longest_gap < 3, seen
+        assert seen.duplicates == 0, seen
+        scenario.wait_gone(sb, [moved.source.name])
+        assert vms.guest(sb, "vm-b", ["ping", "-c", "2", "-W", "2", "172.17.33.1"]).exit_code == 0
+    finally:
+        vms.delete(sb, "vm-b")
