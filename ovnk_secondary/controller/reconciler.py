@@ -1323,9 +1323,11 @@ class Reconciler:
         found = []
         for nad_key, entry in self._recorded(source)[1].items():
             nad = self._nads.get(_split(nad_key))
-            if nad is None or not nad.applied or nad.config is None:
+            network = self._networks.get(nad.config.name) if nad is not None and \
+                nad.applied and nad.config is not None else None
+            if network is None:
                 continue
-            found.append((self._networks[nad.config.name], desired.Attachment(
+            found.append((network, desired.Attachment(
                 nad_key=nad_key, pod_namespace=source.namespace, pod_name=source.name,
                 pod_uid=source.uid, node=source.node, mac=entry.mac_address,
                 ips=entry.ip_addresses, mode=migration.VACATED)))

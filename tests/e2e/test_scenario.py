@@ -520,6 +520,16 @@ def test_faults_while_30_pods_are_created(sb: cluster.Sandbox) -> None:
     _eventually(lambda: "ipam.net_ovn_layer2_switch" not in _names(sb, "Logical_Switch"))
 
 
+def _apply_layer2_nad(sb: cluster.Sandbox, name: str, *, network: str, subnets: str) -> None:
+    """`kubectl apply` of a layer2 NAD `name` in NS with `subnets`."""
+    sb.kubectl("apply", "-f", "-", stdin=json.dumps({
+        "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"config": json.dumps({
+            "cniVersion": "0.3.1", "name": network, "type": "ovn-k8s-cni-overlay",
+            "topology": "layer2", "subnets": subnets, "netAttachDefName": f"{NS}/{name}"})}}))
+
+
 def _policy(name: str, policy_for: str, spec: dict[str, Any]) -> str:
     return json.dumps({
         "apiVersion": "k8s.cni.cncf.io/v1beta1", "kind": "MultiNetworkPolicy",
@@ -535,13 +545,7 @@ def test_multinetworkpolicies_close_and_open_traffic_on_both_topologies(
     traffic passing, a podSelector peer opened and closed by a label flip. On the IPAM-less
     localnet2: an egress ipBlock with except (selector peers are refused there, with an
     Event). Deleting the policies opens everything again and leaves no rows of ours."""
-    nad = {"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
-           "metadata": {"name": "nad-policy", "namespace": NS},
-           "spec": {"config": json.dumps({
-               "cniVersion": "0.3.1", "name": "policy-network", "type": "ovn-k8s-cni-overlay",
-               "topology": "layer2", "subnets": "10.124.0.0/24",
-               "netAttachDefName": f"{NS}/nad-policy"})}}
-    sb.kubectl("apply", "-f", "-", stdin=json.dumps(nad))
+    _apply_layer2_nad(sb, "nad-policy", network="policy-network", subnets="10.124.0.0/24")
     pods = {"srv": "app=server", "cli": "role=other", "oth": "role=other"}
     for name, labels in pods.items():
         sb.kubectl("run", name, "-n", NS, "--image", "ovnk-sandbox/workload:busybox",
@@ -647,13 +651,7 @@ def test_multinetworkpolicies_decide_tcp_and_udp_per_port_on_both_topologies(
     applied, deletion opening everything. Localnet2 (VLAN 33, IPAM-less): an ipBlock
     ingress peer, the external VLAN host, allowed on TCP/8080 and UDP/5353 only, and a pod of
     the same VLAN outside the block refused."""
-    nad = {"apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
-           "metadata": {"name": "nad-matrix", "namespace": NS},
-           "spec": {"config": json.dumps({
-               "cniVersion": "0.3.1", "name": "matrix-network", "type": "ovn-k8s-cni-overlay",
-               "topology": "layer2", "subnets": "10.125.0.0/24",
-               "netAttachDefName": f"{NS}/nad-matrix"})}}
-    sb.kubectl("apply", "-f", "-", stdin=json.dumps(nad))
+    _apply_layer2_nad(sb, "nad-matrix", network="matrix-network", subnets="10.125.0.0/24")
     scenario.ensure_namespace(sb, PEER_NS)
     sb.kubectl("label", "namespace", PEER_NS, "team=peer", "--overwrite")
     on_matrix = f"{NS}/nad-matrix"
