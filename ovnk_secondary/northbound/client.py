@@ -513,6 +513,8 @@ class Northbound:
         for port in change.delete_ports:
             yield api.lsp_del(port.name, switch=port.switch or None, if_exists=True)
         for port in change.create_ports:
+            # `enabled` only when set (a migration target's): unset is OVN's enabled
+            enabled = {"enabled": [port.enabled]} if port.enabled is not None else {}
             yield api.lsp_add(
                 port.switch, port.name, may_exist=False,
                 type=port.type,
@@ -521,7 +523,7 @@ class Northbound:
                 external_ids=dict(port.external_ids),
                 options=dict(port.options),
                 tag_request=[port.tag_request] if port.tag_request is not None else [],
-                enabled=[port.enabled] if port.enabled is not None else [],
+                **enabled,
             )
         for update in change.update_ports:
             yield from self._update_commands("Logical_Switch_Port", update)
