@@ -8,13 +8,17 @@ Inside pods, use kubectl with the sandbox's admin kubeconfig (`status` prints it
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 
 from ovnk_secondary.sandbox import cluster, scenario, vms
+
+MAC = re.compile(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,6 +115,15 @@ def _vm(sb: cluster.Sandbox, args: argparse.Namespace) -> int:
         for item in args.static:
             nad, _, value = item.partition("=")
             address, _, mac = value.partition(",")
+            try:
+                ipaddress.ip_interface(address)
+                if "/" not in address or not nad or (mac and not MAC.fullmatch(mac)):
+                    raise ValueError(item)
+            except ValueError:
+                print(f"ovnk-secondary sandbox vm create: --static {item!r}: give "
+                      "NAMESPACE/NAME=IP/PREFIX[,MAC], e.g. "
+                      "test/nad-vm-static=172.17.33.70/24,02:00:00:00:33:70", file=sys.stderr)
+                return 2
             static[nad] = ((address,), mac or None)
         show(vms.create(sb, args.vm, args.nad, namespace=args.namespace, node=args.node,
                         static=static))
@@ -123,9 +136,12 @@ def _vm(sb: cluster.Sandbox, args: argparse.Namespace) -> int:
             print(f"VM {args.vm}: {done.source.node} -> {done.target.node}; the guest paused "
                   f"{(done.resumed - done.paused) * 1000:.0f} ms", file=sys.stderr)
     elif args.vm_action == "restart":
-        show(vms.restart(sb, args.vm, namespace=args.namespace, to=args.to))
+        pod = vms.restart(sb, args.vm, namespace=args.namespace, to=args.to)
+        show(pod)
+        print(f"VM {args.vm}: restarted on {pod.node}", file=sys.stderr)
     elif args.vm_action == "delete":
         vms.delete(sb, args.vm, namespace=args.namespace)
+        print(f"VM {args.vm}: deleted (its pods, IPAMClaims and guest)", file=sys.stderr)
     else:
         command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
         return subprocess.call(["ip", "netns", "exec", vms.guest_netns(sb, args.vm), *command])

@@ -356,6 +356,8 @@ class Sandbox:
             },
             "external_hosts": {str(vlan): ip for vlan, (_, ip) in EXTERNAL_HOSTS.items()},
             "kubeconfig": str(self.kubeconfig) if self.kubeconfig else None,
+            # the control plane's release (the kubectl on PATH may be another)
+            "kubectl": str(kubeapi.kubectl()) if self.kubeconfig else None,
         }
 
     # -- addressing ---------------------------------------------------------------------------

@@ -134,12 +134,9 @@ def nics_for(sb: cluster.Sandbox, vm: str, nads: Sequence[str],
              static: dict[str, tuple[tuple[str, ...], str | None]] | None = None) -> list[Nic]:
     """The VM's NICs on `nads` (namespace/name), net1 onwards; a claim `<vm>.<iface>` on the
     networks that allow persistent IPs; `static` gives (ips, mac) per NAD (IPAM-less)."""
-    custom = scenario.custom_api(sb)
     nics = []
     for index, nad in enumerate(nads, start=1):
-        namespace, name = nad.split("/", 1)
-        body = custom.get_namespaced_custom_object(NADS[0], NADS[1], namespace, NADS[2], name)
-        config = json.loads(body["spec"]["config"])
+        config = json.loads(_nad(sb, nad)["spec"]["config"])
         interface = f"net{index}"
         ips, mac = (static or {}).get(nad, ((), None))
         claim = f"{vm}.{interface}" if config.get("allowPersistentIPs") and \
@@ -148,14 +145,29 @@ def nics_for(sb: cluster.Sandbox, vm: str, nads: Sequence[str],
     return nics
 
 
+def _nad(sb: cluster.Sandbox, nad: str) -> dict[str, Any]:
+    """The NAD `namespace/name` as the API returns it; SandboxError when there is none."""
+    namespace, _, name = nad.partition("/")
+    if not namespace or not name:
+        raise errors.SandboxError(f"NAD {nad!r}: give it as NAMESPACE/NAME")
+    try:
+        body: dict[str, Any] = scenario.custom_api(sb).get_namespaced_custom_object(
+            NADS[0], NADS[1], namespace, NADS[2], name)
+    except kubernetes.client.ApiException as exc:
+        if exc.status == 404:
+            raise errors.SandboxError(
+                f"NAD {nad} does not exist: create it first (the VM NADs: kubectl apply -f "
+                "manifests/examples/vms/10-nads.yaml)") from exc
+        raise
+    return body
+
+
 def _ensure_claim(sb: cluster.Sandbox, namespace: str, nic: Nic) -> None:
     """The IPAMClaim as KubeVirt's ipam-extensions create it (spec.network: the network's
     name in the NAD's config)."""
     assert nic.claim is not None
     custom = scenario.custom_api(sb)
-    nad_namespace, nad_name = nic.nad.split("/", 1)
-    body = custom.get_namespaced_custom_object(NADS[0], NADS[1], nad_namespace, NADS[2], nad_name)
-    network = json.loads(body["spec"]["config"])["name"]
+    network = json.loads(_nad(sb, nic.nad)["spec"]["config"])["name"]
     try:
         custom.create_namespaced_custom_object(CLAIMS[0], CLAIMS[1], namespace, CLAIMS[2], {
             "apiVersion": f"{CLAIMS[0]}/{CLAIMS[1]}", "kind": "IPAMClaim",
@@ -302,17 +314,35 @@ def create(sb: cluster.Sandbox, vm: str, nads: Sequence[str], *, namespace: str 
            node: str = "node-1",
            static: dict[str, tuple[tuple[str, ...], str | None]] | None = None
            ) -> scenario.PodView:
-    """Start VM `vm` on `node` with a NIC on each NAD; returns its virt-launcher pod."""
+    """Start VM `vm` on `node` with a NIC on each NAD; returns its virt-launcher pod. A VM
+    that fails to start is deleted again (SandboxError says why)."""
+    existing = [p["metadata"]["name"] for p in launchers(sb, vm, namespace)]
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True,
+                            check=False).stdout.split()
+    if existing or guest_netns(sb, vm) in listed:
+        raise errors.SandboxError(f"VM {vm} exists (pods {existing}, guest "
+                                  f"{guest_netns(sb, vm)}): delete it first or choose another "
+                                  "name")
     nics = nics_for(sb, vm, nads, static)
-    for nic in nics:
-        if nic.claim:
-            _ensure_claim(sb, namespace, nic)
-    subprocess.run(["ip", "netns", "add", guest_netns(sb, vm)], check=True,
-                   capture_output=True)
-    guest(sb, vm, ["ip", "link", "set", "lo", "up"], check=True)
-    pod = _start_launcher(sb, vm, namespace, node, nics)
-    _plug(sb, vm, pod, nics, prefix="")
-    _activate(sb, vm, pod, nics, prefix="", remove_old=False)
+    unknown = set(static or {}) - {nic.nad for nic in nics}
+    if unknown:
+        raise errors.SandboxError(f"static addresses for {sorted(unknown)}, which the VM has "
+                                  f"no NIC on (its NADs: {list(nads)})")
+    try:
+        for nic in nics:
+            if nic.claim:
+                _ensure_claim(sb, namespace, nic)
+        subprocess.run(["ip", "netns", "add", guest_netns(sb, vm)], check=True,
+                       capture_output=True)
+        guest(sb, vm, ["ip", "link", "set", "lo", "up"], check=True)
+        pod = _start_launcher(sb, vm, namespace, node, nics)
+        _plug(sb, vm, pod, nics, prefix="")
+        _activate(sb, vm, pod, nics, prefix="", remove_old=False)
+    except (errors.OvnkSecondaryError, subprocess.CalledProcessError,
+            kubernetes.client.ApiException) as exc:
+        delete(sb, vm, namespace=namespace, claims=[n.claim for n in nics if n.claim])
+        raise errors.SandboxError(f"VM {vm} did not start, nothing of it is left: {exc}") \
+            from exc
     return pod
 
 
@@ -361,17 +391,24 @@ def restart(sb: cluster.Sandbox, vm: str, *, namespace: str = "test",
     return pod
 
 
-def delete(sb: cluster.Sandbox, vm: str, *, namespace: str = "test") -> None:
-    """Delete VM `vm`: its pods, its IPAMClaims (their IPs go back to the pools), the guest."""
+def delete(sb: cluster.Sandbox, vm: str, *, namespace: str = "test",
+           claims: Sequence[str] = ()) -> None:
+    """Delete VM `vm`: its pods, its IPAMClaims (those its pods name, and `claims`; their IPs
+    go back to the pools), the guest."""
     pods = launchers(sb, vm, namespace)
-    claims = {nic.claim for pod in pods for nic in _nics_of(pod) if nic.claim}
+    wanted = {nic.claim for pod in pods for nic in _nics_of(pod) if nic.claim} | set(claims)
     core = scenario.core_api(sb)
     for pod in pods:
         core.delete_namespaced_pod(pod["metadata"]["name"], namespace)
     scenario.wait_gone(sb, [p["metadata"]["name"] for p in pods], namespace=namespace)
     custom = scenario.custom_api(sb)
-    for claim in sorted(claims):
-        custom.delete_namespaced_custom_object(CLAIMS[0], CLAIMS[1], namespace, CLAIMS[2], claim)
+    for claim in sorted(wanted):
+        try:
+            custom.delete_namespaced_custom_object(CLAIMS[0], CLAIMS[1], namespace, CLAIMS[2],
+                                                   claim)
+        except kubernetes.client.ApiException as exc:
+            if exc.status != 404:
+                raise
     subprocess.run(["ip", "netns", "del", guest_netns(sb, vm)], check=False,
                    capture_output=True)
 
