@@ -33,7 +33,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from ovnk_secondary import cli, nads, selections
+from ovnk_secondary import cli, errors, ipam, nads, selections
 from ovnk_secondary.agent import bridgemappings
 from ovnk_secondary.cni import protocol
 from ovnk_secondary.controller import apiclient
@@ -882,12 +882,47 @@ def test_base_bridge_mappings_are_empty_and_valid() -> None:
     assert _bridge_mappings(configmap, source="manifests/bridge-mappings.yaml") == ()
 
 
-def _example(kind: str) -> list[dict[str, Any]]:
-    return [doc for _, doc in _objects(EXAMPLES) if doc["kind"] == kind]
+def _example(kind: str, root: pathlib.Path = EXAMPLES) -> list[dict[str, Any]]:
+    """What `kubectl apply -f <root>` applies of `kind` (not recursive, as kubectl)."""
+    return [doc for _, doc in _objects(root, recursive=False) if doc["kind"] == kind]
 
 
 EXAMPLE_NADS = {d["metadata"]["name"]: d for d in _example("NetworkAttachmentDefinition")}
 EXAMPLE_PODS = {d["metadata"]["name"]: d for d in _example("Pod")}
+# the KubeVirt VM stand-in's NADs (`sandbox vm create`), applied on their own
+VM_NADS = {d["metadata"]["name"]: d
+           for d in _example("NetworkAttachmentDefinition", EXAMPLES / "vms")}
+
+
+def test_vm_nads_parse_and_their_pools_stay_clear_of_the_static_addresses() -> None:
+    """The VM NADs: persistent IPs from subnets (layer2 and VLAN 33 on localnet2's bridge
+    mapping) and the IPAM-less cloud-init one; the localnet pool never hands out an address
+    the scenario's pods or the external host hold statically on that VLAN."""
+    assert set(VM_NADS) == {"nad-vm-l2", "nad-vm-localnet", "nad-vm-static"}
+    assert not set(VM_NADS) & set(EXAMPLE_NADS)
+    configs = {name: nads.parse_nad(nad) for name, nad in VM_NADS.items()}
+    assert all(c is not None for c in configs.values())
+    l2, localnet, static = (configs[n] for n in ("nad-vm-l2", "nad-vm-localnet",
+                                                 "nad-vm-static"))
+    assert l2 is not None and localnet is not None and static is not None
+    assert l2.allow_persistent_ips and localnet.allow_persistent_ips and l2.has_ipam
+    assert (localnet.vlan_id, localnet.physical_network) == (33, "localnet2")
+    assert (static.vlan_id, static.physical_network, static.has_ipam) == (33, "localnet2",
+                                                                         False)
+    pool = ipam.Pool(network=localnet.name, subnets=localnet.subnets,
+                     exclude_subnets=localnet.exclude_subnets)
+    held = {ipaddress.ip_interface(ip).ip for pod in EXAMPLE_PODS.values()
+            for s in _selections(pod) for ip in s.ips}
+    held.add(ipaddress.ip_address(cluster.EXTERNAL_HOSTS[33][1]))
+    owner = ipam.Owner(nad_key="test/nad-vm-localnet", namespace="test", name="x")
+    handed = set()
+    while True:
+        try:
+            handed.add(ipaddress.ip_interface(pool.allocate(owner=owner)[0]).ip)
+        except errors.IpamError:
+            break
+        owner = ipam.Owner(nad_key=owner.nad_key, namespace="test", name=f"x{len(handed)}")
+    assert handed and not handed & held
 
 
 def test_example_bridge_mappings_are_the_sandbox_nodes_and_serve_every_localnet() -> None:
