@@ -1104,7 +1104,7 @@ class Reconciler:
         """
         namespace, name, uid, node = pod.namespace, pod.name, pod.uid, pod.node
         annotation = pod.networks
-        if not node or not annotation or pod.finished or pod.deleting:
+        if not annotation or not pod.live:
             return []
         decision = self._migration(pod)
         mode = migration.ACTIVE
