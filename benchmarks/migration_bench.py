@@ -2,6 +2,7 @@
 on a third one, and the external VLAN host, ping it every 10 ms and hold a TCP connection.
 
     .venv/bin/python benchmarks/migration_bench.py [--migrations 10] [--aborts 3] [--keep]
+                                                   [--strategy per-pod|multi-chassis|both]
 
 Needs the sandbox's images and Kubernetes binaries (`make images kube`). Per run: a sandbox
 cluster of its own with three nodes (`migbench`), the product deployed as in `make demo`; two
@@ -25,10 +26,14 @@ Baseline in the same run: the same pings and TCP for 6 s with no migration: the 
 of the path itself (the userspace datapath's jitter on this machine), to which every gap is
 compared (ratio).
 
-Strategy measured: OVN-Kubernetes' (two ports; at the target's domain-ready annotation, one NB
-transaction enables the target and disables the source, emptying its addresses). OVN's
-multi-chassis binding with `activation-strategy=rarp` is not implemented yet (see the README's
-limitations); it has no row here.
+Strategies (`--strategy`, both by default, one after the other on the same sandbox: the
+controller's ConfigMap is switched and the controller rolled out, and the VM created afresh):
+`per-pod`, OVN-Kubernetes' (two ports; at the target's domain-ready annotation, one NB
+transaction enables the target and disables the source, emptying its addresses), and
+`multi-chassis`, OVN's (one port of the VM, `requested-chassis=<source>,<target>` with
+`activation-strategy=rarp` during the migration: the target's chassis takes over at the guest's
+first RARP). With multi-chassis, a third ping stream measures the MTU caveat: from the external
+host (localnet), packets of the guest NIC's full MTU (`-M do`: never fragmented).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ovnk_secondary import migration
 from ovnk_secondary.sandbox import cluster, scenario, vms
 
 NS = "test"
@@ -125,7 +131,7 @@ class Window:
     """Pings and a TCP client from the peer and the external host, for `seconds`."""
 
     def __init__(self, sb: cluster.Sandbox, peer: scenario.PodView, targets: dict[str, str],
-                 seconds: int) -> None:
+                 seconds: int, *, full_mtu: int | None = None) -> None:
         assert peer.netns is not None
         vlan_netns, _ = cluster.EXTERNAL_HOSTS[33]
         self.senders = {"layer2": (peer.node, ["nsenter", f"--net={peer.netns}"]),
@@ -140,9 +146,19 @@ class Window:
                 ["docker", "exec", sb.container(where), *netns, "python3", "-c", TCP_CLIENT,
                  address, str(ECHO_PORT), str(seconds - 0.5)],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.full_mtu: Callable[[], vms.Outage] | None = None
+        if full_mtu is not None:  # packets of the localnet NIC's MTU, never fragmented
+            where, netns = self.senders["localnet"]
+            self.full_mtu = vms.ping_in_background(sb, where, netns, targets["localnet"],
+                                                   seconds=seconds, size=full_mtu - 28)
 
     def result(self) -> dict[str, Sample]:
         samples = {}
+        if self.full_mtu is not None:
+            seen = self.full_mtu()
+            samples["localnet-full-mtu"] = Sample(
+                lost=seen.lost, sent=seen.sent, gap=seen.longest_gap,
+                duplicates=seen.duplicates, tcp_gap=0.0, tcp_error=None)
         for topology, ping in self.pings.items():
             seen = ping()
             output, _ = self.tcp[topology].communicate(timeout=120)
@@ -166,24 +182,27 @@ def _summary(label: str, samples: list[Sample], baseline: Sample) -> str:
             f"{max(s.tcp_gap for s in samples) * 1000:.0f} ms")
 
 
-def run(sb: cluster.Sandbox, *, migrations: int, aborts: int) -> dict[str, Any]:
-    _apply_nads(sb)
+def run(sb: cluster.Sandbox, peer: scenario.PodView, *, strategy: str, migrations: int,
+        aborts: int) -> dict[str, Any]:
+    sb.set_migration_strategy(strategy)
     nodes = [n for n in sb.node_names if n.startswith("node-")]
-    peer = _peer(sb, nodes[2])
     launcher = vms.create(sb, "vm-bench", [L2, LOCALNET], node=nodes[0])
     targets = {"layer2": launcher.pod_networks[L2]["ip_addresses"][0].split("/")[0],
                "localnet": launcher.pod_networks[LOCALNET]["ip_addresses"][0].split("/")[0]}
+    # the guest's localnet NIC (net2) has the pod interface's MTU
+    mtu = int(vms.guest(sb, "vm-bench", ["cat", "/sys/class/net/net2/mtu"], check=True).stdout)
+    full_mtu = mtu if strategy == migration.MULTI_CHASSIS else None
     server = subprocess.Popen(["ip", "netns", "exec", vms.guest_netns(sb, "vm-bench"),
                                sys.executable, "-c", ECHO_SERVER, str(ECHO_PORT)])
     try:
         time.sleep(1)
-        window = Window(sb, peer, targets, seconds=6)
+        window = Window(sb, peer, targets, seconds=6, full_mtu=full_mtu)
         baseline = window.result()
         print(f"baseline (no migration, 6 s): {json.dumps(dataclasses.asdict(baseline['layer2']))}"
               f" {json.dumps(dataclasses.asdict(baseline['localnet']))}", file=sys.stderr)
         rows: list[dict[str, Any]] = []
         for index in range(migrations):
-            window = Window(sb, peer, targets, seconds=7)
+            window = Window(sb, peer, targets, seconds=7, full_mtu=full_mtu)
             time.sleep(1)
             moved = vms.migrate(sb, "vm-bench")
             assert moved is not None
@@ -197,7 +216,7 @@ def run(sb: cluster.Sandbox, *, migrations: int, aborts: int) -> dict[str, Any]:
             scenario.wait_gone(sb, [moved.source.name])
         aborted: list[dict[str, Sample]] = []
         for _ in range(aborts):
-            window = Window(sb, peer, targets, seconds=7)
+            window = Window(sb, peer, targets, seconds=7, full_mtu=full_mtu)
             time.sleep(1)
             assert vms.migrate(sb, "vm-bench", abort=True) is None
             aborted.append(window.result())
@@ -209,37 +228,52 @@ def run(sb: cluster.Sandbox, *, migrations: int, aborts: int) -> dict[str, Any]:
     return {"baseline": baseline, "rows": rows, "aborted": aborted}
 
 
+def report(strategy: str, result: dict[str, Any]) -> None:
+    baseline, rows, aborted = result["baseline"], result["rows"], result["aborted"]
+    how = {migration.PER_POD: "two ports, switch-over at the target's domain-ready annotation",
+           migration.MULTI_CHASSIS: "one port, requested-chassis on both nodes, "
+                                    "activation-strategy=rarp"}[strategy]
+    print(f"strategy {strategy} ({how}); {len(rows)} migrations, pings every 10 ms, TCP line "
+          "every 10 ms")
+    for topology in [t for t in ("layer2", "localnet", "localnet-full-mtu") if t in baseline]:
+        samples = [Sample(**row[topology]) for row in rows]
+        print(_summary(f"  {topology}, all migrations", samples, baseline[topology]))
+        first = samples[0]
+        print(f"  {topology}, the VM's first migration: lost {first.lost}, longest gap "
+              f"{first.gap * 1000:.0f} ms, TCP {'reset' if first.tcp_error else 'kept'}")
+        if aborted:
+            print(_summary(f"  {topology}, aborted migrations", [a[topology] for a in aborted],
+                           baseline[topology]))
+    pauses = [row["guest_pause_ms"] for row in rows]
+    ready = [row["ready_after_resume_ms"] for row in rows]
+    print(f"  the stand-in's own blackout (guest NIC moved): p50 {statistics.median(pauses):.0f}"
+          f" ms, max {max(pauses):.0f} ms; domain-ready annotation set "
+          f"{statistics.median(ready):.0f} ms (p50) after the resume")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--migrations", type=int, default=10)
     parser.add_argument("--aborts", type=int, default=3)
+    parser.add_argument("--strategy", choices=[*migration.STRATEGIES, "both"], default="both")
     parser.add_argument("--keep", action="store_true", help="leave the sandbox up")
     args = parser.parse_args()
+    strategies = migration.STRATEGIES if args.strategy == "both" else (args.strategy,)
     started = time.monotonic()
     sb = cluster.Sandbox.up(name="migbench", nodes=3, kubernetes=True)
     print(f"sandbox up in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    results = {}
     try:
-        result = run(sb, migrations=args.migrations, aborts=args.aborts)
+        _apply_nads(sb)
+        peer = _peer(sb, [n for n in sb.node_names if n.startswith("node-")][2])
+        for strategy in strategies:
+            results[strategy] = run(sb, peer, strategy=strategy, migrations=args.migrations,
+                                    aborts=args.aborts)
     finally:
         if not args.keep:
             sb.down()
-    baseline, rows, aborted = result["baseline"], result["rows"], result["aborted"]
-    print(f"strategy: ovn-kubernetes (two ports, switch-over at the target's domain-ready "
-          f"annotation); {len(rows)} migrations, pings every 10 ms, TCP line every 10 ms")
-    for topology in ("layer2", "localnet"):
-        samples = [Sample(**row[topology]) for row in rows]
-        print(_summary(f"{topology}, all migrations", samples, baseline[topology]))
-        first = samples[0]
-        print(f"{topology}, the VM's first migration: lost {first.lost}, longest gap "
-              f"{first.gap * 1000:.0f} ms, TCP {'reset' if first.tcp_error else 'kept'}")
-        if aborted:
-            print(_summary(f"{topology}, aborted migrations", [a[topology] for a in aborted],
-                           baseline[topology]))
-    pauses = [row["guest_pause_ms"] for row in rows]
-    ready = [row["ready_after_resume_ms"] for row in rows]
-    print(f"the stand-in's own blackout (guest NIC moved): p50 {statistics.median(pauses):.0f} ms,"
-          f" max {max(pauses):.0f} ms; domain-ready annotation set {statistics.median(ready):.0f}"
-          " ms (p50) after the resume")
+    for strategy, result in results.items():
+        report(strategy, result)
     return 0
 
 

@@ -21,19 +21,38 @@ must deliver to exactly one of them. As OVN-Kubernetes
 - a third live pod of one VM is refused (Warning Event `LiveMigrationConflict`, naming the two
   that are migrating); it attaches once one of them is gone.
 
-Pure: values in, port modes out; the reconciler applies them to the ports it writes.
+That is the `PER_POD` strategy. The other, `MULTI_CHASSIS` (kube-ovn's; OVN's multi-chassis
+port binding, ovn-nb(5) Logical_Switch_Port options `requested-chassis` and
+`activation-strategy`, OVN >= 22.06), gives the VM one port on each network whose addresses are
+the VM's for good (an IPAMClaim's on a network with `allowPersistentIPs`, or a network without
+IPAM): `naming.vm_port_name`, which both pods' interfaces plug into (the annotation entry's
+`logical_switch_port`). During a migration the port's `requested-chassis` lists the source's
+node then the target's, with `activation-strategy=rarp`: ovn-controller on the target binds the
+port as an additional chassis but keeps it blocked until the guest's first RARP there (QEMU
+announces itself after resuming), then unblocks it at once, without a round trip through the
+control plane; at domain-ready the port is the target's alone. Addresses never move between
+rows, so nothing on the path has to learn a new port (on a localnet switch OVN tunnels the
+port's traffic between the two chassis while both are listed: see the MTU note in README).
+A VM's other NICs (dynamic addresses without a claim) keep per-pod ports.
+
+Pure: values in, port modes (and requested chassis) out; the reconciler applies them to the
+ports it writes.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 # Set by KubeVirt's virt-handler on the target virt-launcher pod when the migrated domain is
 # ready there (kubevirt.io/api/core/v1 MigrationTargetReadyTimestamp).
 TARGET_READY = "kubevirt.io/migration-target-ready-timestamp"
 # Warning Event on a pod refused because two other pods of its VM are migrating
 CONFLICT = "LiveMigrationConflict"
+# Live-migration strategies (the controller's --migration-strategy)
+PER_POD = "per-pod"  # OVN-K's: a port per pod, the target's enabled at domain-ready
+MULTI_CHASSIS = "multi-chassis"  # OVN's: one port of the VM, bound on both nodes
+STRATEGIES = (PER_POD, MULTI_CHASSIS)
 
 Key = tuple[str, str]  # (namespace, name)
 
@@ -104,3 +123,16 @@ def decide(vm: str, pods: Iterable[VmPod]) -> Decision:
         for p in ordered[2:]}
     return Decision(modes=modes, refused=refused, source=source.key, target=target.key,
                     switched=switched)
+
+
+def requested_chassis(decision: Decision, node_of: Mapping[Key, str]) -> tuple[str, ...]:
+    """The `requested-chassis` of a VM's own port (`MULTI_CHASSIS`), main chassis first: the
+    node of the pod that has the traffic, then, during a migration before the switch-over,
+    the target's (an additional chassis). `node_of` maps the decision's pods to their nodes;
+    empty when the VM has no live pod."""
+    if decision.source is None or decision.target is None:
+        return tuple(node_of[key] for key in decision.modes)[:1]
+    if decision.switched:
+        return (node_of[decision.target],)
+    source, target = node_of[decision.source], node_of[decision.target]
+    return (source,) if source == target else (source, target)

@@ -55,6 +55,16 @@ def pod_port_name(nad_key: str, pod_namespace: str, pod_name: str) -> str:
     return f"{prefix(nad_key)}{pod_namespace}_{pod_name}"
 
 
+def vm_port_name(nad_key: str, vm_namespace: str, vm_name: str) -> str:
+    """Logical switch port (and OVS iface-id) of a KubeVirt VM on a NAD, shared by its pods
+    with the multi-chassis live-migration strategy (`migration`): `ns1.l2.network_ns1_vm_vm-a`.
+
+    Ours (OVN-K has a port per pod); never a pod's port name: Kubernetes names hold no `_`, so
+    after the NAD's prefix a pod's port has one `_` and a VM's two.
+    """
+    return f"{prefix(nad_key)}{vm_namespace}_vm_{vm_name}"
+
+
 def controller_name(network: str) -> str:
     """OVN-K's owner-controller of a secondary network's rows: `<network>-network-controller`."""
     return f"{network}-network-controller"

@@ -5,6 +5,11 @@ map keyed by `<nad namespace>/<nad name>`; each value holds `ip_addresses` (CIDR
 null without IPAM), `mac_address`, optional `gateway_ips` and `routes`, and `role`. Once a key
 is written its addresses never change, so an annotation is also the record IPAM is rebuilt
 from after a restart.
+
+One key is ours, not OVN-K's: `logical_switch_port`, written only on the entries of a KubeVirt
+VM's pods whose port is the VM's own (`naming.vm_port_name`: the multi-chassis live-migration
+strategy, see `migration`), so that the node agent plugs the pod's interface into that port.
+Without it, the port is the pod's (`naming.pod_port_name`), as in OVN-K.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ovnk_secondary import errors
+from ovnk_secondary import errors, naming
 
 ANNOTATION = "k8s.ovn.org/pod-networks"
 
@@ -36,6 +41,7 @@ class PodNetwork:
     gateway_ips: tuple[str, ...] = ()
     routes: tuple[Route, ...] = ()
     role: str = "secondary"
+    logical_switch_port: str | None = None  # ours: the VM's port, when not the pod's own
 
     def to_json(self) -> dict[str, Any]:
         value: dict[str, Any] = {
@@ -47,7 +53,17 @@ class PodNetwork:
         if self.routes:
             value["routes"] = [{"dest": r.dest, "nextHop": r.next_hop} for r in self.routes]
         value["role"] = self.role
+        if self.logical_switch_port is not None:
+            value["logical_switch_port"] = self.logical_switch_port
         return value
+
+
+def port_name(nad_key: str, pod_namespace: str, pod_name: str, entry: PodNetwork | None) -> str:
+    """The logical switch port (and OVS iface-id) of a pod on a NAD: the one its entry names,
+    else the pod's own (`naming.pod_port_name`)."""
+    if entry is not None and entry.logical_switch_port is not None:
+        return entry.logical_switch_port
+    return naming.pod_port_name(nad_key, pod_namespace, pod_name)
 
 
 def mac_address(ips: Sequence[str], *, requested: str | None = None, seed: str = "") -> str:
@@ -105,8 +121,11 @@ def _decode_entry(key: str, value: Any) -> PodNetwork:
             raise _fail(f"entry {key}: each route needs dest and nextHop")
         routes.append(Route(dest=route["dest"], next_hop=str(route.get("nextHop") or "")))
     role = value.get("role") or "secondary"
+    port = value.get("logical_switch_port")
+    if port is not None and (not isinstance(port, str) or not port):
+        raise _fail(f"entry {key}: logical_switch_port must be a port name")
     return PodNetwork(ip_addresses=ips, mac_address=mac.lower(), gateway_ips=tuple(gateways),
-                      routes=tuple(routes), role=str(role))
+                      routes=tuple(routes), role=str(role), logical_switch_port=port)
 
 
 def decode(text: str | None) -> dict[str, PodNetwork]:

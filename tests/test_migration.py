@@ -58,3 +58,27 @@ def test_exactly_one_pod_gets_traffic_and_every_pod_is_decided_once(
     assert len(enabled) == (1 if pods else 0)
     # a pod without addresses is never the one enabled (the vacated source)
     assert all(m.addresses for m in decision.modes.values() if m.enabled)
+
+
+def test_the_vms_port_is_requested_on_the_node_with_the_traffic_then_the_target() -> None:
+    src, dst = _pod("src", "2026-01-01T00:00:00Z"), _pod("dst", "2026-01-01T00:00:05Z")
+    nodes = {src.key: "node-1", dst.key: "node-2"}
+    alone = migration.decide("vm", [src])
+    assert migration.requested_chassis(alone, nodes) == ("node-1",)
+    migrating = migration.decide("vm", [src, dst])
+    assert migration.requested_chassis(migrating, nodes) == ("node-1", "node-2")
+    ready = migration.decide("vm", [src, _pod("dst", "2026-01-01T00:00:05Z", ready=True)])
+    assert migration.requested_chassis(ready, nodes) == ("node-2",)
+    assert migration.requested_chassis(migration.decide("vm", []), {}) == ()
+
+
+@given(_pods, st.lists(st.sampled_from(["n1", "n2", "n3"]), min_size=5, max_size=5))
+def test_the_main_chassis_is_the_node_of_the_pod_with_the_traffic(
+        pods: list[migration.VmPod], nodes: list[str]) -> None:
+    decision = migration.decide("vm", pods)
+    node_of = {p.key: nodes[i] for i, p in enumerate(pods)}
+    chassis = migration.requested_chassis(decision, node_of)
+    enabled = [k for k, m in decision.modes.items() if m.enabled]
+    assert chassis[:1] == tuple(node_of[k] for k in enabled)
+    assert len(set(chassis)) == len(chassis) <= 2
+    assert set(chassis) <= {node_of[k] for k in decision.modes}

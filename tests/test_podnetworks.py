@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 
@@ -49,7 +50,22 @@ def test_encode_decode_round_trip_in_ovnk_format() -> None:
 
 
 @pytest.mark.parametrize("text", ["{", "[]", '{"a/b": {"ip_addresses": ["x"], "mac_address": "m"}}',
-                                  '{"a/b": {"ip_addresses": null}}'])
+                                  '{"a/b": {"ip_addresses": null}}',
+                                  '{"a/b": {"mac_address": "m", "logical_switch_port": 7}}'])
 def test_unreadable_annotations_raise_invalid_config(text: str) -> None:
     with pytest.raises(errors.InvalidConfig):
         podnetworks.decode(text)
+
+
+def test_a_vms_entry_names_its_port_and_others_derive_the_pods() -> None:
+    shared = podnetworks.PodNetwork(ip_addresses=("10.0.0.5/24",), mac_address="0a:58:0a:00:00:05",
+                                    logical_switch_port="test.l2_test_vm_vm-a")
+    text = podnetworks.encode({"test/l2": shared})
+    assert json.loads(text)["test/l2"]["logical_switch_port"] == "test.l2_test_vm_vm-a"
+    assert podnetworks.decode(text) == {"test/l2": shared}
+    assert podnetworks.port_name("test/l2", "test", "virt-launcher-vm-a-x", shared) == \
+        "test.l2_test_vm_vm-a"
+    own = dataclasses.replace(shared, logical_switch_port=None)
+    assert "logical_switch_port" not in json.loads(podnetworks.encode({"test/l2": own}))["test/l2"]
+    assert podnetworks.port_name("test/l2", "test", "pod-1", own) == "test.l2_test_pod-1"
+    assert podnetworks.port_name("test/l2", "test", "pod-1", None) == "test.l2_test_pod-1"

@@ -269,8 +269,8 @@ class Attachments:
                 "controller runs")
         annotated = time.monotonic()
         timings["annotation"] = annotated - start
-        port_name = naming.pod_port_name(network.nad_key, request.pod_namespace,
-                                         request.pod_name)
+        port_name = podnetworks.port_name(network.nad_key, request.pod_namespace,
+                                          request.pod_name, pod_network)
         host_name = interfaces.host_ifname(container_id=request.container_id,
                                            ifname=request.ifname)
         spec = desired_interface(request=request, network=network, pod_network=pod_network,
@@ -391,8 +391,8 @@ class Attachments:
                                     f"{pods.ANNOTATION} entry {network.nad_key}")
         spec = desired_interface(request=request, network=network, pod_network=pod_network,
                                  tx_checksum_offload=self.settings.tx_checksum_offload)
-        port_name = naming.pod_port_name(network.nad_key, request.pod_namespace,
-                                         request.pod_name)
+        port_name = podnetworks.port_name(network.nad_key, request.pod_namespace,
+                                          request.pod_name, pod_network)
         observed = await self._run(interfaces.observe, netns=request.netns,
                                    ifname=request.ifname)
         candidates = await self._run(self.switch.interfaces_with_iface_id, iface_id=port_name)

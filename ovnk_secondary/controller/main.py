@@ -2,6 +2,7 @@
 
     ovnk-secondary controller --ovn-nb tcp:HOST:6641 [--kubeconfig PATH]
                               [--resync-period S] [--health-port P] [--leader-elect ...]
+                              [--migration-strategy per-pod|multi-chassis]
 
 With `--leader-elect`, the controller first waits to hold its Lease (`leaderelection`) and
 works only while it holds it; losing it ends the process (exit code 1) for its Deployment to
@@ -20,7 +21,7 @@ import logging
 import signal
 from typing import Any
 
-from ovnk_secondary import cli, errors
+from ovnk_secondary import cli, errors, migration
 from ovnk_secondary.controller import (
     apiclient,
     health,
@@ -53,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "~/.kube/config)")
     parser.add_argument("--resync-period", type=float, default=300.0, metavar="S",
                         help="seconds between full syncs (default 300)")
+    parser.add_argument("--migration-strategy", choices=migration.STRATEGIES,
+                        default=migration.PER_POD,
+                        help="KubeVirt live migration on secondary networks (see README): "
+                        "per-pod (OVN-Kubernetes': a port per virt-launcher pod, switched at "
+                        "domain-ready) or multi-chassis (OVN's: one port per VM bound on both "
+                        "nodes, switched by the guest's RARP); default per-pod")
     parser.add_argument("--health-port", type=int, default=8080, metavar="P",
                         help="port of /healthz, /readyz and /metrics (default 8080; 0 "
                         "disables)")
@@ -125,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         await serve(ovn_nb=args.ovn_nb, credentials=credentials,
                     resync_period=args.resync_period, health_port=args.health_port,
                     nb_timeout=args.nb_timeout, stop=stop, election=election, nb_tls=tls,
-                    lost_lease=lost)
+                    lost_lease=lost, migration_strategy=args.migration_strategy)
         return lost.is_set()
 
     return 1 if asyncio.run(main()) else 0
@@ -152,6 +159,7 @@ async def serve(
     started: asyncio.Event | None = None,
     election: leaderelection.Config | None = None,
     lost_lease: asyncio.Event | None = None,
+    migration_strategy: str = migration.PER_POD,
 ) -> reconciler.Reconciler:
     """Run until `stop` is set; returns the reconciler (for tests and benchmarks).
 
@@ -161,13 +169,15 @@ async def serve(
     northbound = client.Northbound(remote=ovn_nb, timeout=nb_timeout, tls=nb_tls,
                                    on_transaction=metrics.nb_transaction)
     api = apiclient.ApiClient(credentials)
-    policy = reconciler.Reconciler(northbound=northbound, api=api, resync_period=resync_period)
+    policy = reconciler.Reconciler(northbound=northbound, api=api, resync_period=resync_period,
+                                   migration_strategy=migration_strategy)
     elector = None if election is None else leaderelection.LeaderElector(
         apiclient.ApiClient(credentials), election)
     runner = await health.start(host=health_host, port=health_port, policy=policy,
                                 elector=elector) if health_port else None
-    logger.info("controller starting: OVN NB %s, Kubernetes API %s, resync every %gs",
-                ovn_nb, credentials.server, resync_period)
+    logger.info("controller starting: OVN NB %s, Kubernetes API %s, resync every %gs, "
+                "live migration %s", ovn_nb, credentials.server, resync_period,
+                migration_strategy)
     if started is not None:
         started.set()
     tasks: list[asyncio.Task[Any]] = []

@@ -107,7 +107,7 @@ def pod(namespace: str, name: str, labels: Iterable[tuple[str, str]],
         recorded: Mapping[str, podnetworks.PodNetwork]) -> acls.Pod:
     """A pod as policies see it: its labels, and per NAD its port and recorded addresses."""
     return acls.Pod(namespace=namespace, name=name, labels=dict(labels), ports={
-        nad: acls.PodPort(name=naming.pod_port_name(nad, namespace, name),
+        nad: acls.PodPort(name=podnetworks.port_name(nad, namespace, name, entry),
                           ips=tuple(entry.ip_addresses or ()))
         for nad, entry in recorded.items()})
 

@@ -227,7 +227,8 @@ def _pod_of_port(port: str, external_ids: Mapping[str, str]) -> Key | None:
         return None
     head = naming.pod_port_name(nad_key, namespace, "")
     name = port[len(head):]
-    return (namespace, name) if name and port.startswith(head) else None
+    # a KubeVirt VM's own port (`naming.vm_port_name`) has a `_` there: no pod's
+    return (namespace, name) if name and "_" not in name and port.startswith(head) else None
 
 
 def _split(nad_key: str) -> Key:
@@ -287,7 +288,12 @@ class Reconciler:
         api: apiclient.ApiClient,
         resync_period: float = 300.0,
         retry_period: float = 2.0,
+        migration_strategy: str = migration.PER_POD,
     ) -> None:
+        if migration_strategy not in migration.STRATEGIES:
+            raise ValueError(f"migration strategy {migration_strategy!r}: one of "
+                             f"{', '.join(migration.STRATEGIES)}")
+        self.migration_strategy = migration_strategy
         self.northbound = northbound
         self.api = api
         self.resync_period = resync_period
@@ -930,6 +936,16 @@ class Reconciler:
             migration.VmPod(key=p.key, created=p.created, target_ready=p.target_ready)
             for p in members if p is not None and p.live))
 
+    def _vm_chassis(self, decision: migration.Decision | None) -> tuple[str, ...]:
+        """The chassis of a VM's own ports (`migration.requested_chassis`)."""
+        if decision is None:
+            return ()
+        nodes = {key: pod.node for key in decision.modes
+                 if (pod := self._pods.get(key)) is not None and pod.node}
+        if len(nodes) != len(decision.modes):
+            return ()
+        return migration.requested_chassis(decision, nodes)
+
     def _note_gone(self, key: Key, pod: _Pod) -> None:
         gone = self._gone.setdefault(key, [])
         if all(g.uid != pod.uid for g in gone):
@@ -978,8 +994,15 @@ class Reconciler:
         kept = set(self._recorded(current)[1]) if current is not None and \
             current.uid != uid else set()
         port_names = set()
-        for nad_key in recorded:
-            port_names.add(naming.pod_port_name(nad_key, namespace, name))
+        vm_ports = set()  # the VM's own ports: they go with its last live pod
+        vm_live = pod.vm is not None and any(
+            (p := self._pods.get(k)) is not None and p.live and p.uid != uid
+            for k in self._vms.get((namespace, pod.vm), ()))
+        for nad_key, entry in recorded.items():
+            port_name = podnetworks.port_name(nad_key, namespace, name, entry)
+            port_names.add(port_name)
+            if entry.logical_switch_port is not None and not vm_live:
+                vm_ports.add(port_name)
             nad = self._nads.get(_split(nad_key))
             if nad_key in kept or nad is None or not nad.applied or nad.config is None:
                 continue  # a deleted NAD released its owners already
@@ -992,7 +1015,8 @@ class Reconciler:
         have, _ = await self._nb(
             lambda: self.northbound.read_some(switches=(), ports=port_names))
         # only rows of this pod's incarnation: a pod re-created under the same name is not ours
-        stale = {n: p for n, p in have.ports.items() if p.options.get("iface-id-ver") == uid}
+        stale = {n: p for n, p in have.ports.items()
+                 if p.options.get("iface-id-ver") == uid or n in vm_ports}
         if stale:
             try:
                 await self._nb(lambda: self.northbound.apply(
@@ -1167,10 +1191,12 @@ class Reconciler:
                     problems.append((IPAM_FAILED, f"recorded addresses of {owner}: {exc}"))
             if isinstance(owner, persistentips.ClaimOwner) and claimed is not None:
                 claimed[selection.nad_key] = (owner, new)
+            vm_port = entry.logical_switch_port
             result.append((network, desired.Attachment(
                 nad_key=selection.nad_key, pod_namespace=namespace, pod_name=name,
                 pod_uid=uid, node=str(node), mac=entry.mac_address, ips=entry.ip_addresses,
-                mode=mode,
+                mode=mode, vm_port=vm_port,
+                chassis=(self._vm_chassis(decision) or (str(node),)) if vm_port else (),
             )))
         # said once the others are known: attached ones are named, never assumed
         attached = ", ".join(a.nad_key for _, a in result)
@@ -1204,6 +1230,10 @@ class Reconciler:
             return IPAM_FAILED, str(exc)
         # a VM's pods derive one MAC (without IPs to derive it from): a migration keeps it
         seed = f"{pod.namespace}/{pod.vm}" if pod.vm else pod.uid
+        # the VM's own port when its addresses are the VM's for good (`migration`)
+        vm_port = naming.vm_port_name(selection.nad_key, pod.namespace, pod.vm) if (
+            pod.vm is not None and self.migration_strategy == migration.MULTI_CHASSIS
+            and (pool is None or isinstance(owner, persistentips.ClaimOwner))) else None
         mac = podnetworks.mac_address(ips or (), requested=selection.mac,
                                       seed=f"{seed}/{selection.nad_key}")
         try:
@@ -1216,7 +1246,8 @@ class Reconciler:
             self._waiting[network.name].add(pod.key)
             return ADDRESS_IN_USE, f"{exc}; the pod waits until it is released"
         return podnetworks.PodNetwork(ip_addresses=ips, mac_address=mac,
-                                      gateway_ips=selection.default_route)
+                                      gateway_ips=selection.default_route,
+                                      logical_switch_port=vm_port)
 
     async def _annotate(
         self, pod: _Pod, recorded: dict[str, podnetworks.PodNetwork],
@@ -1239,7 +1270,8 @@ class Reconciler:
                     logger.info("pod %s/%s on NAD %s: %s, MAC %s, port %s", namespace, name,
                                 nad_key, "addresses " + " ".join(entry.ip_addresses)
                                 if entry.ip_addresses else "no addresses (no IPAM)",
-                                entry.mac_address, naming.pod_port_name(nad_key, namespace, name))
+                                entry.mac_address,
+                                podnetworks.port_name(nad_key, namespace, name, entry))
         return True
 
     def _recorded(self, pod: _Pod) -> tuple[str | None, dict[str, Any]]:
@@ -1322,6 +1354,8 @@ class Reconciler:
             return []
         found = []
         for nad_key, entry in self._recorded(source)[1].items():
+            if entry.logical_switch_port is not None:
+                continue  # the VM's own port: the target's attachment writes it
             nad = self._nads.get(_split(nad_key))
             network = self._networks.get(nad.config.name) if nad is not None and \
                 nad.applied and nad.config is not None else None

@@ -139,7 +139,7 @@ def _walk_element(walk: _Walk, pod: Pod, selection: selections.NetworkSelection,
     network = _check_nad(walk, nad)
     _check_accepted(walk, nad)
     entry = _check_annotation(walk, pod, selection, network)
-    port_name = naming.pod_port_name(selection.nad_key, pod.namespace, pod.name)
+    port_name = podnetworks.port_name(selection.nad_key, pod.namespace, pod.name, entry)
     assert northbound is not None  # read once the annotation is there
     _check_northbound(walk, pod, network, entry, port_name, northbound)
     assert southbound is not None and node is not None
@@ -239,7 +239,8 @@ def _check_northbound(walk: _Walk, pod: Pod, network: nads.NetworkConfig,
         raise walk.broken(what, f"addresses {addresses}, the annotation says {wanted!r}",
                           f"the next full sync repairs it; see {CONTROLLER_LOG}")
     chassis = port["options"].get("requested-chassis")
-    if chassis != pod.node:
+    # a KubeVirt VM's own port lists both nodes during a live migration (`migration`)
+    if pod.node not in str(chassis or "").split(","):
         raise walk.broken(what, f"requested-chassis {chassis}, the pod runs on {pod.node}",
                           f"the next full sync repairs it; see {CONTROLLER_LOG}")
     walk.ok(what, f"addresses {wanted}, requested-chassis {chassis}")

@@ -12,7 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from ovnk_secondary import errors, naming
+from ovnk_secondary import errors, naming, podnetworks
 from ovnk_secondary.controller import main as controller_main
 from ovnk_secondary.diagnose import chain, facts, node, ovsdb
 
@@ -76,7 +76,8 @@ def _pod(reader: facts.Facts, key: str) -> int:
               + (f" (interface {selection.interface})" if selection.interface else ""))
         nad = reader.nad(selection.nad_key)
         network = chain.network_of(nad)
-        port_name = naming.pod_port_name(selection.nad_key, pod.namespace, pod.name)
+        port_name = podnetworks.port_name(selection.nad_key, pod.namespace, pod.name,
+                                          _entry(pod, selection.nad_key))
         northbound = southbound = node_facts = None
         if network is not None and pod.node is not None:
             northbound = reader.northbound(network, port_name)
@@ -113,3 +114,12 @@ def _print(steps: Sequence[chain.Step]) -> None:
         if not step.ok:
             print(f"         fix: {step.fix}")
     sys.stdout.flush()
+
+
+def _entry(pod: chain.Pod, nad_key: str) -> podnetworks.PodNetwork | None:
+    """The pod's annotation entry for a NAD; None when absent or unreadable (the chain says
+    why)."""
+    try:
+        return podnetworks.decode(pod.annotations.get(podnetworks.ANNOTATION)).get(nad_key)
+    except errors.OvnkSecondaryError:
+        return None

@@ -288,9 +288,9 @@ class _Builder:
         return [port for nad, port in pod.ports.items() if nad in network.nad_keys]
 
     def _selected(self, policy: mnp.Policy, network: Network) -> tuple[str, ...]:
-        return tuple(sorted(
+        return tuple(sorted({  # once: a KubeVirt VM's pods may share its port (`migration`)
             port.name for pod in self.pods_by_namespace.get(policy.namespace, ())
-            if policy.pod_selector.matches(pod.labels) for port in self._ports(pod, network)))
+            if policy.pod_selector.matches(pod.labels) for port in self._ports(pod, network)}))
 
     def _peer_key(self, peer: mnp.Peer, namespace: str) -> str:
         """OVN-K's getPodSelectorKey; a namespaceSelector alone selects every pod there."""

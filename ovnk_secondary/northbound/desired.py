@@ -30,7 +30,8 @@ MANAGED_KEYS: Mapping[str, frozenset[str]] = {
     "external_ids": frozenset({naming.OWNER_KEY, naming.NETWORK_KEY, naming.TOPOLOGY_KEY,
                                naming.ROLE_KEY, naming.NAD_KEY, "namespace", "pod"}),
     "other_config": frozenset({"subnet", "ipv6_prefix"}),
-    "options": frozenset({"network_name", "requested-chassis", "iface-id-ver"}),
+    "options": frozenset({"network_name", "requested-chassis", "iface-id-ver",
+                          "activation-strategy"}),
 }
 
 
@@ -130,9 +131,15 @@ class Attachment:
     mac: str
     ips: tuple[str, ...] | None  # CIDR strings; None without IPAM
     mode: migration.PortMode = migration.ACTIVE  # a live-migrating VM's pods: `migration`
+    # A VM's own port (`migration.MULTI_CHASSIS`), shared by its pods, and the chassis that
+    # bind it (main first); None: the pod's own port, bound on `node`
+    vm_port: str | None = None
+    chassis: tuple[str, ...] = ()
 
     @property
     def port_name(self) -> str:
+        if self.vm_port is not None:
+            return self.vm_port
         return naming.pod_port_name(self.nad_key, self.pod_namespace, self.pod_name)
 
 
@@ -180,9 +187,19 @@ def localnet_port(network: nads.NetworkConfig) -> Port | None:
 
 def pod_port(network: nads.NetworkConfig, attachment: Attachment) -> Port:
     """A pod's port: its MAC and IPs as addresses and port security; during a VM's live
-    migration also `enabled=false`, and no addresses on a vacated source (`migration`)."""
+    migration also `enabled=false`, and no addresses on a vacated source (`migration`).
+
+    A VM's own port (`Attachment.vm_port`) is requested on its chassis, comma-separated, main
+    first, with `activation-strategy=rarp` when there are two (ovn-nb(5)), and has no
+    `iface-id-ver` (the pods of the VM, each its uid, plug into it)."""
     address = " ".join([attachment.mac, *(ip.split("/")[0] for ip in attachment.ips or ())])
     mode = attachment.mode
+    options = {"requested-chassis": attachment.node, "iface-id-ver": attachment.pod_uid}
+    if attachment.vm_port is not None:
+        mode = migration.ACTIVE
+        options = {"requested-chassis": ",".join(attachment.chassis)}
+        if len(attachment.chassis) > 1:
+            options["activation-strategy"] = "rarp"
     return Port(
         name=attachment.port_name,
         switch=switch_name(network),
@@ -197,7 +214,7 @@ def pod_port(network: nads.NetworkConfig, attachment: Attachment) -> Port:
             naming.TOPOLOGY_KEY: network.topology,
             **OWNED,
         },
-        options={"requested-chassis": attachment.node, "iface-id-ver": attachment.pod_uid},
+        options=options,
     )
 
 

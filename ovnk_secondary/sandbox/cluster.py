@@ -664,6 +664,13 @@ class Sandbox:
                 if line.strip():
                     yield json.loads(line)
 
+    def set_migration_strategy(self, strategy: str) -> None:
+        """Set the controller's live-migration strategy (its ConfigMap) and roll it out."""
+        patch = json.dumps({"data": {"migration-strategy": strategy}})
+        self.kubectl("patch", "configmap", "-n", PRODUCT_NAMESPACE,
+                     "ovnk-secondary-controller", "--type=merge", "-p", patch)
+        self.rollout_restart_controller()
+
     def kubectl(self, *args: str, timeout: float = 120, check: bool = True,
                 stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         """kubectl (of the control plane's release) as the sandbox's admin."""

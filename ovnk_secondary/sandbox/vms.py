@@ -54,10 +54,27 @@ NADS = ("k8s.cni.cncf.io", "v1", "network-attachment-definitions")
 CLAIMS = ("k8s.cni.cncf.io", "v1alpha1", "ipamclaims")
 
 # QEMU's self-announce after a migration: RARP from the guest's MAC, 5 rounds, 50 ms then
-# +100 ms apart (include/migration/misc.h), plus the guest's own gratuitous ARP.
+# +100 ms apart (include/migration/misc.h), plus the guest's own gratuitous ARP. QEMU sends
+# the first round as the guest resumes: the script starts beforehand, says "ready", and sends
+# as soon as the NIC is up with the guest's MAC (polled every millisecond).
 ANNOUNCE = """
 import socket, struct, sys, time
-iface, mac, ip = sys.argv[1], bytes.fromhex(sys.argv[2].replace(":", "")), sys.argv[3]
+iface, new, mac_text, ip = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+mac = bytes.fromhex(mac_text.replace(":", ""))
+def read(name, what):
+    with open(f"/sys/class/net/{name}/{what}") as f:
+        return f.read().strip()
+index = read(new, "ifindex")  # the NIC that becomes `iface` (the old one has that name now)
+print("ready", flush=True)
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    try:
+        if read(iface, "ifindex") == index and read(iface, "address") == mac_text \\
+                and int(read(iface, "flags"), 16) & 1:
+            break
+    except OSError:
+        pass
+    time.sleep(0.001)
 sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
 sock.bind((iface, 0))
 broadcast = b"\\xff" * 6
@@ -261,10 +278,34 @@ def _addressing(pod: scenario.PodView, nic: Nic) -> tuple[str, list[str]]:
     return str(entry["mac_address"]), list(entry.get("ip_addresses") or [])
 
 
+def _announcers(sb: cluster.Sandbox, vm: str, pod: scenario.PodView, nics: Sequence[Nic], *,
+                prefix: str) -> list[subprocess.Popen[str]]:
+    """The guest's announce (`ANNOUNCE`), one process per NIC, started and ready: each sends
+    once its NIC (`<prefix><iface>` now) is up as `<iface>` with `pod`'s MAC."""
+    announcers: list[subprocess.Popen[str]] = []
+    for nic in nics:  # started first, as QEMU is there before the guest resumes
+        mac, ips = _addressing(pod, nic)
+        announcer = subprocess.Popen(
+            ["ip", "netns", "exec", guest_netns(sb, vm), sys.executable, "-c", ANNOUNCE,
+             nic.interface, f"{prefix}{nic.interface}", mac, ips[0].split("/")[0] if ips
+             else ""], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        announcers.append(announcer)
+        assert announcer.stdout is not None
+        if announcer.stdout.readline().strip() != "ready":
+            for started in announcers:
+                started.kill()
+            raise errors.SandboxError(f"VM {vm}: no guest NIC {prefix}{nic.interface}")
+    return announcers
+
+
 def _activate(sb: cluster.Sandbox, vm: str, pod: scenario.PodView, nics: Sequence[Nic], *,
-              prefix: str, remove_old: bool) -> None:
+              prefix: str, remove_old: bool,
+              announcers: Sequence[subprocess.Popen[str]] | None = None) -> None:
     """The guest's NICs up with the MAC and IPs of `pod`'s annotation (the NICs of the
-    previous pod removed first when `remove_old`), then the announce (`ANNOUNCE`)."""
+    previous pod removed first when `remove_old`), announced (`_announcers`, started here
+    unless given)."""
+    if announcers is None:
+        announcers = _announcers(sb, vm, pod, nics, prefix=prefix)
     lines = []
     for nic in nics:
         mac, ips = _addressing(pod, nic)
@@ -279,13 +320,10 @@ def _activate(sb: cluster.Sandbox, vm: str, pod: scenario.PodView, nics: Sequenc
                           input="\n".join(lines) + "\n", capture_output=True, text=True,
                           timeout=30, check=False)
     if done.returncode != 0:
+        for announcer in announcers:
+            announcer.kill()
         raise errors.SandboxError(f"VM {vm}: {done.stderr.strip()}")
-    for nic in nics:
-        mac, ips = _addressing(pod, nic)
-        subprocess.Popen(  # in the background, as QEMU sends its rounds
-            ["ip", "netns", "exec", guest_netns(sb, vm), sys.executable, "-c", ANNOUNCE,
-             nic.interface, mac, ips[0].split("/")[0] if ips else ""],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # the rounds go on in the background (half a second), as QEMU's do
 
 
 def _other_node(sb: cluster.Sandbox, node: str) -> str:
@@ -347,10 +385,12 @@ def create(sb: cluster.Sandbox, vm: str, nads: Sequence[str], *, namespace: str 
 
 
 def migrate(sb: cluster.Sandbox, vm: str, *, namespace: str = "test", to: str | None = None,
-            abort: bool = False) -> Migration | None:
+            abort: bool = False,
+            before_switch_over: Callable[[], None] | None = None) -> Migration | None:
     """Live-migrate VM `vm` to `to` (the other node by default), as virt-controller and
     virt-handler do; with `abort`, stop before the switch-over (the target pod deleted) and
-    return None."""
+    return None. `before_switch_over` runs once the target pod is ready (tests: stop the
+    controller there)."""
     source_pod = _one_launcher(sb, vm, namespace)
     nics = _nics_of(source_pod)
     source = scenario.view(sb, source_pod["metadata"]["name"], namespace=namespace)
@@ -363,8 +403,11 @@ def migrate(sb: cluster.Sandbox, vm: str, *, namespace: str = "test", to: str | 
             guest(sb, vm, ["ip", "link", "del", f"m-{nic.interface}"])
         scenario.wait_gone(sb, [target.name], namespace=namespace)
         return None
+    if before_switch_over is not None:
+        before_switch_over()
+    announcers = _announcers(sb, vm, target, nics, prefix="m-")
     paused = time.monotonic()
-    _activate(sb, vm, target, nics, prefix="m-", remove_old=True)
+    _activate(sb, vm, target, nics, prefix="m-", remove_old=True, announcers=announcers)
     resumed = time.monotonic()
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     core.patch_namespaced_pod(target.name, namespace, {"metadata": {"annotations": {
@@ -448,16 +491,17 @@ def outage(output: str) -> Outage:
 
 
 def ping_in_background(sb: cluster.Sandbox, container: str, netns: Sequence[str],
-                       address: str, *, seconds: int,
-                       interval: float = 0.01) -> Callable[[], Outage]:
+                       address: str, *, seconds: int, interval: float = 0.01,
+                       size: int | None = None) -> Callable[[], Outage]:
     """Start iputils' `ping -D -i INTERVAL -w SECONDS ADDRESS` in a container of the sandbox
     (`netns`: the argv prefix entering the sender's namespace, e.g. `nsenter --net=PATH` for
     a pod, `ip netns exec vlan33` for an external host); returns a function waiting for its
-    end and returning the `Outage`."""
+    end and returning the `Outage`. `size`: ICMP payload bytes, sent unfragmented (`-M do`)."""
+    sized = ["-s", str(size), "-M", "do"] if size is not None else []
     process = subprocess.Popen(
         ["docker", "exec", sb.container(container), *netns, "ping", "-D", "-i", str(interval),
-         "-w", str(seconds), address], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True)
+         *sized, "-w", str(seconds), address], stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
 
     def result() -> Outage:
         output, _ = process.communicate(timeout=seconds + 60)

@@ -124,8 +124,10 @@ class Controller:
 
     def __init__(self, *, nb_remote: str, kubeconfig: pathlib.Path,
                  resync_period: float = 300.0, health_port: int = 0,
-                 election: leaderelection.Config | None = None) -> None:
+                 election: leaderelection.Config | None = None,
+                 migration_strategy: str = "per-pod") -> None:
         self.election = election
+        self.migration_strategy = migration_strategy
         self.nb_remote = nb_remote
         self.kubeconfig = kubeconfig
         self.resync_period = resync_period
@@ -146,7 +148,8 @@ class Controller:
         self.future = asyncio.run_coroutine_threadsafe(main.serve(
             ovn_nb=self.nb_remote, credentials=credentials, resync_period=self.resync_period,
             stop=self.stop_flag, health_port=self.health_port, health_host="127.0.0.1",
-            nb_timeout=5, started=started, election=self.election), self.thread.loop)
+            nb_timeout=5, started=started, election=self.election,
+            migration_strategy=self.migration_strategy), self.thread.loop)
 
     def stop(self) -> reconciler.Reconciler | None:
         if self.thread is None:

@@ -96,6 +96,26 @@ def test_a_port_name_maps_back_to_exactly_one_pod(
         assert naming.prefix("/".join(first[:2])) == naming.prefix("/".join(second[:2]))
 
 
+@hypothesis.settings(max_examples=500, deadline=None)
+@hypothesis.given(st.tuples(_LABEL, _SUBDOMAIN, _LABEL, _SUBDOMAIN),
+                  st.tuples(_LABEL, _SUBDOMAIN, _LABEL, _SUBDOMAIN))
+def test_a_vm_port_is_never_a_pods_and_names_one_vm(
+    first: tuple[str, str, str, str], second: tuple[str, str, str, str]
+) -> None:
+    """A KubeVirt VM's own port (multi-chassis live migration) never takes the name of a
+    pod's port, is never read back as a pod's, and two VMs share one only as two pods would:
+    the same VM on NADs whose keys mangle alike (refused per pod by the controller)."""
+    nad_ns, nad, vm_ns, vm = first
+    vm_port = naming.vm_port_name(f"{nad_ns}/{nad}", vm_ns, vm)
+    for other_nad_ns, other_nad, pod_ns, pod in (first, second):
+        assert vm_port != naming.pod_port_name(f"{other_nad_ns}/{other_nad}", pod_ns, pod)
+        ids = {naming.NAD_KEY: f"{nad_ns}/{nad}", "namespace": vm_ns}
+        assert reconciler._pod_of_port(vm_port, ids) is None
+    if vm_port == naming.vm_port_name("/".join(second[:2]), *second[2:]):
+        assert first[2:] == second[2:]
+        assert naming.prefix("/".join(first[:2])) == naming.prefix("/".join(second[:2]))
+
+
 @hypothesis.settings(max_examples=200, deadline=None)
 @hypothesis.given(st.lists(_nad_key(), min_size=1, max_size=6, unique=True),
                   st.lists(st.tuples(_LABEL, _SUBDOMAIN), min_size=1, max_size=8, unique=True),

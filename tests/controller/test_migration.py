@@ -193,3 +193,109 @@ def test_on_an_ipamless_network_both_pods_of_a_vm_carry_its_static_addresses(
     api.delete_pod(NS, "static-src")
     api.delete_pod(NS, "static-dst")
     until(lambda: api.pod_networks(NS, "not-the-vm"), "the addresses stayed held")
+
+
+# -- the multi-chassis strategy: one port of the VM, bound on both nodes during a migration --
+
+VM_PORT = f"{NS}.{NAD}_{NS}_vm_vm-a"
+
+
+@pytest.fixture
+def multichassis(nb_server: servers.NbServer, api: Api) -> Any:
+    running = Controller(nb_remote=nb_server.remote, kubeconfig=api.kubeconfig,
+                         migration_strategy=migration.MULTI_CHASSIS)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _options(nb: servers.NbServer, port: str) -> str:
+    return nb_get(nb, "Logical_Switch_Port", port, "options")
+
+
+def test_multichassis_one_vm_port_follows_the_migration_in_requested_chassis(
+    api: Api, nb_server: servers.NbServer, multichassis: Controller, vmnet: None
+) -> None:
+    _launcher(api, "launcher-src", node="node1")
+    source = until(lambda: (api.pod_networks(NS, "launcher-src") or {}).get(f"{NS}/{NAD}"),
+                   "the source got no addresses")
+    assert source["logical_switch_port"] == VM_PORT  # the node agent plugs into it
+    until(lambda: VM_PORT in ports(nb_server), "no VM port")
+    assert _options(nb_server, VM_PORT) == "{requested-chassis=node1}"  # no iface-id-ver
+    address = f"{source['mac_address']} {source['ip_addresses'][0].split('/')[0]}"
+    assert nb_get(nb_server, "Logical_Switch_Port", VM_PORT, "addresses") == f'["{address}"]'
+
+    _launcher(api, "launcher-dst", node="node2")
+    until(lambda: "node1,node2" in _options(nb_server, VM_PORT), "the target's node not added")
+    assert _options(nb_server, VM_PORT) == (
+        '{activation-strategy=rarp, requested-chassis="node1,node2"}')
+    assert (api.pod_networks(NS, "launcher-dst") or {})[f"{NS}/{NAD}"] == source
+    assert {p for p in ports(nb_server) if p.startswith(f"{NS}.{NAD}_")} == {VM_PORT}
+
+    _annotate(api, "launcher-dst", READY)
+    until(lambda: _options(nb_server, VM_PORT) == "{requested-chassis=node2}",
+          "the port stayed on both nodes")
+    api.delete_pod(NS, "launcher-src")  # the migration completes: the port is the target's
+    time.sleep(1)
+    assert _options(nb_server, VM_PORT) == "{requested-chassis=node2}"
+    assert nb_get(nb_server, "Logical_Switch_Port", VM_PORT, "addresses") == f'["{address}"]'
+    api.delete_pod(NS, "launcher-dst")  # the VM stopped: its port goes, its claim stays
+    until(lambda: VM_PORT not in ports(nb_server), "the VM's port outlived its pods")
+
+
+def test_multichassis_an_aborted_migration_returns_the_port_to_the_source(
+    api: Api, nb_server: servers.NbServer, multichassis: Controller, vmnet: None
+) -> None:
+    _launcher(api, "launcher-src", node="node1")
+    until(lambda: VM_PORT in ports(nb_server), "no VM port")
+    _launcher(api, "launcher-dst", node="node2")
+    until(lambda: "node1,node2" in _options(nb_server, VM_PORT), "the target's node not added")
+    api.delete_pod(NS, "launcher-dst")
+    until(lambda: _options(nb_server, VM_PORT) == "{requested-chassis=node1}",
+          "the port stayed on the target's node")
+    time.sleep(1)
+    assert VM_PORT in ports(nb_server)
+
+
+def test_multichassis_a_nic_without_persistent_addresses_keeps_per_pod_ports(
+    api: Api, nb_server: servers.NbServer, multichassis: Controller
+) -> None:
+    """Dynamic addresses without a claim differ between the VM's pods: no shared port."""
+    api.create_nad(NS, NAD, name=NAD, topology="layer2", subnets="10.70.0.0/24")
+    _launcher(api, "launcher-src", node="node1", claim=None)
+    until(lambda: _port("launcher-src") in ports(nb_server), "no per-pod port")
+    entry = (api.pod_networks(NS, "launcher-src") or {})[f"{NS}/{NAD}"]
+    assert "logical_switch_port" not in entry
+    assert VM_PORT not in ports(nb_server)
+
+
+def test_multichassis_a_controller_restart_mid_migration_loses_nothing(
+    api: Api, nb_server: servers.NbServer, vmnet: None
+) -> None:
+    def run() -> Controller:
+        running = Controller(nb_remote=nb_server.remote, kubeconfig=api.kubeconfig,
+                             migration_strategy=migration.MULTI_CHASSIS)
+        running.start()
+        return running
+
+    first = run()
+    try:
+        _launcher(api, "launcher-src", node="node1")
+        _launcher(api, "launcher-dst", node="node2")
+        until(lambda: VM_PORT in ports(nb_server)
+              and "node1,node2" in _options(nb_server, VM_PORT), "not on both nodes")
+    finally:
+        first.stop()
+    _annotate(api, "launcher-dst", READY)  # while no controller runs
+    api.delete_pod(NS, "launcher-src")
+    second = run()
+    try:
+        until(lambda: _options(nb_server, VM_PORT) == "{requested-chassis=node2}",
+              "the switch-over was lost")
+        time.sleep(1)  # the full sync and the pods' own turns agree: nothing flips back
+        assert _options(nb_server, VM_PORT) == "{requested-chassis=node2}"
+        assert {p for p in ports(nb_server) if p.startswith(f"{NS}.{NAD}_")} == {VM_PORT}
+    finally:
+        second.stop()

@@ -187,3 +187,80 @@ def test_a_vm_with_static_addresses_on_an_ipamless_localnet_migrates_with_them(
         assert vms.guest(sb, "vm-b", ["ping", "-c", "2", "-W", "2", "172.17.33.1"]).exit_code == 0
     finally:
         vms.delete(sb, "vm-b")
+
+
+def _scale_controller(sb: cluster.Sandbox, replicas: int) -> None:
+    sb.kubectl("scale", "deployment", "-n", cluster.PRODUCT_NAMESPACE,
+               "ovnk-secondary-controller", f"--replicas={replicas}")
+    if replicas == 0:
+        sb.kubectl("wait", "--for=delete", "pod", "-n", cluster.PRODUCT_NAMESPACE,
+                   "-l", "app.kubernetes.io/component=controller", "--timeout=90s", timeout=100)
+    else:
+        sb.kubectl("rollout", "status", "-n", cluster.PRODUCT_NAMESPACE,
+                   "deployment/ovnk-secondary-controller", "--timeout=90s", timeout=100)
+
+
+def test_multichassis_the_guests_rarp_moves_the_traffic_with_the_controller_down(
+        sb: cluster.Sandbox) -> None:
+    """OVN's multi-chassis strategy (`migration.MULTI_CHASSIS`): one port of the VM per
+    network, listed on both nodes while the target pod runs; the controller is stopped before
+    the switch-over, and the guest's RARP alone moves the traffic (ovn-controller activates
+    the target's binding). Once the controller is back, the port is the target node's alone."""
+    vlan_netns, _ = cluster.EXTERNAL_HOSTS[33]
+    sb.set_migration_strategy("multi-chassis")
+    peer = _peer(sb)
+    ports = {nad: naming.vm_port_name(nad, NS, "vm-c") for nad in (L2, LOCALNET)}
+
+    def chassis(port: str) -> str:
+        return sb.ovn_nbctl("get", "Logical_Switch_Port", port,
+                            "options:requested-chassis").strip().strip('"')
+
+    try:
+        launcher = vms.create(sb, "vm-c", [L2, LOCALNET], node="node-1")
+        addresses = _addresses(launcher)
+        l2_ip = addresses[L2][1][0].split("/")[0]
+        ln_ip = addresses[LOCALNET][1][0].split("/")[0]
+        for nad, port in ports.items():
+            assert launcher.pod_networks[nad]["logical_switch_port"] == port
+            assert chassis(port) == "node-1"
+        results: list[Callable[[], vms.Outage]] = []
+
+        def stop_controller() -> None:
+            for port in ports.values():  # the target pod is ready: both nodes bind the port
+                assert chassis(port) == "node-1,node-2"
+            _scale_controller(sb, 0)
+            assert peer.netns is not None
+            results.extend([
+                vms.ping_in_background(sb, "node-1", ["nsenter", f"--net={peer.netns}"],
+                                       l2_ip, seconds=8),
+                vms.ping_in_background(sb, sb.external, ["ip", "netns", "exec", vlan_netns],
+                                       ln_ip, seconds=8)])
+            time.sleep(1)
+
+        moved = vms.migrate(sb, "vm-c", before_switch_over=stop_controller)
+        assert moved is not None and moved.target.node == "node-2"
+        assert _addresses(moved.target) == addresses
+        outages = [result() for result in results]
+        for seen in outages:  # no control plane in the path: a short gap, one location
+            assert seen.received > 0.5 * seen.sent and seen.longest_gap < 1.0, outages
+            assert seen.duplicates == 0, outages
+        for port in ports.values():  # nobody has told NB yet
+            assert chassis(port) == "node-1,node-2"
+        _scale_controller(sb, 1)
+        _eventually(lambda: all(chassis(p) == "node-2" for p in ports.values()), timeout=90)
+        scenario.wait_gone(sb, [moved.source.name])
+        assert scenario.ping(sb, peer, l2_ip)
+        assert vms.guest(sb, "vm-c", ["ping", "-c", "2", "-W", "2", "172.17.33.1"]).exit_code == 0
+        assert not [line for line in sb.ovn_nbctl("--bare", "--columns=name", "list",
+                                                  "Logical_Switch_Port").split()
+                    if "virt-launcher-vm-c" in line]  # no per-pod port of the VM
+    finally:
+        _scale_controller(sb, 1)
+        with contextlib.suppress(kubernetes.client.ApiException):
+            scenario.core_api(sb).delete_namespaced_pod("vm-peer", NS)
+        vms.delete(sb, "vm-c")
+        scenario.wait_gone(sb, ["vm-peer"])
+        sb.set_migration_strategy("per-pod")
+    _eventually(lambda: not any(p in sb.ovn_nbctl("--bare", "--columns=name", "list",
+                                                  "Logical_Switch_Port")
+                                for p in ports.values()))
