@@ -41,7 +41,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import kubernetes
@@ -300,10 +300,12 @@ def _announcers(sb: cluster.Sandbox, vm: str, pod: scenario.PodView, nics: Seque
 
 def _activate(sb: cluster.Sandbox, vm: str, pod: scenario.PodView, nics: Sequence[Nic], *,
               prefix: str, remove_old: bool,
-              announcers: Sequence[subprocess.Popen[str]] | None = None) -> None:
+              announcers: Sequence[subprocess.Popen[str]] | None = None,
+              neighbours: Mapping[str, Sequence[tuple[str, str]]] | None = None) -> None:
     """The guest's NICs up with the MAC and IPs of `pod`'s annotation (the NICs of the
     previous pod removed first when `remove_old`), announced (`_announcers`, started here
-    unless given)."""
+    unless given). `neighbours`: per NIC, the guest's ARP cache to carry over (a migrated
+    guest keeps it: its memory moves), as stale entries the kernel re-confirms."""
     if announcers is None:
         announcers = _announcers(sb, vm, pod, nics, prefix=prefix)
     lines = []
@@ -316,6 +318,8 @@ def _activate(sb: cluster.Sandbox, vm: str, pod: scenario.PodView, nics: Sequenc
         lines.append(f"link set {nic.interface} address {mac}")
         lines += [f"addr add {ip} dev {nic.interface}" for ip in ips]
         lines.append(f"link set {nic.interface} up")
+        lines += [f"neigh replace {ip} lladdr {lladdr} dev {nic.interface} nud stale"
+                  for ip, lladdr in (neighbours or {}).get(nic.interface, ())]
     done = subprocess.run(["ip", "-n", guest_netns(sb, vm), "-batch", "-"],
                           input="\n".join(lines) + "\n", capture_output=True, text=True,
                           timeout=30, check=False)
@@ -324,6 +328,16 @@ def _activate(sb: cluster.Sandbox, vm: str, pod: scenario.PodView, nics: Sequenc
             announcer.kill()
         raise errors.SandboxError(f"VM {vm}: {done.stderr.strip()}")
     # the rounds go on in the background (half a second), as QEMU's do
+
+
+def _neighbours(sb: cluster.Sandbox, vm: str, interface: str) -> list[tuple[str, str]]:
+    """The guest's resolved neighbours on a NIC: (IP, MAC)."""
+    done = guest(sb, vm, ["ip", "-j", "neigh", "show", "dev", interface])
+    try:
+        entries = json.loads(done.stdout or "[]")
+    except ValueError:
+        return []
+    return [(str(e["dst"]), str(e["lladdr"])) for e in entries if e.get("lladdr")]
 
 
 def _other_node(sb: cluster.Sandbox, node: str) -> str:
@@ -406,8 +420,10 @@ def migrate(sb: cluster.Sandbox, vm: str, *, namespace: str = "test", to: str | 
     if before_switch_over is not None:
         before_switch_over()
     announcers = _announcers(sb, vm, target, nics, prefix="m-")
+    neighbours = {nic.interface: _neighbours(sb, vm, nic.interface) for nic in nics}
     paused = time.monotonic()
-    _activate(sb, vm, target, nics, prefix="m-", remove_old=True, announcers=announcers)
+    _activate(sb, vm, target, nics, prefix="m-", remove_old=True, announcers=announcers,
+              neighbours=neighbours)
     resumed = time.monotonic()
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     core.patch_namespaced_pod(target.name, namespace, {"metadata": {"annotations": {
