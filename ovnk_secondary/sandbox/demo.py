@@ -19,7 +19,7 @@ import os
 import sys
 import time
 
-from ovnk_secondary import errors
+from ovnk_secondary import errors, naming
 from ovnk_secondary.sandbox import cluster, kubeapi, scenario, vms
 
 
@@ -155,6 +155,16 @@ def _vm(sb: cluster.Sandbox) -> bool:
         print(f"  the external host {host} pinged {target_ip} every 10 ms meanwhile: "
               f"{seen.lost} of {seen.sent} lost, longest gap {seen.longest_gap * 1000:.0f} ms, "
               f"{seen.duplicates} duplicate replies")
+        strategy = scenario.kubectl(sb, "get", "configmap", "-n", cluster.PRODUCT_NAMESPACE,
+                                    "ovnk-secondary-controller",
+                                    "-o", "jsonpath={.data.migration-strategy}")
+        print(f"  live-migration strategy {strategy} (README: KubeVirt VMs: live migration); "
+              "the VM's ports in NB now:")
+        for nad, entry in sorted(moved.target.pod_networks.items()):
+            port = entry.get("logical_switch_port") or naming.pod_port_name(
+                nad, moved.target.namespace, moved.target.name)
+            options = sb.ovn_nbctl("get", "Logical_Switch_Port", port, "options").strip()
+            print(f"    {port}: {options}")
         restarted = vms.restart(sb, "vm-a", to="node-2")
         again = addresses(restarted)
         print(f"  restarted on {restarted.node} ({restarted.name}): addresses "

@@ -264,3 +264,48 @@ def test_multichassis_the_guests_rarp_moves_the_traffic_with_the_controller_down
     _eventually(lambda: not any(p in sb.ovn_nbctl("--bare", "--columns=name", "list",
                                                   "Logical_Switch_Port")
                                 for p in ports.values()))
+
+
+def test_per_pod_a_migration_across_a_controller_restart_completes_once_it_is_back(
+        sb: cluster.Sandbox) -> None:
+    """The default strategy with the controller restarting at the switch-over: the target's
+    port is enabled by the controller, so traffic returns once the new controller runs; then
+    the target's ports are as usual, the source's gone, and nothing answers twice."""
+    vlan_netns, _ = cluster.EXTERNAL_HOSTS[33]
+    peer = _peer(sb)
+    try:
+        launcher = vms.create(sb, "vm-d", [L2, LOCALNET], node="node-1")
+        addresses = _addresses(launcher)
+        l2_ip = addresses[L2][1][0].split("/")[0]
+        ln_ip = addresses[LOCALNET][1][0].split("/")[0]
+
+        def restart_controller() -> None:
+            sb.kubectl("delete", "pod", "-n", cluster.PRODUCT_NAMESPACE, "--wait=false",
+                       "-l", "app.kubernetes.io/component=controller")
+
+        moved = vms.migrate(sb, "vm-d", before_switch_over=restart_controller)
+        assert moved is not None
+        _eventually(lambda: scenario.ping(sb, peer, l2_ip, replies=1, deadline=2), timeout=120)
+        assert peer.netns is not None
+        results = [vms.ping_in_background(sb, "node-1", ["nsenter", f"--net={peer.netns}"],
+                                          l2_ip, seconds=4),
+                   vms.ping_in_background(sb, sb.external, ["ip", "netns", "exec", vlan_netns],
+                                          ln_ip, seconds=4)]
+        for seen in (result() for result in results):
+            assert seen.received > 0.9 * seen.sent and seen.duplicates == 0, seen
+        scenario.wait_gone(sb, [moved.source.name])
+        assert _addresses(scenario.view(sb, moved.target.name)) == addresses
+        for nad in (L2, LOCALNET):
+            port = _port(nad, moved.target.name)
+            _eventually(lambda port=port: sb.ovn_nbctl(
+                "get", "Logical_Switch_Port", port, "enabled").strip() == "[]", timeout=60)
+            _eventually(lambda nad=nad: not sb.ovn_nbctl(
+                "--bare", "--columns=name", "find", "Logical_Switch_Port",
+                f"name={_port(nad, moved.source.name)}").strip(), timeout=60)
+    finally:
+        with contextlib.suppress(kubernetes.client.ApiException):
+            scenario.core_api(sb).delete_namespaced_pod("vm-peer", NS)
+        vms.delete(sb, "vm-d")
+        scenario.wait_gone(sb, ["vm-peer"])
+        sb.kubectl("rollout", "status", "-n", cluster.PRODUCT_NAMESPACE,
+                   "deployment/ovnk-secondary-controller", "--timeout=90s", timeout=100)
