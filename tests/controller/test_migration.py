@@ -243,6 +243,10 @@ def test_multichassis_one_vm_port_follows_the_migration_in_requested_chassis(
     assert nb_get(nb_server, "Logical_Switch_Port", VM_PORT, "addresses") == f'["{address}"]'
     api.delete_pod(NS, "launcher-dst")  # the VM stopped: its port goes, its claim stays
     until(lambda: VM_PORT not in ports(nb_server), "the VM's port outlived its pods")
+    _launcher(api, "launcher-again", node="node1")  # the VM started again: the same port
+    until(lambda: VM_PORT in ports(nb_server), "no VM port after the restart")
+    assert (api.pod_networks(NS, "launcher-again") or {})[f"{NS}/{NAD}"] == source
+    assert _options(nb_server, VM_PORT) == "{requested-chassis=node1}"
 
 
 def test_multichassis_an_aborted_migration_returns_the_port_to_the_source(
