@@ -1,0 +1,86 @@
+"""The probes' HTTP endpoint: `/metrics` is rendered without holding the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import aiohttp
+from prometheus_client import core
+
+from ovnk_secondary import probes
+
+SLOW = 0.3  # seconds one collection takes
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class _Slow:
+    """A collector of a snapshot whose collection takes SLOW seconds (thousands of samples)."""
+
+    def __init__(self, value: int, threads: list[int]) -> None:
+        self.value = value
+        self.threads = threads
+
+    def collect(self) -> Iterator[core.Metric]:
+        self.threads.append(threading.get_ident())
+        time.sleep(SLOW)
+        family = core.GaugeMetricFamily("probe_test_value", "A value of the snapshot.")
+        family.add_metric([], self.value)
+        yield family
+
+
+class _Nothing:
+    def collect(self) -> Iterator[core.Metric]:
+        return iter(())
+
+
+def test_metrics_reads_the_state_on_the_loop_and_renders_it_off_the_loop() -> None:
+    async def main() -> tuple[str, list[int], list[int], float]:
+        state_threads: list[int] = []
+        collect_threads: list[int] = []
+
+        def state() -> _Slow:
+            state_threads.append(threading.get_ident())
+            return _Slow(42, collect_threads)
+
+        async def readyz(_: aiohttp.web.Request) -> aiohttp.web.Response:
+            return aiohttp.web.Response(text="ready\n")
+
+        port = _free_port()
+        runner = await probes.serve(host="127.0.0.1", port=port, readyz=readyz,
+                                    routes={"/metrics": probes.metrics(_Nothing(), state)})
+        worst = 0.0
+        done = asyncio.Event()
+
+        async def ticker() -> None:  # the loop's worst delay while the scrape runs
+            nonlocal worst
+            while not done.is_set():
+                due = time.monotonic() + 0.01
+                await asyncio.sleep(0.01)
+                worst = max(worst, time.monotonic() - due)
+
+        ticking = asyncio.create_task(ticker())
+        try:
+            async with aiohttp.ClientSession() as session, session.get(
+                    f"http://127.0.0.1:{port}/metrics") as response:
+                text = await response.text()
+        finally:
+            done.set()
+            await ticking
+            await runner.cleanup()
+        return text, state_threads, collect_threads, worst
+
+    loop_thread = threading.get_ident()
+    text, state_threads, collect_threads, worst = asyncio.run(main())
+    assert "probe_test_value 42.0" in text
+    assert state_threads == [loop_thread]  # the model is read where its tasks keep it
+    assert collect_threads and loop_thread not in collect_threads
+    assert worst < SLOW / 2, f"the loop was held {worst * 1000:.0f} ms by a scrape"
