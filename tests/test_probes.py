@@ -13,7 +13,7 @@ from prometheus_client import core
 
 from ovnk_secondary import probes
 
-SLOW = 0.3  # seconds one collection takes
+SLOW = 1.0  # seconds one collection takes
 
 
 def _free_port() -> int:
