@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 import threading
 import time
@@ -84,3 +85,46 @@ def test_metrics_reads_the_state_on_the_loop_and_renders_it_off_the_loop() -> No
     assert state_threads == [loop_thread]  # the model is read where its tasks keep it
     assert collect_threads and loop_thread not in collect_threads
     assert worst < SLOW / 2, f"the loop was held {worst * 1000:.0f} ms by a scrape"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Counted:
+    """A snapshot collector counting its collections (equal snapshots: equal collectors)."""
+
+    value: int
+    collections: list[int] = dataclasses.field(compare=False)
+
+    def collect(self) -> Iterator[core.Metric]:
+        self.collections.append(self.value)
+        family = core.GaugeMetricFamily("probe_test_value", "A value of the snapshot.")
+        family.add_metric([], self.value)
+        yield family
+
+
+def test_metrics_renders_the_state_again_only_when_it_changed() -> None:
+    collections: list[int] = []
+    current = [1]
+
+    async def main() -> list[str]:
+        async def readyz(_: aiohttp.web.Request) -> aiohttp.web.Response:
+            return aiohttp.web.Response(text="ready\n")
+
+        port = _free_port()
+        handler = probes.metrics(_Nothing(), lambda: _Counted(current[0], collections))
+        runner = await probes.serve(host="127.0.0.1", port=port, readyz=readyz,
+                                    routes={"/metrics": handler})
+        texts = []
+        try:
+            async with aiohttp.ClientSession() as session:
+                for value in (1, 1, 2, 2, 1):
+                    current[0] = value
+                    async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                        texts.append(await response.text())
+        finally:
+            await runner.cleanup()
+        return texts
+
+    texts = asyncio.run(main())
+    assert [f"probe_test_value {v}.0" in t for v, t in zip((1, 1, 2, 2, 1), texts,
+                                                            strict=True)] == [True] * 5
+    assert collections == [1, 2, 1]  # an unchanged state's text is reused

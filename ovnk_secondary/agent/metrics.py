@@ -116,12 +116,13 @@ def families(snapshot: Snapshot) -> list[core.Metric]:
     return [attachments, mappings]
 
 
+@dataclasses.dataclass(frozen=True)
 class State:
     """A Prometheus collector of the node's state, as a snapshot taken on the event loop
-    (`/metrics` takes one per scrape, and renders it in a worker thread)."""
+    (`/metrics` takes one per scrape, and renders it in a worker thread only when it differs
+    from the last one: equal snapshots are equal collectors)."""
 
-    def __init__(self, snapshot: Snapshot) -> None:
-        self._snapshot = snapshot
+    snapshot: Snapshot
 
     def collect(self) -> Iterator[core.Metric]:
-        yield from families(self._snapshot)
+        yield from families(self.snapshot)

@@ -221,12 +221,13 @@ def families(snapshot: Snapshot | None) -> list[core.Metric]:
     return all_families
 
 
+@dataclasses.dataclass(frozen=True)
 class Model:
     """A Prometheus collector of one reconciler's model, as a snapshot taken on the event loop
-    (`/metrics` takes one per scrape, and renders it in a worker thread)."""
+    (`/metrics` takes one per scrape, and renders it in a worker thread only when it differs
+    from the last one: equal snapshots are equal collectors)."""
 
-    def __init__(self, snapshot: Snapshot | None) -> None:
-        self._snapshot = snapshot
+    snapshot: Snapshot | None
 
     def collect(self) -> Iterator[core.Metric]:
-        yield from families(self._snapshot)
+        yield from families(self.snapshot)
