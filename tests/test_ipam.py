@@ -42,6 +42,32 @@ def test_usage_counts_usable_and_held_addresses_per_subnet() -> None:
     assert [(u.size, u.used) for u in pool.usage()] == [(3, 2), (2**64 - 1, 2)]
 
 
+def test_usage_is_current_after_each_change_between_reads() -> None:
+    """`usage()` is kept between changes (every scrape of /metrics reads every pool)."""
+    pool = _pool("10.0.0.0/29", "")
+
+    def used() -> int:
+        return pool.usage()[0].used
+
+    assert used() == 0
+    pool.allocate(owner="a")
+    assert used() == 1
+    pool.reserve(owner="b", addresses=["10.0.0.5/29"])
+    assert used() == 2
+    pool.allocate(owner="a")  # holds one already: nothing changes
+    assert used() == 2
+    pool.release(owner="a")
+    assert used() == 1
+    pool.release(owner="nobody")
+    assert used() == 1
+    for owner in "cdefg":
+        pool.allocate(owner=owner)
+    assert used() == 6
+    with pytest.raises(errors.IpamError):
+        pool.allocate(owner="full")
+    assert used() == 6 and pool.usage()[0].size == 6
+
+
 def test_allocation_is_idempotent_per_owner_and_release_recycles() -> None:
     pool = _pool("10.0.0.0/30")
     assert pool.allocate(owner="a") == pool.allocate(owner="a") == ("10.0.0.1/30",)

@@ -46,4 +46,4 @@ async def start(*, host: str, port: int, check: Callable[[], list[str]],
         return aiohttp.web.Response(text="ready\n")
 
     return await probes.serve(host=host, port=port, readyz=readyz, routes={
-        "/metrics": probes.metrics(metrics.REGISTRY, metrics.State(snapshot))})
+        "/metrics": probes.metrics(metrics.REGISTRY, lambda: metrics.State(snapshot()))})

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 
 import prometheus_client
 from prometheus_client import core
@@ -116,11 +116,13 @@ def families(snapshot: Snapshot) -> list[core.Metric]:
     return [attachments, mappings]
 
 
+@dataclasses.dataclass(frozen=True)
 class State:
-    """A Prometheus collector of the node's state: `snapshot` is called at each scrape."""
+    """A Prometheus collector of the node's state, as a snapshot taken on the event loop
+    (`/metrics` takes one per scrape, and renders it in a worker thread only when it differs
+    from the last one: equal snapshots are equal collectors)."""
 
-    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
-        self._snapshot = snapshot
+    snapshot: Snapshot
 
     def collect(self) -> Iterator[core.Metric]:
-        yield from families(self._snapshot())
+        yield from families(self.snapshot)

@@ -33,4 +33,5 @@ async def start(*, host: str, port: int, policy: reconciler.Reconciler,
         return aiohttp.web.Response(text="ready\n")
 
     return await probes.serve(host=host, port=port, readyz=readyz, routes={
-        "/metrics": probes.metrics(metrics.REGISTRY, metrics.Model(policy.snapshot))})
+        "/metrics": probes.metrics(metrics.REGISTRY,
+                                   lambda: metrics.Model(policy.snapshot()))})

@@ -9,8 +9,9 @@ Two kinds, kept apart on purpose:
   cannot go stale, and a deleted network's series disappear with it. Each controller instance
   has its own; it has no samples before the first full sync and on a standby.
 
-The scrape runs on the event loop (aiohttp), like the reconciler, so reading its model needs no
-lock. Every name is listed here and in the README's Metrics section (tests/test_metrics_docs.py
+Each scrape reads the model on the event loop (aiohttp), like the reconciler, so reading it
+needs no lock; the text is rendered from that snapshot in a worker thread (`probes.metrics`).
+Every name is listed here and in the README's Metrics section (tests/test_metrics_docs.py
 keeps the three equal). Names, types, labels (in braces) and units:
 
 - `ovnk_secondary_nads` gauge {state} (NADs): NADs of type ovn-k8s-cni-overlay by state:
@@ -59,7 +60,7 @@ Besides these, `/metrics` has prometheus_client's `process_*` and `python_*` of 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import prometheus_client
 from prometheus_client import core
@@ -220,12 +221,13 @@ def families(snapshot: Snapshot | None) -> list[core.Metric]:
     return all_families
 
 
+@dataclasses.dataclass(frozen=True)
 class Model:
-    """A Prometheus collector of one reconciler's model: `snapshot` is called at each scrape."""
+    """A Prometheus collector of one reconciler's model, as a snapshot taken on the event loop
+    (`/metrics` takes one per scrape, and renders it in a worker thread only when it differs
+    from the last one: equal snapshots are equal collectors)."""
 
-    def __init__(self, snapshot: Callable[[], Snapshot | None]) -> None:
-        self._snapshot = snapshot
+    snapshot: Snapshot | None
 
     def collect(self) -> Iterator[core.Metric]:
-        yield from families(self._snapshot())
-
+        yield from families(self.snapshot)

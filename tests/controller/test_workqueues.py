@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from ovnk_secondary.controller import workqueues
 
@@ -79,3 +80,41 @@ async def test_a_failing_key_does_not_stop_the_workers() -> None:
         await asyncio.sleep(0.01)
     assert done == ["good"]
     await queue.close()
+
+
+async def test_keys_whose_work_never_suspends_do_not_hold_the_loop() -> None:
+    """A backlog of keys whose work needs no I/O (the echoes of our own writes) is worked on
+    a few milliseconds per turn of the loop, timers and I/O running in between, instead of in
+    one step of one worker (`Queue.get` does not suspend while keys wait)."""
+    done = 0
+
+    async def process(_: int) -> None:
+        nonlocal done
+        end = time.perf_counter() + 0.002  # CPU only: never suspends
+        while time.perf_counter() < end:
+            pass
+        done += 1
+
+    worst = 0.0  # the loop thread's most CPU time between two ticks (a busy machine's
+    # scheduling delays do not count)
+
+    async def ticker() -> None:
+        nonlocal worst
+        while done < 200:
+            cpu = time.thread_time()
+            await asyncio.sleep(0.01)
+            worst = max(worst, time.thread_time() - cpu)
+
+    for workers in (1, 50):
+        done, worst = 0, 0.0
+        queue: workqueues.WorkQueue[int] = workqueues.WorkQueue(process=process,
+                                                               workers=workers)
+        ticking = asyncio.create_task(ticker())
+        await asyncio.sleep(0.02)
+        queue.start()
+        for key in range(200):  # 0.4 s of work in all
+            queue.add(key)
+        await asyncio.wait_for(ticking, 30)
+        await queue.close()
+        assert done == 200
+        assert worst < 0.1, f"{workers} worker(s) held the loop {worst * 1000:.0f} ms"
