@@ -643,7 +643,12 @@ class Reconciler:
             switches.add(desired.switch_name(self._networks[nad.config.name]))
         await self._converge_switches(switches)
         self.policies.touch(networks=names)
-        if gone:
+        # a network gone, or one now on another switch (its topology changed), frees a
+        # switch name a NAD refused for a conflict may take
+        moved = old_network is not None and old_network.name in self._networks and \
+            desired.switch_name(self._networks[old_network.name]) != \
+            desired.switch_name(old_network)
+        if gone or moved:
             await self._retry_conflicted()
         # pods are allocated on the config in force only once it is recorded on the NAD
         if nad.pending and not await self._write_accepted(nad):

@@ -65,6 +65,9 @@ def test_accepted_networks_never_share_a_switch_or_a_localnet_port(
     policy = _reconciler()
     for namespace, name, network, topology in nads:
         policy._decide_nad(_nad(namespace, name, network, topology))
+        # as `nad_changed` does when a switch is freed: the refused decide again, in order
+        for key in list(policy._conflicted):
+            policy._decide_nad(policy._nads[key].body)
     networks = list(policy._networks.values())
     rows = desired.state(networks, [])
     assert len(rows.switches) == len(networks), "two accepted networks share a switch"

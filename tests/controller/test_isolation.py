@@ -236,3 +236,18 @@ def test_nothing_is_written_into_a_row_we_do_not_own(
     _event(api, "p", "NorthboundConflict")
     assert _switch_ports(nb_server, "admin_ovn_layer2_switch") == set()
     assert "t.admin_t_p" not in ports(nb_server)
+
+
+def test_a_network_moving_to_another_topology_frees_its_switch_for_a_refused_one(
+    api: Api, nb_server: servers.NbServer, controller: Controller
+) -> None:
+    api.create_nad("t", "a", name="red-x", topology="layer2")
+    until(lambda: "red.x_ovn_layer2_switch" in switches(nb_server), "first network not applied")
+    api.create_nad("t", "b", name="red.x", topology="layer2")
+    _event(api, "b", "NetworkConflict")
+    api.update_nad("t", "a", name="red-x", topology="localnet")  # no pods: the change is taken
+    until(lambda: "red.x_ovn_localnet_switch" in switches(nb_server), "red-x did not move")
+    until(lambda: "red.x_ovn_layer2_switch" in switches(nb_server) and nb_get(
+        nb_server, "Logical_Switch", "red.x_ovn_layer2_switch",
+        f'external_ids:"{naming.NETWORK_KEY}"').strip('"') == "red.x",
+          "the refused network did not get the switch the other left")
