@@ -941,15 +941,13 @@ class Reconciler:
             migration.VmPod(key=p.key, created=p.created, target_ready=p.target_ready)
             for p in members if p is not None and p.live))
 
-    def _vm_chassis(self, decision: migration.Decision | None) -> tuple[str, ...]:
-        """The chassis of a VM's own ports (`migration.requested_chassis`)."""
+    def _vm_chassis(self, pod: _Pod, decision: migration.Decision | None) -> tuple[str, ...]:
+        """The chassis of the VM's own ports (`migration.requested_chassis`; the decision's
+        pods are live, hence scheduled); the pod's node outside a VM."""
         if decision is None:
-            return ()
-        nodes = {key: pod.node for key in decision.modes
-                 if (pod := self._pods.get(key)) is not None and pod.node}
-        if len(nodes) != len(decision.modes):
-            return ()
-        return migration.requested_chassis(decision, nodes)
+            return (str(pod.node),)
+        return migration.requested_chassis(
+            decision, {key: str(self._pods[key].node) for key in decision.modes})
 
     def _note_gone(self, key: Key, pod: _Pod) -> None:
         gone = self._gone.setdefault(key, [])
@@ -1201,7 +1199,7 @@ class Reconciler:
                 nad_key=selection.nad_key, pod_namespace=namespace, pod_name=name,
                 pod_uid=uid, node=str(node), mac=entry.mac_address, ips=entry.ip_addresses,
                 mode=mode, vm_port=vm_port,
-                chassis=(self._vm_chassis(decision) or (str(node),)) if vm_port else (),
+                chassis=self._vm_chassis(pod, decision) if vm_port else (),
             )))
         # said once the others are known: attached ones are named, never assumed
         attached = ", ".join(a.nad_key for _, a in result)
