@@ -1,6 +1,7 @@
 """Controller benchmark (not a test): N pods on one layer2 network, from creation to NB port.
 
     .venv/bin/python benchmarks/controller_bench.py --pods 1000 [--pods 10000]
+        [--resync-period S] [--controller-python OTHER_CHECKOUT/.venv/bin/python]
 
 Per run, on the host: a fresh NB ovsdb-server, a fresh kube-apiserver with etcd
 (`benchapi`), and the controller as its own process (`ovnk-secondary
@@ -153,7 +154,8 @@ def peak_rss_mb(pid: int) -> float:
     return int(found[1]) / 1024 if found else float("nan")
 
 
-def run(count: int, workdir: pathlib.Path, resync_period: float = 15) -> dict[str, float]:
+def run(count: int, workdir: pathlib.Path, resync_period: float = 15,
+        controller_python: str = sys.executable) -> dict[str, float]:
     nb = servers.NbServer(directory=workdir / "nb")
     nb.start()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -164,10 +166,11 @@ def run(count: int, workdir: pathlib.Path, resync_period: float = 15) -> dict[st
         api.start(["bench"])
         with log.open("w") as output:
             controller = subprocess.Popen(
-                [sys.executable, "-m", "ovnk_secondary", "controller", "--ovn-nb", nb.remote,
+                [controller_python, "-m", "ovnk_secondary", "controller", "--ovn-nb", nb.remote,
                  "--kubeconfig", str(api.controller_kubeconfig), "--health-port", "0",
                  "--resync-period", str(resync_period)],
-                stdout=output, stderr=subprocess.STDOUT, env=env)
+                stdout=output, stderr=subprocess.STDOUT, env=env,
+                cwd=workdir)  # not this checkout: `-m` imports from the working directory
         watcher = CommitWatcher(nb.remote)
         created: dict[str, float] = {}
         committed = watcher.seen
@@ -239,11 +242,16 @@ def main() -> int:
                         help="the controller's full-sync period (default 15 s, so that the "
                         "resync of unchanged ports is measured; at 10,000 pods the burst "
                         "outlasts it and meets full syncs, which hold pod work while they run)")
+    parser.add_argument("--controller-python", default=sys.executable, metavar="PATH",
+                        help="the Python that runs the controller (default: this one); another "
+                        "checkout's venv measures that checkout's controller with this harness, "
+                        "for before/after comparisons on the same machine")
     args = parser.parse_args()
     results = []
     for count in args.pods or [1000, 10000]:
         with tempfile.TemporaryDirectory(prefix="ovnk-bench-") as workdir:
-            result = run(count, pathlib.Path(workdir), args.resync_period)
+            result = run(count, pathlib.Path(workdir), args.resync_period,
+                         args.controller_python)
         result["ratio_to_baseline"] = result["pods_per_s"] / result["baseline_ports_per_s"]
         results.append(result)
         print(json.dumps({k: round(v, 3) for k, v in result.items()}), flush=True)

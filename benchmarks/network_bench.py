@@ -9,9 +9,11 @@ on (`ovnk-secondary controller --leader-elect`, resync every 300 s: what is meas
 per-event path, not the full sync). Phases, in order:
 
 1. burst: `--networks` NADs (one network and one /24 each) created at once; time from the
-   first create call to the last switch committed in NB;
-2. steady state with those networks present: `--single` NADs created one after another; per
-   NAD, create call -> switch committed (p50/p99);
+   first create call to the last switch committed in NB (`burst_s`), and to the last NAD
+   carrying the controller's accepted-config annotation, its last API write for the burst
+   (`burst_settled_s`);
+2. steady state with those networks present, once the burst has settled: `--single` NADs
+   created one after another; per NAD, create call -> switch committed (p50/p99);
 3. `--pods` pods spread over the burst's networks, created at once: pods/s and p99 from
    create call to port committed; the controller's peak RSS after it;
 4. deletion of the burst's NADs (their pods stay): time until NB holds none of their switches.
@@ -64,6 +66,7 @@ from ovsdbapp.schema.ovn_northbound import impl_idl
 from ovnk_secondary.northbound import servers
 
 NAD_PATH = "/apis/k8s.cni.cncf.io/v1/namespaces/{ns}/network-attachment-definitions"
+ACCEPTED_CONFIG = "ovnk-secondary.io/accepted-config"  # controller/reconciler.py
 
 
 def _nad(namespace: str, name: str, index: int) -> dict[str, object]:
@@ -224,6 +227,23 @@ async def _post_all(api: benchapi.BenchApi, items: list[tuple[str, dict[str, obj
         await asyncio.gather(*(one(path, body) for path, body in items))
 
 
+async def _settled(api: benchapi.BenchApi, namespace: str, names: set[str],
+                   timeout: float) -> bool:
+    """Until every NAD named carries the controller's ACCEPTED_CONFIG annotation: its last write
+    for a new NAD, so the burst's work (and its PATCHes to the API server) is over."""
+    deadline = time.monotonic() + timeout
+    async with api.session() as session:
+        while time.monotonic() < deadline:
+            async with session.get(NAD_PATH.format(ns=namespace)) as response:
+                items = (await response.json())["items"]
+            done = {item["metadata"]["name"] for item in items
+                    if ACCEPTED_CONFIG in (item["metadata"].get("annotations") or {})}
+            if names <= done:
+                return True
+            await asyncio.sleep(0.25)
+    return False
+
+
 async def _delete_all(api: benchapi.BenchApi, paths: list[str], concurrency: int = 32) -> None:
     async with api.session() as session:
         limit = asyncio.Semaphore(concurrency)
@@ -285,10 +305,14 @@ def run(networks: int, pods: int, single: int, workdir: pathlib.Path,
             f"{sum(w not in watcher.seen for w in wanted)} switches never came")
         result["burst_s"] = max(watcher.seen[w] for w in wanted) - min(created.values())
         result["burst_tail_s"] = result["burst_s"] - result["burst_api_s"]
+        # the burst is over for the controller when its last API write is done: steady state
+        assert loop.run_until_complete(_settled(api, "bench", set(names), 300)), (
+            "the burst's NADs never all got their accepted-config annotation")
+        result["burst_settled_s"] = time.monotonic() - min(created.values())
         profiler.stop()
         metrics.end_phase(result, "burst")
 
-        # 2. steady state: one NAD at a time
+        # 2. steady state (the burst settled): one NAD at a time
         metrics.phase()
         profiler.start("single")
         latencies = []
