@@ -69,7 +69,9 @@ class Northbound:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Southbound:
-    binding: Mapping[str, Any] | None  # Port_Binding: logical_port, up, chassis (name/hostname)
+    # Port_Binding: logical_port, up, chassis (name/hostname), additional_chassis (a list of
+    # them: a multi-chassis port's other nodes, ovn-sb(5), during a live migration)
+    binding: Mapping[str, Any] | None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -292,7 +294,14 @@ def _check_binding(walk: _Walk, pod: Pod, port_name: str, southbound: Southbound
         raise walk.broken(what, "not bound to any chassis", (
             f"ovn-controller on {pod.node} has not claimed it: is it running, and is the pod's "
             "interface plugged (the node agent's log on that node says)?"))
-    if pod.node not in (chassis.get("name"), chassis.get("hostname")):
+    if not _is_node(pod.node, chassis):
+        additional = binding.get("additional_chassis") or ()
+        if any(_is_node(pod.node, other) for other in additional):
+            # a live migration's target (multi-chassis strategy): bound beside the source's
+            # node, blocked until the guest's RARP there (ovn-nb(5), activation-strategy)
+            walk.ok(what, f"bound as an additional chassis beside {chassis.get('name')} "
+                          "(a live migration's target)")
+            return
         raise walk.broken(what, f"bound to {chassis.get('name')}", "the pod's node and the "
                           "chassis disagree: the chassis name (system-id) or hostname must be "
                           "the Kubernetes node name")
@@ -301,6 +310,10 @@ def _check_binding(walk: _Walk, pod: Pod, port_name: str, southbound: Southbound
         raise walk.broken(what, "bound, up=false", f"ovn-controller on {pod.node} has not "
                           "finished installing its flows: see its log")
     walk.ok(what, "bound" + (", up" if up else ""))
+
+
+def _is_node(node: str | None, chassis: Mapping[str, Any]) -> bool:
+    return node in (chassis.get("name"), chassis.get("hostname"))
 
 
 def _check_interface(walk: _Walk, pod: Pod, port_name: str, node: Node) -> None:

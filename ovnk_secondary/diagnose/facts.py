@@ -127,17 +127,22 @@ class Facts:
 
     def southbound(self, port_name: str) -> chain.Southbound:
         rows = ovsdb.select(self.ovn_sb, SB, "Port_Binding", [["logical_port", "==", port_name]],
-                            ["logical_port", "chassis", "up"])
+                            ["logical_port", "chassis", "additional_chassis", "up"])
         if not rows:
             return chain.Southbound(binding=None)
         binding: dict[str, Any] = dict(rows[0])
         chassis = binding["chassis"]
-        binding["chassis"] = None
-        if chassis:
-            found = ovsdb.select(self.ovn_sb, SB, "Chassis", [["_uuid", "==", ["uuid", chassis]]],
-                                 ["name", "hostname"])
-            binding["chassis"] = found[0] if found else {"name": chassis}
+        binding["chassis"] = self._chassis(chassis) if chassis else None
+        additional = binding["additional_chassis"]  # a set: one uuid is decoded as itself
+        binding["additional_chassis"] = [self._chassis(uuid) for uuid in (
+            [additional] if isinstance(additional, str) else additional or [])]
         return chain.Southbound(binding=binding)
+
+    def _chassis(self, uuid: str) -> dict[str, Any]:
+        """SB Chassis `uuid`'s name and hostname (its uuid as name when the row is gone)."""
+        found = ovsdb.select(self.ovn_sb, SB, "Chassis", [["_uuid", "==", ["uuid", uuid]]],
+                             ["name", "hostname"])
+        return found[0] if found else {"name": uuid}
 
     # -- the node, through its agent ----------------------------------------------------
 

@@ -119,6 +119,25 @@ def test_a_broken_link_stops_the_walk_with_its_fix(changes: dict[str, Any], what
     assert fix in steps[-1].fix
 
 
+def test_a_migration_targets_node_bound_as_an_additional_chassis_passes() -> None:
+    # multi-chassis strategy: the VM's port is bound on the source's node (node-1) and, as an
+    # additional chassis, on the target pod's (node-2) until the switch-over
+    source = {"name": "node-1", "hostname": "node-1"}
+    target = SB.binding["chassis"] if SB.binding else None
+    during = chain.Southbound(binding=dict(SB.binding or {}, chassis=source,
+                                           additional_chassis=[target]))
+    steps = walk(southbound=during)
+    assert all(step.ok for step in steps), steps
+    binding = next(s for s in steps if s.what.startswith("SB Port_Binding"))
+    assert binding.found == ("bound as an additional chassis beside node-1 (a live "
+                             "migration's target)")
+    elsewhere = chain.Southbound(binding=dict(SB.binding or {}, chassis=source,
+                                              additional_chassis=[{"name": "node-3"}]))
+    steps = walk(southbound=elsewhere)
+    assert (steps[-1].what, steps[-1].ok, steps[-1].found) == (
+        f"SB Port_Binding {PORT} on chassis node-2", False, "bound to node-1")
+
+
 def test_a_network_checks_every_nodes_mapping_and_uplink() -> None:
     healthy = chain.network("localnet2", [NAD], NB, [NODE, dataclasses.replace(NODE, name="n1")],
                             pods=3)
