@@ -53,6 +53,12 @@ finish() {  # `:latest` names the newest build, for compose.yaml; older builds a
   exit 0
 }
 
+# The Debian mirror this machine uses: the base's bootstrap, and the sandbox images' OVN and OVS
+# from Debian 13 (central/Dockerfile, chassis/Dockerfile).
+mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
+[ -n "$mirror" ] || mirror=$(awk '/^deb / {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
+[ -n "$mirror" ] || mirror=http://deb.debian.org/debian
+
 base=ovnk-sandbox/debian:bookworm
 if ! docker image inspect "$base" >/dev/null 2>&1; then
   if timeout 30 docker pull -q debian:bookworm-slim >/dev/null 2>&1; then
@@ -60,9 +66,6 @@ if ! docker image inspect "$base" >/dev/null 2>&1; then
   else
     echo "ovn-sandbox: no registry reachable; making the base image with debootstrap" >&2
     command -v debootstrap >/dev/null || die "debootstrap is missing: apt-get install debootstrap"
-    mirror=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-    [ -n "$mirror" ] || mirror=$(awk '/^deb / {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
-    [ -n "$mirror" ] || mirror=http://deb.debian.org/debian
     rootfs=$(mktemp -d "$build/rootfs.XXXX")
     trap 'rm -rf "$rootfs"' EXIT
     debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >"$build/debootstrap.log" 2>&1 \
@@ -119,8 +122,10 @@ rm -rf "$context"; cp -r "$here/chassis" "$context"; mkdir -p "$context/wheels"
   || die "building the sandbox's wheels failed (log: $build/wheels.log)"
 cp "$build/sandbox.txt" "$context/wheels/requirements.txt"
 
-docker build -q --network host --build-arg BASE="$base" -t "$central" -f "$here/central/Dockerfile" "$here/central" \
+docker build -q --network host --build-arg BASE="$base" --build-arg DEBIAN_MIRROR="$mirror" -t "$central" \
+  -f "$here/central/Dockerfile" "$here/central" \
   >"$build/central.log" 2>&1 || die "building $central failed (log: $build/central.log)"
-docker build -q --network host --build-arg PRODUCT="$product_keyed" -t "$chassis" "$context" >"$build/chassis.log" 2>&1 \
+docker build -q --network host --build-arg PRODUCT="$product_keyed" --build-arg DEBIAN_MIRROR="$mirror" \
+  -t "$chassis" "$context" >"$build/chassis.log" 2>&1 \
   || die "building $chassis failed (log: $build/chassis.log)"
 finish

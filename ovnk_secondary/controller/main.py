@@ -55,11 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resync-period", type=float, default=300.0, metavar="S",
                         help="seconds between full syncs (default 300)")
     parser.add_argument("--migration-strategy", choices=migration.STRATEGIES,
-                        default=migration.PER_POD,
+                        default=migration.DEFAULT_STRATEGY,
                         help="KubeVirt live migration on secondary networks (see README): "
                         "per-pod (OVN-Kubernetes': a port per virt-launcher pod, switched at "
                         "domain-ready) or multi-chassis (OVN's: one port per VM bound on both "
-                        "nodes, switched by the guest's RARP); default per-pod")
+                        "nodes, switched by the guest's RARP); default "
+                        f"{migration.DEFAULT_STRATEGY}")
     parser.add_argument("--health-port", type=int, default=8080, metavar="P",
                         help="port of /healthz, /readyz and /metrics (default 8080; 0 "
                         "disables)")
@@ -164,7 +165,7 @@ async def serve(
     started: asyncio.Event | None = None,
     election: leaderelection.Config | None = None,
     lost_lease: asyncio.Event | None = None,
-    migration_strategy: str = migration.PER_POD,
+    migration_strategy: str = migration.DEFAULT_STRATEGY,
 ) -> reconciler.Reconciler:
     """Run until `stop` is set; returns the reconciler (for tests and benchmarks).
 

@@ -288,7 +288,7 @@ class Reconciler:
         api: apiclient.ApiClient,
         resync_period: float = 300.0,
         retry_period: float = 2.0,
-        migration_strategy: str = migration.PER_POD,
+        migration_strategy: str = migration.DEFAULT_STRATEGY,
     ) -> None:
         if migration_strategy not in migration.STRATEGIES:
             raise ValueError(f"migration strategy {migration_strategy!r}: one of "

@@ -1,7 +1,8 @@
 """KubeVirt VMs on the sandbox cluster (the VM stand-in, `ovnk_secondary/sandbox/vms.py`): one
 VM with a NIC on a layer2 network and one on a localnet network (VLAN 33), both with
 `subnets` and `allowPersistentIPs`, keeps its MAC and IPs across a live migration, a failed
-migration and a restart, with pings running through the whole path."""
+migration and a restart, with pings running through the whole path; under the default
+strategy (multi-chassis) and OVN-Kubernetes' (per-pod, the `per_pod` fixture)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from collections.abc import Callable, Iterator
 import kubernetes
 import pytest
 
-from ovnk_secondary import naming
+from ovnk_secondary import migration, naming
 from ovnk_secondary.sandbox import cluster, scenario, vms
 
 pytestmark = pytest.mark.sandbox
@@ -35,6 +36,14 @@ def sb(cluster_sandbox: cluster.Sandbox) -> Iterator[cluster.Sandbox]:
     cluster_sandbox.kubectl("apply", "-f", str(VM_NADS))
     yield cluster_sandbox
     cluster_sandbox.kubectl("delete", "-f", str(VM_NADS))
+
+
+@pytest.fixture
+def per_pod(sb: cluster.Sandbox) -> Iterator[cluster.Sandbox]:
+    """The sandbox with OVN-Kubernetes' strategy for one test, the default after it."""
+    sb.set_migration_strategy(migration.PER_POD)
+    yield sb
+    sb.set_migration_strategy(migration.DEFAULT_STRATEGY)
 
 
 def _peer(sb: cluster.Sandbox) -> scenario.PodView:
@@ -69,7 +78,8 @@ def _port(nad: str, pod: str) -> str:
 
 
 def test_a_vm_keeps_its_addresses_across_live_migration_failed_migration_and_restart(
-        sb: cluster.Sandbox) -> None:
+        per_pod: cluster.Sandbox) -> None:
+    sb = per_pod
     peer = _peer(sb)
     vlan_netns, _ = cluster.EXTERNAL_HOSTS[33]
     try:
@@ -202,12 +212,11 @@ def _scale_controller(sb: cluster.Sandbox, replicas: int) -> None:
 
 def test_multichassis_the_guests_rarp_moves_the_traffic_with_the_controller_down(
         sb: cluster.Sandbox) -> None:
-    """OVN's multi-chassis strategy (`migration.MULTI_CHASSIS`): one port of the VM per
-    network, listed on both nodes while the target pod runs; the controller is stopped before
+    """OVN's multi-chassis strategy (`migration.MULTI_CHASSIS`, the default): one port of the
+    VM per network, listed on both nodes while the target pod runs; the controller is stopped before
     the switch-over, and the guest's RARP alone moves the traffic (ovn-controller activates
     the target's binding). Once the controller is back, the port is the target node's alone."""
     vlan_netns, _ = cluster.EXTERNAL_HOSTS[33]
-    sb.set_migration_strategy("multi-chassis")
     peer = _peer(sb)
     ports = {nad: naming.vm_port_name(nad, NS, "vm-c") for nad in (L2, LOCALNET)}
 
@@ -260,17 +269,17 @@ def test_multichassis_the_guests_rarp_moves_the_traffic_with_the_controller_down
             scenario.core_api(sb).delete_namespaced_pod("vm-peer", NS)
         vms.delete(sb, "vm-c")
         scenario.wait_gone(sb, ["vm-peer"])
-        sb.set_migration_strategy("per-pod")
     _eventually(lambda: not any(p in sb.ovn_nbctl("--bare", "--columns=name", "list",
                                                   "Logical_Switch_Port")
                                 for p in ports.values()))
 
 
 def test_per_pod_a_migration_across_a_controller_restart_completes_once_it_is_back(
-        sb: cluster.Sandbox) -> None:
-    """The default strategy with the controller restarting at the switch-over: the target's
+        per_pod: cluster.Sandbox) -> None:
+    """OVN-Kubernetes' strategy with the controller restarting at the switch-over: the target's
     port is enabled by the controller, so traffic returns once the new controller runs; then
     the target's ports are as usual, the source's gone, and nothing answers twice."""
+    sb = per_pod
     vlan_netns, _ = cluster.EXTERNAL_HOSTS[33]
     peer = _peer(sb)
     try:
