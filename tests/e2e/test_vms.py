@@ -237,6 +237,10 @@ def test_multichassis_the_guests_rarp_moves_the_traffic_with_the_controller_down
         def stop_controller() -> None:
             for port in ports.values():  # the target pod is ready: both nodes bind the port
                 assert chassis(port) == "node-1,node-2"
+            target = vms.launchers(sb, "vm-c", NS)[-1]["metadata"]["name"]  # the newer pod
+            code, output = scenario.diagnose(sb, "pod", f"{NS}/{target}")
+            assert code == 0, output  # SB binds the target's node as an additional chassis
+            assert output.count("bound as an additional chassis beside node-1") == 2, output
             _scale_controller(sb, 0)
             assert peer.netns is not None
             results.extend([
