@@ -53,10 +53,12 @@ CONFLICT = "LiveMigrationConflict"
 PER_POD = "per-pod"  # OVN-K's: a port per pod, the target's enabled at domain-ready
 MULTI_CHASSIS = "multi-chassis"  # OVN's: one port of the VM, bound on both nodes
 STRATEGIES = (PER_POD, MULTI_CHASSIS)
-# The default: with OVN 25.03 the guest's RARP moves the traffic in 40-50 ms (p50), half the
-# gap of PER_POD's switch-over through the control plane, with nothing answering twice
-# (README, "Live migration"; benchmarks/migration_bench.py).
-DEFAULT_STRATEGY = MULTI_CHASSIS
+# The default. PER_POD keeps the target from answering by construction (its port is disabled
+# until domain-ready). MULTI_CHASSIS halves the gap (OVN 25.03: median 38-55 ms against
+# 84-101 ms), but its target is kept quiet only by ovn-controller's activation block, which let
+# a TCP reset reach a peer in 1 of 40 measured migrations (README, "Live migration";
+# benchmarks/migration_bench.py).
+DEFAULT_STRATEGY = PER_POD
 
 Key = tuple[str, str]  # (namespace, name)
 

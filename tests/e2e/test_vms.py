@@ -2,7 +2,7 @@
 VM with a NIC on a layer2 network and one on a localnet network (VLAN 33), both with
 `subnets` and `allowPersistentIPs`, keeps its MAC and IPs across a live migration, a failed
 migration and a restart, with pings running through the whole path; under the default
-strategy (multi-chassis) and OVN-Kubernetes' (per-pod, the `per_pod` fixture)."""
+strategy (per-pod) and OVN's multi-chassis (the `multi_chassis` fixture)."""
 
 from __future__ import annotations
 
@@ -39,9 +39,9 @@ def sb(cluster_sandbox: cluster.Sandbox) -> Iterator[cluster.Sandbox]:
 
 
 @pytest.fixture
-def per_pod(sb: cluster.Sandbox) -> Iterator[cluster.Sandbox]:
-    """The sandbox with OVN-Kubernetes' strategy for one test, the default after it."""
-    sb.set_migration_strategy(migration.PER_POD)
+def multi_chassis(sb: cluster.Sandbox) -> Iterator[cluster.Sandbox]:
+    """The sandbox with OVN's multi-chassis strategy for one test, the default after it."""
+    sb.set_migration_strategy(migration.MULTI_CHASSIS)
     yield sb
     sb.set_migration_strategy(migration.DEFAULT_STRATEGY)
 
@@ -78,8 +78,7 @@ def _port(nad: str, pod: str) -> str:
 
 
 def test_a_vm_keeps_its_addresses_across_live_migration_failed_migration_and_restart(
-        per_pod: cluster.Sandbox) -> None:
-    sb = per_pod
+        sb: cluster.Sandbox) -> None:
     peer = _peer(sb)
     vlan_netns, _ = cluster.EXTERNAL_HOSTS[33]
     try:
@@ -165,12 +164,13 @@ def test_a_vm_keeps_its_addresses_across_live_migration_failed_migration_and_res
                 core.delete_namespaced_pod(name, NS)
         vms.delete(sb, "vm-a")
         scenario.wait_gone(sb, ["claim-thief", "vm-peer"])
-    # the VM deleted with its claims: nothing of it is left in NB or in the API
-    assert not [line for line in sb.ovn_nbctl("--bare", "--columns=name", "list",
-                                              "Logical_Switch_Port").split()
-                if "virt-launcher" in line]
-    assert not scenario.custom_api(sb).list_namespaced_custom_object(
-        *vms.CLAIMS[:2], NS, vms.CLAIMS[2])["items"]
+    # the VM deleted with its claims: nothing of it is left in NB or in the API (the ports go
+    # once the controller has seen the pods' deletion)
+    _eventually(lambda: not [line for line in sb.ovn_nbctl("--bare", "--columns=name", "list",
+                                                           "Logical_Switch_Port").split()
+                             if "virt-launcher" in line])
+    _eventually(lambda: not scenario.custom_api(sb).list_namespaced_custom_object(
+        *vms.CLAIMS[:2], NS, vms.CLAIMS[2])["items"])
 
 
 def test_a_vm_with_static_addresses_on_an_ipamless_localnet_migrates_with_them(
@@ -211,11 +211,12 @@ def _scale_controller(sb: cluster.Sandbox, replicas: int) -> None:
 
 
 def test_multichassis_the_guests_rarp_moves_the_traffic_with_the_controller_down(
-        sb: cluster.Sandbox) -> None:
-    """OVN's multi-chassis strategy (`migration.MULTI_CHASSIS`, the default): one port of the
-    VM per network, listed on both nodes while the target pod runs; the controller is stopped before
+        multi_chassis: cluster.Sandbox) -> None:
+    """OVN's multi-chassis strategy (`migration.MULTI_CHASSIS`): one port of the VM per
+    network, listed on both nodes while the target pod runs; the controller is stopped before
     the switch-over, and the guest's RARP alone moves the traffic (ovn-controller activates
     the target's binding). Once the controller is back, the port is the target node's alone."""
+    sb = multi_chassis
     vlan_netns, _ = cluster.EXTERNAL_HOSTS[33]
     peer = _peer(sb)
     ports = {nad: naming.vm_port_name(nad, NS, "vm-c") for nad in (L2, LOCALNET)}
@@ -279,11 +280,10 @@ def test_multichassis_the_guests_rarp_moves_the_traffic_with_the_controller_down
 
 
 def test_per_pod_a_migration_across_a_controller_restart_completes_once_it_is_back(
-        per_pod: cluster.Sandbox) -> None:
-    """OVN-Kubernetes' strategy with the controller restarting at the switch-over: the target's
+        sb: cluster.Sandbox) -> None:
+    """The default strategy with the controller restarting at the switch-over: the target's
     port is enabled by the controller, so traffic returns once the new controller runs; then
     the target's ports are as usual, the source's gone, and nothing answers twice."""
-    sb = per_pod
     vlan_netns, _ = cluster.EXTERNAL_HOSTS[33]
     peer = _peer(sb)
     try:
