@@ -55,7 +55,7 @@ MULTI_CHASSIS = "multi-chassis"  # OVN's: one port of the VM, bound on both node
 STRATEGIES = (PER_POD, MULTI_CHASSIS)
 # The default. PER_POD keeps the target from answering by construction (its port is disabled
 # until domain-ready). MULTI_CHASSIS halves the gap (OVN 25.03: median 38-55 ms against
-# 84-101 ms), but its target is kept quiet only by ovn-controller's activation block, which let
+# 79-101 ms), but its target is kept quiet only by ovn-controller's activation block, which let
 # a TCP reset reach a peer in 1 of 40 measured migrations (README, "Live migration";
 # benchmarks/migration_bench.py).
 DEFAULT_STRATEGY = PER_POD
