@@ -63,10 +63,10 @@ import controller_bench
 from ovsdbapp.backend.ovs_idl import connection
 from ovsdbapp.schema.ovn_northbound import impl_idl
 
+from ovnk_secondary.controller.reconciler import ACCEPTED_CONFIG
 from ovnk_secondary.northbound import servers
 
 NAD_PATH = "/apis/k8s.cni.cncf.io/v1/namespaces/{ns}/network-attachment-definitions"
-ACCEPTED_CONFIG = "ovnk-secondary.io/accepted-config"  # controller/reconciler.py
 
 
 def _nad(namespace: str, name: str, index: int) -> dict[str, object]:
