@@ -22,6 +22,15 @@ between two replies, duplicate replies (two locations answering), the TCP connec
 Aborted migrations (`--aborts`): the target pod deleted before the switch-over; the longest
 gap while it happens (the source keeps the traffic; target: < 300 ms).
 
+Before the switch-over, what the target got while the source still held the VM (per
+migration; the stand-in's NICs there are not the guest's yet): the packets ovn-controller on the
+target's node output to the target's OVS interface (the OpenFlow counters of the flows that
+output to it, read just before the guest resumes: on the per-pod strategy the target's port is
+disabled, on multi-chassis its binding is blocked until the guest's RARP), and the packets the
+target pod's own kernel received on those interfaces before the bridge binding took them (it
+holds the VM's MAC and IPs there and would answer for the VM; the node agent hands a VM port's
+interface over down, `attachments.desired_interface`).
+
 Baseline in the same run: the same pings and TCP for 6 s with no migration: the longest gap
 of the path itself (the userspace datapath's jitter on this machine), to which every gap is
 compared (ratio).
@@ -41,6 +50,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -48,7 +58,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ovnk_secondary import migration
+from ovnk_secondary import migration, podnetworks
 from ovnk_secondary.sandbox import cluster, scenario, vms
 
 NS = "test"
@@ -172,6 +182,51 @@ class Window:
         return samples
 
 
+def _ofport(sb: cluster.Sandbox, node: str, port: str) -> int | None:
+    """The OpenFlow port of the OVS interface bound to logical switch port `port` on `node`."""
+    found = json.loads(sb.exec(node, ["ovs-vsctl", "--format=json", "--columns=ofport", "find",
+                                      "Interface", f"external_ids:iface-id={port}"]).stdout)
+    numbers = [row[0] for row in found["data"] if isinstance(row[0], int) and row[0] > 0]
+    return numbers[0] if numbers else None
+
+
+def _output_packets(sb: cluster.Sandbox, node: str, ofport: int) -> int:
+    """Packets br-int's flows on `node` have output to `ofport` (the flows' counters)."""
+    flows = sb.exec(node, ["ovs-ofctl", "--no-names", "dump-flows", "br-int"]).stdout
+    return sum(int(match.group(1)) for line in flows.splitlines()
+               if re.search(rf"output:{ofport}(?![0-9])", line)
+               for match in [re.search(r"n_packets=(\d+)", line)] if match)
+
+
+class TargetWatch:
+    """What a migration's target got before the switch-over (`before_binding` and
+    `before_switch_over` of `vms.migrate`): per NIC, the target pod kernel's received packets
+    when the bridge binding takes the interface, and OVS's packets output to it by then."""
+
+    def __init__(self, sb: cluster.Sandbox, nads: dict[str, str]) -> None:
+        self.sb, self.nads = sb, nads  # interface -> NAD
+        self.target: scenario.PodView | None = None
+        self.kernel_rx: dict[str, int] = {}
+        self.links_up: dict[str, bool] = {}
+        self.delivered: dict[str, int] = {}
+
+    def before_binding(self, target: scenario.PodView) -> None:
+        self.target = target
+        links = vms.pod_links(self.sb, target)
+        self.kernel_rx = {iface: links[iface].rx_packets for iface in self.nads}
+        self.links_up = {iface: links[iface].up for iface in self.nads}
+
+    def before_switch_over(self) -> None:
+        assert self.target is not None
+        entries = podnetworks.decode(json.dumps(self.target.pod_networks))
+        for iface, nad in self.nads.items():
+            port = podnetworks.port_name(nad, self.target.namespace, self.target.name,
+                                         entries.get(nad))
+            ofport = _ofport(self.sb, self.target.node, port)
+            self.delivered[iface] = (-1 if ofport is None else
+                                     _output_packets(self.sb, self.target.node, ofport))
+
+
 def _summary(label: str, samples: list[Sample], baseline: Sample) -> str:
     gaps = [s.gap for s in samples]
     return (f"{label}: lost {sum(s.lost for s in samples)}/{sum(s.sent for s in samples)}, "
@@ -204,12 +259,16 @@ def run(sb: cluster.Sandbox, peer: scenario.PodView, *, strategy: str, migration
         for index in range(migrations):
             window = Window(sb, peer, targets, seconds=7, full_mtu=full_mtu)
             time.sleep(1)
-            moved = vms.migrate(sb, "vm-bench")
+            watch = TargetWatch(sb, {"net1": L2, "net2": LOCALNET})
+            moved = vms.migrate(sb, "vm-bench", before_binding=watch.before_binding,
+                                before_switch_over=watch.before_switch_over)
             assert moved is not None
             samples = window.result()
             row = {"migration": index + 1, "from": moved.source.node, "to": moved.target.node,
                    "guest_pause_ms": (moved.resumed - moved.paused) * 1000,
                    "ready_after_resume_ms": (moved.ready - moved.resumed) * 1000,
+                   "target_links_up": watch.links_up, "target_kernel_rx": watch.kernel_rx,
+                   "target_delivered": watch.delivered,
                    **{t: dataclasses.asdict(s) for t, s in samples.items()}}
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
@@ -244,6 +303,13 @@ def report(strategy: str, result: dict[str, Any]) -> None:
         if aborted:
             print(_summary(f"  {topology}, aborted migrations", [a[topology] for a in aborted],
                            baseline[topology]))
+    delivered = [sum(row["target_delivered"].values()) for row in rows]
+    kernel = [sum(row["target_kernel_rx"].values()) for row in rows]
+    up = sum(1 for row in rows if any(row["target_links_up"].values()))
+    print(f"  before the switch-over, the target: OVS output {sum(delivered)} packets to its "
+          f"interfaces (in {sum(1 for d in delivered if d)} of {len(rows)} migrations); its pod's "
+          f"kernel received {sum(kernel)} (in {sum(1 for k in kernel if k)}), its interfaces "
+          f"handed over up in {up}")
     pauses = [row["guest_pause_ms"] for row in rows]
     ready = [row["ready_after_resume_ms"] for row in rows]
     print(f"  the stand-in's own blackout (guest NIC moved): p50 {statistics.median(pauses):.0f}"

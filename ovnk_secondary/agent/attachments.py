@@ -2,9 +2,10 @@
 
 ADD: refuse a localnet NAD whose physical network the node does not map, wait for the pod's
 `k8s.ovn.org/pod-networks` entry of the NAD, build the veth pair with the annotated
-MAC/IPs/routes and the NAD's MTU, plug the host side into br-int with OVN-K's external_ids, wait
-for `ovn-installed`; on any failure undo what it made. DEL removes the port and the veth and
-succeeds when they are already gone. CHECK reports every difference.
+MAC/IPs/routes and the NAD's MTU (down on a KubeVirt VM's own port: `desired_interface`), plug
+the host side into br-int with OVN-K's external_ids, wait for `ovn-installed`; on any failure
+undo what it made. DEL removes the port and the veth and succeeds when they are already gone.
+CHECK reports every difference.
 
 No two attachments ever merge. An attachment is (sandbox, CNI_IFNAME, NAD); the names derived
 from it (the host side `ovk...`, the logical switch port as iface-id) can be shared by a
@@ -136,7 +137,21 @@ def occupant(*, request: protocol.Request, network: nads.NetworkConfig,
 def desired_interface(*, request: protocol.Request, network: nads.NetworkConfig,
                       pod_network: podnetworks.PodNetwork,
                       tx_checksum_offload: bool = True) -> interfaces.PodInterface:
-    """The pod side of the veth: annotation values, NAD MTU, gateways as default routes."""
+    """The pod side of the veth: annotation values, NAD MTU, gateways as default routes.
+
+    An entry on a KubeVirt VM's own port (`logical_switch_port`: the multi-chassis strategy,
+    `migration`) is handed over **down**, with its addresses and without routes. The pod's
+    kernel holds the VM's MAC and IPs there, and while the VM's guest runs on the other node
+    it must neither answer for the VM nor be reached (a TCP reset to the VM's peers): the
+    port's OVN binding on this node only blocks traffic until the guest's RARP, and has let
+    some through (`migration`). KubeVirt's bridge binding brings the link up itself once it
+    has moved the addresses away (`pkg/network/setup/netpod/netpod.go`, bridgeBindingSpec:
+    the pod interface `State: up`, IPv4 and IPv6 disabled, enslaved to the in-pod bridge).
+    The binding reads the addresses to hand them to the guest by DHCP; routes go with the
+    link (the kernel takes none through a down link), so such a NIC's guest gets its routes
+    from its own configuration, not from `default-route`.
+    """
+    up = pod_network.logical_switch_port is None
     routes = [interfaces.RouteSpec(dst=r.dest, gateway=r.next_hop or None)
               for r in pod_network.routes]
     for gateway in pod_network.gateway_ips:
@@ -145,7 +160,7 @@ def desired_interface(*, request: protocol.Request, network: nads.NetworkConfig,
     return interfaces.PodInterface(
         netns=request.netns, ifname=request.ifname, mac=pod_network.mac_address,
         mtu=network.mtu or nads.DEFAULT_MTU, addresses=pod_network.ip_addresses or (),
-        routes=tuple(routes), tx_checksum_offload=tx_checksum_offload)
+        routes=tuple(routes) if up else (), tx_checksum_offload=tx_checksum_offload, up=up)
 
 
 def port_external_ids(*, request: protocol.Request, network: nads.NetworkConfig,
@@ -198,7 +213,7 @@ def check_problems(*, spec: interfaces.PodInterface,
         missing = [a for a in spec.addresses if a not in observed.addresses]
         if missing:
             problems.append(f"{spec.ifname} lacks address(es) {', '.join(missing)}")
-        if not observed.up:
+        if spec.up and not observed.up:  # else whoever took it over decides
             problems.append(f"{spec.ifname} is down")
     if port is None:
         problems.append(f"no OVS interface carries iface-id {port_name} on br-int")

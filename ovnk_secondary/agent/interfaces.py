@@ -65,6 +65,10 @@ class PodInterface:
     # False for OVS's userspace datapath: it reads veths with AF_PACKET and forwards the pod's
     # partial (offloaded) TCP/UDP checksums unfinished, so the receiver drops every segment.
     tx_checksum_offload: bool = True
+    # False: the pod side is left down, with its addresses and without routes (the kernel
+    # takes no route through a down link), for whoever takes the interface over to bring up
+    # (see `attachments.desired_interface`)
+    up: bool = True
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -206,9 +210,10 @@ def create(spec: PodInterface, *, host_name: str, replace: bool = False) -> Host
                 pod.rtnl.request(rtnl.address(index, cidr), rtnl.CREATE)
             if not spec.tx_checksum_offload:
                 pod.disable_tx_checksum(spec.ifname)
-            pod.rtnl.request(rtnl.link_up(index))
-            for route in spec.routes:
-                _add_route(pod.rtnl, route, index=index)
+            if spec.up:
+                pod.rtnl.request(rtnl.link_up(index))
+                for route in spec.routes:
+                    _add_route(pod.rtnl, route, index=index)
         return _host_side(host_name)
     except BaseException:
         with _node() as node:

@@ -239,6 +239,22 @@ def _in_pod(sb: cluster.Sandbox, pod: scenario.PodView, argv: Sequence[str], *,
     return done.stdout
 
 
+@dataclasses.dataclass(frozen=True)
+class Link:
+    """A pod interface as the pod's kernel sees it: administratively up, packets it got."""
+
+    up: bool
+    rx_packets: int
+
+
+def pod_links(sb: cluster.Sandbox, pod: scenario.PodView) -> dict[str, Link]:
+    """The interfaces in the pod's network namespace (but `lo`), by name."""
+    links = json.loads(_in_pod(sb, pod, ["ip", "-j", "-s", "link"]))
+    return {link["ifname"]: Link(up="UP" in link["flags"],
+                                 rx_packets=int(link["stats64"]["rx"]["packets"]))
+            for link in links if link["ifname"] != "lo"}
+
+
 def _random_mac() -> str:
     octets = bytearray(secrets.token_bytes(6))
     octets[0] = (octets[0] & 0xFC) | 0x02  # locally administered, unicast
@@ -400,15 +416,19 @@ def create(sb: cluster.Sandbox, vm: str, nads: Sequence[str], *, namespace: str 
 
 def migrate(sb: cluster.Sandbox, vm: str, *, namespace: str = "test", to: str | None = None,
             abort: bool = False,
+            before_binding: Callable[[scenario.PodView], None] | None = None,
             before_switch_over: Callable[[], None] | None = None) -> Migration | None:
     """Live-migrate VM `vm` to `to` (the other node by default), as virt-controller and
     virt-handler do; with `abort`, stop before the switch-over (the target pod deleted) and
-    return None. `before_switch_over` runs once the target pod is ready (tests: stop the
-    controller there)."""
+    return None. `before_binding` runs with the target pod once it is ready, before the bridge
+    binding takes its interfaces (as the CNI left them); `before_switch_over` once the guest's
+    NICs are prepared there (tests: stop the controller there)."""
     source_pod = _one_launcher(sb, vm, namespace)
     nics = _nics_of(source_pod)
     source = scenario.view(sb, source_pod["metadata"]["name"], namespace=namespace)
     target = _start_launcher(sb, vm, namespace, to or _other_node(sb, source.node), nics)
+    if before_binding is not None:
+        before_binding(target)
     _plug(sb, vm, target, nics, prefix="m-")
     core = scenario.core_api(sb)
     if abort:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from ovnk_secondary import nads, podnetworks
@@ -30,6 +32,31 @@ def test_interface_follows_annotation_and_nad() -> None:
     assert spec.routes == (
         interfaces.RouteSpec(dst="10.200.0.0/16", gateway="10.100.0.254"),
         interfaces.RouteSpec(dst="0.0.0.0/0", gateway="10.100.0.1"))
+
+
+def test_a_vms_own_port_is_handed_over_down_with_its_addresses_and_no_routes() -> None:
+    network = attachments.network_config(CONFIG)
+    vm_port = dataclasses.replace(ANNOTATED, logical_switch_port="ns1.l2.network_ns1_vm_vm1")
+    spec = attachments.desired_interface(request=REQUEST, network=network, pod_network=vm_port)
+    assert not spec.up and spec.routes == ()
+    assert spec.addresses == ("10.100.0.5/24", "fd00::5/64")
+    assert spec.mac == "0a:58:0a:64:00:05"
+    # a pod's own port: up, with its routes
+    assert attachments.desired_interface(request=REQUEST, network=network,
+                                         pod_network=ANNOTATED).up
+    # CHECK: down is what ADD left, up is what KubeVirt's binding made of it: neither is wrong
+    port = ovs.PortState(name="ovk1", external_ids={ovs.OVN_INSTALLED: "true"}, ofport=3,
+                         ifindex=4, error=None)
+    for up in (False, True):
+        observed = interfaces.ObservedInterface(mac=spec.mac, mtu=spec.mtu,
+                                                addresses=frozenset(spec.addresses), up=up)
+        assert attachments.check_problems(spec=spec, observed=observed, port=port,
+                                          port_name="p") == []
+    down = interfaces.ObservedInterface(mac=spec.mac, mtu=spec.mtu,
+                                        addresses=frozenset(spec.addresses), up=False)
+    pod_spec = dataclasses.replace(spec, up=True)
+    assert attachments.check_problems(spec=pod_spec, observed=down, port=port,
+                                      port_name="p") == ["net1 is down"]
 
 
 def test_mtu_defaults_to_1400() -> None:

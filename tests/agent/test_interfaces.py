@@ -113,3 +113,26 @@ def test_checksum_offload_can_be_turned_off_for_the_userspace_datapath(pod_netns
         assert "tx-checksumming: off" in features
     finally:
         interfaces.delete(host_name=host)
+
+
+def test_an_interface_can_be_handed_over_down_with_its_addresses(pod_netns: str) -> None:
+    spec = interfaces.PodInterface(
+        netns=pod_netns, ifname="net1", mac="0a:58:0a:64:00:09", mtu=1400,
+        addresses=("10.100.0.9/24", "fd00::9/64"), up=False)
+    host = interfaces.host_ifname(container_id="test-down", ifname="net1")
+    try:
+        interfaces.create(spec, host_name=host)
+        observed = interfaces.observe(netns=pod_netns, ifname="net1")
+        assert observed is not None and not observed.up
+        assert {"10.100.0.9/24", "fd00::9/64"} <= observed.addresses
+        ns = pod_netns.rsplit("/", 1)[1]
+        routes = subprocess.run(["ip", "-n", ns, "route", "show", "dev", "net1"],
+                                capture_output=True, text=True, check=True).stdout
+        assert routes == ""  # not even the subnet's: the kernel adds it when the link is up
+        # whoever takes it over brings it up: the kernel then routes the subnet through it
+        subprocess.run(["ip", "-n", ns, "link", "set", "net1", "up"], check=True)
+        routes = subprocess.run(["ip", "-n", ns, "route", "show", "dev", "net1"],
+                                capture_output=True, text=True, check=True).stdout
+        assert "10.100.0.0/24" in routes
+    finally:
+        interfaces.delete(host_name=host)

@@ -215,7 +215,9 @@ def test_multichassis_the_guests_rarp_moves_the_traffic_with_the_controller_down
     """OVN's multi-chassis strategy (`migration.MULTI_CHASSIS`): one port of the VM per
     network, listed on both nodes while the target pod runs; the controller is stopped before
     the switch-over, and the guest's RARP alone moves the traffic (ovn-controller activates
-    the target's binding). Once the controller is back, the port is the target node's alone."""
+    the target's binding). The target pod's interfaces on the VM's port are handed over down
+    (`attachments.desired_interface`). Once the controller is back, the port is the target
+    node's alone."""
     sb = multi_chassis
     vlan_netns, _ = cluster.EXTERNAL_HOSTS[33]
     peer = _peer(sb)
@@ -251,8 +253,13 @@ def test_multichassis_the_guests_rarp_moves_the_traffic_with_the_controller_down
                                        ln_ip, seconds=8)])
             time.sleep(1)
 
-        moved = vms.migrate(sb, "vm-c", before_switch_over=stop_controller)
+        handed_over: dict[str, vms.Link] = {}
+        moved = vms.migrate(sb, "vm-c", before_binding=lambda target: handed_over.update(
+            vms.pod_links(sb, target)), before_switch_over=stop_controller)
         assert moved is not None and moved.target.node == "node-2"
+        # the target pod was ready (its ports installed) with the VM's NICs down: its kernel,
+        # holding the VM's addresses, could not answer for the guest running on node-1
+        assert {i: handed_over[i].up for i in ("net1", "net2")} == {"net1": False, "net2": False}
         assert _addresses(moved.target) == addresses
         outages = [result() for result in results]
         for seen in outages:  # no control plane in the path: a short gap, one location
