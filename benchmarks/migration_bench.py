@@ -13,11 +13,20 @@ VM stand-in, `ovnk_secondary/sandbox/vms.py`) with a NIC on each, started on nod
 Per migration (node-1 -> node-2, then back, and so on; the first one is the VM's first): from
 the peer (layer2) and from the external host (localnet): `ping -D -i 0.01` and a TCP client
 sending a line every 10 ms to an echo server in the guest, both started 1 s before the
-migration and ending 4 s after it. Reported per topology: packets lost, the longest gap
-between two replies, duplicate replies (two locations answering), the TCP connection's fate
-(reset or not) and its longest gap between echoes; and per migration the guest's own pause
-(the NIC moving inside the guest, the stand-in's "blackout") and when virt-handler's
-`kubevirt.io/migration-target-ready-timestamp` was set after the resume.
+migration and ending 4 s after it. Reported per topology: packets lost, the longest time
+without a reply (between two replies, or before the first or after the last one: an outage at
+the window's end counts; `vms.outage`) and where it began, duplicate replies (two locations
+answering), the TCP connection's fate (reset or not) and its longest gap between echoes; and
+per migration the guest's own pause (the NIC moving inside the guest, the stand-in's
+"blackout") and when virt-handler's `kubevirt.io/migration-target-ready-timestamp` was set
+after the resume.
+
+The longest gap of a window may lie outside the switch-over: while the target pod starts
+(kubelet, runtime, CNI and ovn-controller share the machine's CPUs with the userspace datapath,
+which forwards in ovs-vswitchd's threads) or while the source goes. So each migration also
+reports the longest gap from the guest's pause to 500 ms after domain-ready (the switch-over
+itself), and where the window's longest gap began; the aborted migrations, which start a target
+pod and never switch, are the same run's measure of the preparation alone.
 
 Aborted migrations (`--aborts`): the target pod deleted before the switch-over; the longest
 gap while it happens (the source keeps the traffic; target: < 300 ms).
@@ -114,10 +123,11 @@ class Sample:
 
     lost: int
     sent: int
-    gap: float  # s, longest between ping replies
+    gap: float  # s, longest without a ping reply (`vms.outage`)
     duplicates: int
     tcp_gap: float
     tcp_error: str | None
+    gap_start: float = 0.0  # epoch s
 
 
 def _apply_nads(sb: cluster.Sandbox) -> None:
@@ -164,13 +174,15 @@ class Window:
 
     def result(self) -> dict[str, Sample]:
         samples = {}
+        self.outages: dict[str, vms.Outage] = {}
         if self.full_mtu is not None:
-            seen = self.full_mtu()
+            seen = self.outages["localnet-full-mtu"] = self.full_mtu()
             samples["localnet-full-mtu"] = Sample(
                 lost=seen.lost, sent=seen.sent, gap=seen.longest_gap,
-                duplicates=seen.duplicates, tcp_gap=0.0, tcp_error=None)
+                duplicates=seen.duplicates, tcp_gap=0.0, tcp_error=None,
+                gap_start=seen.gap_start)
         for topology, ping in self.pings.items():
-            seen = ping()
+            seen = self.outages[topology] = ping()
             output, _ = self.tcp[topology].communicate(timeout=120)
             try:
                 tcp = json.loads(output.strip().splitlines()[-1])
@@ -178,7 +190,7 @@ class Window:
                 tcp = {"gap": float("inf"), "error": output.strip()[-300:]}
             samples[topology] = Sample(lost=seen.lost, sent=seen.sent, gap=seen.longest_gap,
                                        duplicates=seen.duplicates, tcp_gap=tcp["gap"],
-                                       tcp_error=tcp["error"])
+                                       tcp_error=tcp["error"], gap_start=seen.gap_start)
         return samples
 
 
@@ -256,6 +268,7 @@ def run(sb: cluster.Sandbox, peer: scenario.PodView, *, strategy: str, migration
         print(f"baseline (no migration, 6 s): {json.dumps(dataclasses.asdict(baseline['layer2']))}"
               f" {json.dumps(dataclasses.asdict(baseline['localnet']))}", file=sys.stderr)
         rows: list[dict[str, Any]] = []
+        epoch_offset = time.time() - time.monotonic()
         for index in range(migrations):
             window = Window(sb, peer, targets, seconds=7, full_mtu=full_mtu)
             time.sleep(1)
@@ -264,8 +277,16 @@ def run(sb: cluster.Sandbox, peer: scenario.PodView, *, strategy: str, migration
                                 before_switch_over=watch.before_switch_over)
             assert moved is not None
             samples = window.result()
+            paused = moved.paused + epoch_offset  # the ping's clock: the same machine's
             row = {"migration": index + 1, "from": moved.source.node, "to": moved.target.node,
                    "guest_pause_ms": (moved.resumed - moved.paused) * 1000,
+                   # where each topology's longest gap began, after the guest's pause began
+                   "gap_at_ms": {t: (x.gap_start - paused) * 1000 for t, x in samples.items()},
+                   # the longest gap of the switch-over: from the pause to 500 ms after
+                   # domain-ready (the guest's RARP rounds end 500 ms after the resume)
+                   "switch_over_gap_ms": {
+                       t: o.longest_within(paused, moved.ready + epoch_offset + 0.5) * 1000
+                       for t, o in window.outages.items()},
                    "ready_after_resume_ms": (moved.ready - moved.resumed) * 1000,
                    "target_links_up": watch.links_up, "target_kernel_rx": watch.kernel_rx,
                    "target_delivered": watch.delivered,
@@ -297,6 +318,14 @@ def report(strategy: str, result: dict[str, Any]) -> None:
     for topology in [t for t in ("layer2", "localnet", "localnet-full-mtu") if t in baseline]:
         samples = [Sample(**row[topology]) for row in rows]
         print(_summary(f"  {topology}, all migrations", samples, baseline[topology]))
+        switch = [row["switch_over_gap_ms"][topology] for row in rows]
+        print(f"  {topology}, the switch-over's gap (from the pause to 500 ms after "
+              f"domain-ready): p50 {statistics.median(switch):.0f} ms, max {max(switch):.0f} ms")
+        worst = max(rows, key=lambda row: row[topology]["gap"])
+        print(f"  {topology}, the longest gap (migration {worst['migration']}, "
+              f"{worst['from']} -> {worst['to']}) began {worst['gap_at_ms'][topology]:.0f} ms "
+              f"after the guest's pause began; the pause took {worst['guest_pause_ms']:.0f} ms, "
+              f"domain-ready came {worst['ready_after_resume_ms']:.0f} ms after the resume")
         first = samples[0]
         print(f"  {topology}, the VM's first migration: lost {first.lost}, longest gap "
               f"{first.gap * 1000:.0f} ms, TCP {'reset' if first.tcp_error else 'kept'}")

@@ -53,12 +53,13 @@ CONFLICT = "LiveMigrationConflict"
 PER_POD = "per-pod"  # OVN-K's: a port per pod, the target's enabled at domain-ready
 MULTI_CHASSIS = "multi-chassis"  # OVN's: one port of the VM, bound on both nodes
 STRATEGIES = (PER_POD, MULTI_CHASSIS)
-# The default. PER_POD keeps the target from answering by construction (its port is disabled
-# until domain-ready). MULTI_CHASSIS halves the gap (OVN 25.03: median 38-55 ms against
-# 79-101 ms), but its target is kept quiet only by ovn-controller's activation block, which let
-# a TCP reset reach a peer in 1 of 40 measured migrations (README, "Live migration";
-# benchmarks/migration_bench.py).
-DEFAULT_STRATEGY = PER_POD
+# The default: MULTI_CHASSIS. On OVN 25.03 (the sandbox, benchmarks/migration_bench.py, README
+# "Live migration") it halves the switch-over's gap and the packets lost against PER_POD, with
+# no control plane on the path. Its target's pod never answers for the VM: the node agent hands
+# a VM port's pod interface over down (`agent.attachments.desired_interface`), because
+# ovn-controller's activation block lets a few packets through to the target right after it
+# binds the port.
+DEFAULT_STRATEGY = MULTI_CHASSIS
 
 Key = tuple[str, str]  # (namespace, name)
 

@@ -15,11 +15,12 @@ Run with `python -m ovnk_secondary.sandbox.demo [--name NAME]`.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
 
-from ovnk_secondary import errors, naming
+from ovnk_secondary import errors, podnetworks
 from ovnk_secondary.sandbox import cluster, kubeapi, scenario, vms
 
 
@@ -160,9 +161,9 @@ def _vm(sb: cluster.Sandbox) -> bool:
                                     "-o", "jsonpath={.data.migration-strategy}")
         print(f"  live-migration strategy {strategy} (README: KubeVirt VMs: live migration); "
               "the VM's ports in NB now:")
-        for nad, entry in sorted(moved.target.pod_networks.items()):
-            port = entry.get("logical_switch_port") or naming.pod_port_name(
-                nad, moved.target.namespace, moved.target.name)
+        entries = podnetworks.decode(json.dumps(moved.target.pod_networks))
+        for nad, entry in sorted(entries.items()):
+            port = podnetworks.port_name(nad, moved.target.namespace, moved.target.name, entry)
             options = sb.ovn_nbctl("get", "Logical_Switch_Port", port, "options").strip()
             print(f"    {port}: {options}")
         restarted = vms.restart(sb, "vm-a", to="node-2")

@@ -495,35 +495,58 @@ def delete(sb: cluster.Sandbox, vm: str, *, namespace: str = "test",
 @dataclasses.dataclass(frozen=True)
 class Outage:
     """What a `ping -D -i INTERVAL` saw: requests, replies, the longest time without a reply
-    (seconds, between consecutive replies), and duplicate replies (two VMs answering)."""
+    (seconds) and when it began (epoch seconds), and duplicate replies (two VMs answering)."""
 
     sent: int
     received: int
     longest_gap: float
     duplicates: int
+    gap_start: float = 0.0
+    # every time without a reply longer than three intervals: (began, seconds), in order
+    gaps: tuple[tuple[float, float], ...] = ()
 
     @property
     def lost(self) -> int:
         return self.sent - self.received
 
+    def longest_within(self, start: float, end: float) -> float:
+        """The longest gap that overlaps the epoch interval [start, end] (seconds; 0 if none):
+        a migration's switch-over, apart from what happened before or after it."""
+        return max((length for began, length in self.gaps
+                    if began <= end and began + length >= start), default=0.0)
 
-def outage(output: str) -> Outage:
-    """Parse iputils' `ping -D` output (`[<epoch>] 64 bytes from ...: icmp_seq=N ...`)."""
-    stamps = []
+
+def outage(output: str, *, interval: float = 0.01) -> Outage:
+    """Parse iputils' `ping -D` output (`[<epoch>] 64 bytes from ...: icmp_seq=N ...`).
+
+    The longest gap is the longest time between two consecutive replies, or, when the first
+    or the last requests went unanswered, their time at `interval` apart (requests before the
+    first reply, or after the last one until the end): a window that ends in an outage shows
+    it. Without any reply it is infinite."""
+    replies: list[tuple[float, int]] = []  # (epoch, icmp_seq)
     duplicates = 0
-    for line in output.splitlines():
-        if line.startswith("[") and "icmp_seq=" in line and "bytes from" in line:
-            if "DUP!" in line:
-                duplicates += 1
-                continue
-            stamps.append(float(line[1:line.index("]")]))
     sent = 0
     for line in output.splitlines():
         if "packets transmitted" in line:
             sent = int(line.split()[0])
-    gaps = [b - a for a, b in itertools.pairwise(stamps)]
-    return Outage(sent=sent, received=len(stamps), longest_gap=max(gaps, default=float("inf")),
-                  duplicates=duplicates)
+        if not (line.startswith("[") and "icmp_seq=" in line and "bytes from" in line):
+            continue
+        if "DUP!" in line:
+            duplicates += 1
+            continue
+        seq = int(line.split("icmp_seq=", 1)[1].split()[0])
+        replies.append((float(line[1:line.index("]")]), seq))
+    if not replies:
+        return Outage(sent=sent, received=0, longest_gap=float("inf"), duplicates=duplicates)
+    (first, first_seq), (last, last_seq) = replies[0], replies[-1]
+    gaps = [(b - a, a) for (a, _), (b, _) in itertools.pairwise(replies)]
+    gaps.append(((first_seq - 1) * interval, first - (first_seq - 1) * interval))  # the head
+    gaps.append((max(sent - last_seq, 0) * interval, last))  # the tail
+    longest, start = max(gaps)
+    return Outage(sent=sent, received=len(replies), longest_gap=longest,
+                  duplicates=duplicates, gap_start=start,
+                  gaps=tuple(sorted((began, length) for length, began in gaps
+                                    if length > 3 * interval)))
 
 
 def ping_in_background(sb: cluster.Sandbox, container: str, netns: Sequence[str],
@@ -541,6 +564,6 @@ def ping_in_background(sb: cluster.Sandbox, container: str, netns: Sequence[str]
 
     def result() -> Outage:
         output, _ = process.communicate(timeout=seconds + 60)
-        return outage(output)
+        return outage(output, interval=interval)
 
     return result

@@ -1,8 +1,9 @@
 """KubeVirt VMs on the sandbox cluster (the VM stand-in, `ovnk_secondary/sandbox/vms.py`): one
 VM with a NIC on a layer2 network and one on a localnet network (VLAN 33), both with
 `subnets` and `allowPersistentIPs`, keeps its MAC and IPs across a live migration, a failed
-migration and a restart, with pings running through the whole path; under the default
-strategy (per-pod) and OVN's multi-chassis (the `multi_chassis` fixture)."""
+migration and a restart, with pings running through the whole path; under OVN-Kubernetes'
+per-pod strategy (the `per_pod` fixture) and OVN's multi-chassis (`multi_chassis`, the
+default)."""
 
 from __future__ import annotations
 
@@ -38,12 +39,28 @@ def sb(cluster_sandbox: cluster.Sandbox) -> Iterator[cluster.Sandbox]:
     cluster_sandbox.kubectl("delete", "-f", str(VM_NADS))
 
 
+@contextlib.contextmanager
+def _strategy(sb: cluster.Sandbox, strategy: str) -> Iterator[cluster.Sandbox]:
+    """The sandbox with a live-migration strategy for one test, the default after it."""
+    if strategy != migration.DEFAULT_STRATEGY:
+        sb.set_migration_strategy(strategy)
+    try:
+        yield sb
+    finally:
+        if strategy != migration.DEFAULT_STRATEGY:
+            sb.set_migration_strategy(migration.DEFAULT_STRATEGY)
+
+
+@pytest.fixture
+def per_pod(sb: cluster.Sandbox) -> Iterator[cluster.Sandbox]:
+    with _strategy(sb, migration.PER_POD) as strategy:
+        yield strategy
+
+
 @pytest.fixture
 def multi_chassis(sb: cluster.Sandbox) -> Iterator[cluster.Sandbox]:
-    """The sandbox with OVN's multi-chassis strategy for one test, the default after it."""
-    sb.set_migration_strategy(migration.MULTI_CHASSIS)
-    yield sb
-    sb.set_migration_strategy(migration.DEFAULT_STRATEGY)
+    with _strategy(sb, migration.MULTI_CHASSIS) as strategy:
+        yield strategy
 
 
 def _peer(sb: cluster.Sandbox) -> scenario.PodView:
@@ -78,7 +95,8 @@ def _port(nad: str, pod: str) -> str:
 
 
 def test_a_vm_keeps_its_addresses_across_live_migration_failed_migration_and_restart(
-        sb: cluster.Sandbox) -> None:
+        per_pod: cluster.Sandbox) -> None:
+    sb = per_pod
     peer = _peer(sb)
     vlan_netns, _ = cluster.EXTERNAL_HOSTS[33]
     try:
@@ -287,10 +305,11 @@ def test_multichassis_the_guests_rarp_moves_the_traffic_with_the_controller_down
 
 
 def test_per_pod_a_migration_across_a_controller_restart_completes_once_it_is_back(
-        sb: cluster.Sandbox) -> None:
-    """The default strategy with the controller restarting at the switch-over: the target's
+        per_pod: cluster.Sandbox) -> None:
+    """The per-pod strategy with the controller restarting at the switch-over: the target's
     port is enabled by the controller, so traffic returns once the new controller runs; then
     the target's ports are as usual, the source's gone, and nothing answers twice."""
+    sb = per_pod
     vlan_netns, _ = cluster.EXTERNAL_HOSTS[33]
     peer = _peer(sb)
     try:

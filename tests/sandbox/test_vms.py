@@ -1,0 +1,42 @@
+"""`vms.outage`: what a ping saw during a migration (pure parsing)."""
+
+from __future__ import annotations
+
+import math
+
+from ovnk_secondary.sandbox import vms
+
+
+def _reply(epoch: float, seq: int, dup: bool = False) -> str:
+    return (f"[{epoch:.6f}] 64 bytes from 10.0.0.5: icmp_seq={seq} ttl=64 time=0.5 ms"
+            + (" (DUP!)" if dup else ""))
+
+
+def _summary(sent: int, received: int) -> str:
+    return f"{sent} packets transmitted, {received} received, 0% packet loss, time 100ms"
+
+
+def test_the_longest_gap_is_between_two_replies() -> None:
+    lines = [_reply(100.00, 1), _reply(100.01, 2), _reply(100.10, 10), _reply(100.10, 10, True),
+             _reply(100.11, 11), _summary(11, 4)]
+    seen = vms.outage("\n".join(lines))
+    assert (seen.sent, seen.received, seen.lost, seen.duplicates) == (11, 4, 7, 1)
+    assert math.isclose(seen.longest_gap, 0.09) and seen.gap_start == 100.01
+    assert [(began, round(length, 3)) for began, length in seen.gaps] == [(100.01, 0.09)]
+    assert math.isclose(seen.longest_within(100.05, 100.06), 0.09)  # inside it
+    assert seen.longest_within(100.105, 100.2) == 0.0  # after it
+
+
+def test_an_outage_at_the_end_of_the_window_counts() -> None:
+    # the last 200 requests (2 s at 10 ms) unanswered: no two replies around them
+    lines = [_reply(100.00 + i / 100, i + 1) for i in range(50)] + [_summary(250, 50)]
+    seen = vms.outage("\n".join(lines), interval=0.01)
+    assert math.isclose(seen.longest_gap, 2.0) and math.isclose(seen.gap_start, 100.49)
+    assert math.isclose(seen.longest_within(101.0, 101.1), 2.0)
+
+
+def test_an_outage_at_the_start_counts_and_no_reply_is_an_infinite_gap() -> None:
+    lines = [_reply(101.00 + i / 100, i + 31) for i in range(20)] + [_summary(50, 20)]
+    seen = vms.outage("\n".join(lines), interval=0.01)
+    assert math.isclose(seen.longest_gap, 0.3) and math.isclose(seen.gap_start, 100.7)
+    assert vms.outage(_summary(10, 0)).longest_gap == math.inf
