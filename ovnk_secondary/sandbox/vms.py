@@ -19,7 +19,7 @@ and what virt-controller and virt-handler do to the pods around a restart or a l
 - **Live migration** (`migrate`): virt-controller creates the target pod on another node; the
   guest's NIC is prepared there (down); at the switch-over the source NIC is removed and the
   target NIC takes its name, MAC and IPs (the domain pauses on the source and resumes on the
-  target), the guest announces itself as QEMU does (RARP, 5 rounds: 0, 50, 150, 300, 500 ms)
+  target), the guest announces itself as QEMU does (RARP, 5 rounds: 0, 50, 200, 450, 800 ms)
   and with a gratuitous ARP, then virt-handler sets `kubevirt.io/migration-target-ready-
   timestamp` on the target pod, and the source pod goes. `abort=True` stops before the switch-
   over and deletes the target pod.
@@ -54,9 +54,11 @@ NADS = ("k8s.cni.cncf.io", "v1", "network-attachment-definitions")
 CLAIMS = ("k8s.cni.cncf.io", "v1alpha1", "ipamclaims")
 
 # QEMU's self-announce after a migration: RARP from the guest's MAC, 5 rounds, 50 ms then
-# +100 ms apart (include/migration/misc.h), plus the guest's own gratuitous ARP. QEMU sends
-# the first round as the guest resumes: the script starts beforehand, says "ready", and sends
-# as soon as the NIC is up with the guest's MAC (polled every millisecond).
+# +100 ms apart: 0, 50, 200, 450, 800 ms (net/announce.c, qemu_announce_timer_step with the
+# defaults initial 50, step 100, rounds 5; include/migration/misc.h, self_announce_delay, in
+# older QEMU), plus the guest's own gratuitous ARP. QEMU sends the first round as the guest
+# resumes: the script starts beforehand, says "ready", and sends as soon as the NIC is up with
+# the guest's MAC (polled every millisecond).
 ANNOUNCE = """
 import socket, struct, sys, time
 iface, new, mac_text, ip = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
@@ -82,7 +84,7 @@ rarp = broadcast + mac + b"\\x80\\x35" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 
     + mac + bytes(4) + mac + bytes(4)
 garp = broadcast + mac + b"\\x08\\x06" + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) \\
     + mac + socket.inet_aton(ip) + bytes(6) + socket.inet_aton(ip) if ip else b""
-for delay in (0, 0.05, 0.1, 0.15, 0.2):
+for delay in (0, 0.05, 0.15, 0.25, 0.35):
     time.sleep(delay)
     sock.send(rarp)
     if garp:
