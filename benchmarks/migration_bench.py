@@ -68,7 +68,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ovnk_secondary import migration, podnetworks
+from ovnk_secondary import migration
 from ovnk_secondary.sandbox import cluster, scenario, vms
 
 NS = "test"
@@ -231,11 +231,8 @@ class TargetWatch:
 
     def before_switch_over(self) -> None:
         assert self.target is not None
-        entries = podnetworks.decode(json.dumps(self.target.pod_networks))
         for iface, nad in self.nads.items():
-            port = podnetworks.port_name(nad, self.target.namespace, self.target.name,
-                                         entries.get(nad))
-            ofport = _ofport(self.sb, self.target.node, port)
+            ofport = _ofport(self.sb, self.target.node, self.target.port_name(nad))
             self.delivered[iface] = (-1 if ofport is None else
                                      _output_packets(self.sb, self.target.node, ofport))
 

@@ -54,11 +54,11 @@ PER_POD = "per-pod"  # OVN-K's: a port per pod, the target's enabled at domain-r
 MULTI_CHASSIS = "multi-chassis"  # OVN's: one port of the VM, bound on both nodes
 STRATEGIES = (PER_POD, MULTI_CHASSIS)
 # The default: MULTI_CHASSIS. On OVN 25.03 (the sandbox, benchmarks/migration_bench.py, README
-# "Live migration") it halves the switch-over's gap and the packets lost against PER_POD, with
-# no control plane on the path. Its target's pod never answers for the VM: the node agent hands
-# a VM port's pod interface over down (`agent.attachments.desired_interface`), because
-# ovn-controller's activation block lets a few packets through to the target right after it
-# binds the port.
+# "Live migration") it cuts the switch-over's gap and the packets lost to a third or a half of
+# PER_POD's, with no control plane on the path. Its target's pod never answers for the VM: the
+# node agent hands a VM port's pod interface over down (`agent.attachments.desired_interface`),
+# because ovn-controller's activation block lets a few packets through to the target right
+# after it binds the port.
 DEFAULT_STRATEGY = MULTI_CHASSIS
 
 Key = tuple[str, str]  # (namespace, name)

@@ -15,12 +15,11 @@ Run with `python -m ovnk_secondary.sandbox.demo [--name NAME]`.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 
-from ovnk_secondary import errors, podnetworks
+from ovnk_secondary import errors
 from ovnk_secondary.sandbox import cluster, kubeapi, scenario, vms
 
 
@@ -161,9 +160,8 @@ def _vm(sb: cluster.Sandbox) -> bool:
                                     "-o", "jsonpath={.data.migration-strategy}")
         print(f"  live-migration strategy {strategy} (README: KubeVirt VMs: live migration); "
               "the VM's ports in NB now:")
-        entries = podnetworks.decode(json.dumps(moved.target.pod_networks))
-        for nad, entry in sorted(entries.items()):
-            port = podnetworks.port_name(nad, moved.target.namespace, moved.target.name, entry)
+        for nad in sorted(moved.target.pod_networks):
+            port = moved.target.port_name(nad)
             options = sb.ovn_nbctl("get", "Logical_Switch_Port", port, "options").strip()
             print(f"    {port}: {options}")
         restarted = vms.restart(sb, "vm-a", to="node-2")

@@ -21,7 +21,7 @@ from typing import Any
 
 import prometheus_client.parser
 
-from ovnk_secondary import errors
+from ovnk_secondary import errors, podnetworks
 from ovnk_secondary.sandbox import cluster, kubeapi
 
 EXAMPLES = cluster.REPO_DIR / "manifests" / "examples"
@@ -53,6 +53,12 @@ class PodView:
 
     def mac(self, interface: str) -> str | None:
         return self.macs.get(interface)
+
+    def port_name(self, nad: str) -> str:
+        """Its logical switch port on NAD `nad` (namespace/name): the one its annotation entry
+        names, else its own (`podnetworks.port_name`)."""
+        entry = podnetworks.decode(json.dumps(self.pod_networks)).get(nad)
+        return podnetworks.port_name(nad, self.namespace, self.name, entry)
 
 
 def kubectl(sb: cluster.Sandbox, *args: str, check: bool = True) -> str:
