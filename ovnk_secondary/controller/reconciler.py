@@ -1267,6 +1267,7 @@ class Reconciler:
                 if exc.status == 404:
                     return False
                 raise
+            self._wrote_annotation(pod, before, text)
             previous = self._decoded.get(pod.key, (None, {}))[1] if before else {}
             for nad_key, entry in recorded.items():
                 if previous.get(nad_key) != entry:
@@ -1276,6 +1277,24 @@ class Reconciler:
                                 entry.mac_address,
                                 podnetworks.port_name(nad_key, namespace, name, entry))
         return True
+
+    def _wrote_annotation(self, pod: _Pod, before: str | None, text: str) -> None:
+        """Hold the annotation just written as the pod's, in the model and in its deleted
+        incarnations waiting for release, unless a newer one was seen meanwhile.
+
+        Its echo may never come: a pod deleted before any watch showed it annotated (the
+        first full sync annotates, the pod goes before the informer's first list) is reported
+        by name and uid only, and released as held; held without the annotation, its port and
+        addresses stayed (tests/controller/test_consistency.py).
+        """
+        key = pod.key
+        current = self._pods.get(key)
+        if current is not None and current.uid == pod.uid and current.pod_networks == before:
+            self._pods[key] = dataclasses.replace(current, pod_networks=text)
+        gone = self._gone.get(key, [])
+        for i, old in enumerate(gone):
+            if old.uid == pod.uid and old.pod_networks == before:
+                gone[i] = dataclasses.replace(old, pod_networks=text)
 
     def _recorded(self, pod: _Pod) -> tuple[str | None, dict[str, Any]]:
         """The pod's annotation text and a fresh dict of its entries (callers add to it)."""

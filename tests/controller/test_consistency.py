@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import socket
 import threading
@@ -13,8 +14,10 @@ import kubernetes
 import pytest
 import urllib3
 
-from ovnk_secondary.northbound import servers
+from ovnk_secondary.controller import apiclient, informers, reconciler
+from ovnk_secondary.northbound import client, servers
 from tests.controller.harness import Api, Controller, ports, switches, until
+from tests.loops import LoopThread
 
 
 def _free_port() -> int:
@@ -174,3 +177,47 @@ def test_an_api_server_restart_during_a_burst_of_pod_creations_loses_nothing(
         api.delete_pod("burst", name)
     until(lambda: not {p for p in ports(nb_server) if p.startswith("burst.")},
           "orphan ports after the pods were deleted")
+
+
+def test_a_pod_deleted_before_any_watch_saw_our_annotation_loses_its_port_and_address(
+    api: Api, nb_server: servers.NbServer, loop: LoopThread
+) -> None:
+    """At start-up the first full sync annotates a pod, and the pod is deleted before the pod
+    informer's first list, so no watch ever shows it with our annotation; that list reports
+    it gone by name and uid only. What the controller wrote for it (its port, its address)
+    must still be released: the controller knows what it wrote, not only what it was shown.
+    (The race behind an intermittent failure of
+    test_persistentips::test_a_restart_reserves_every_claims_ips_before_any_pod_is_allocated.)
+    """
+    api.create_nad("test", "small", name="small", topology="layer2", subnets="10.51.0.0/30")
+    api.create_pod("test", "a", "small")
+    credentials = apiclient.load_credentials(str(api.kubeconfig))
+
+    async def start() -> tuple[reconciler.Reconciler, apiclient.ApiClient, asyncio.Event]:
+        kube = apiclient.ApiClient(credentials)
+        northbound = client.Northbound(remote=nb_server.remote, timeout=5)
+        return reconciler.Reconciler(northbound=northbound, api=kube, resync_period=300), \
+            kube, asyncio.Event()
+
+    policy, kube, stop = loop.run(start())
+    background = asyncio.run_coroutine_threadsafe(policy.run_background(stop=stop), loop.loop)
+    try:
+        first = until(lambda: api.pod_networks("test", "a"), "no annotation")["test/small"]
+        until(lambda: "test.small_test_a" in ports(nb_server), "no port")
+        api.delete_pod("test", "a")
+        _, pod_sink = policy.informer_sinks()
+        loop.run(informers.relist(kube, apiclient.PODS_PATH, pod_sink))
+        until(lambda: "test.small_test_a" not in ports(nb_server), "port stayed")
+        # a /30 has two usable addresses: the released one is handed out again
+        api.create_pod("test", "b", "small")
+        api.create_pod("test", "c", "small")
+        loop.run(informers.relist(kube, apiclient.PODS_PATH, pod_sink))
+        got = {until(lambda n=n: api.pod_networks("test", n), "no annotation")["test/small"][
+            "ip_addresses"][0] for n in ("b", "c")}
+        assert first["ip_addresses"][0] in got and len(got) == 2
+    finally:
+        loop.loop.call_soon_threadsafe(stop.set)
+        background.result(30)
+        loop.run(policy.aclose())
+        policy.northbound.close()
+        loop.run(kube.close())
