@@ -13,6 +13,9 @@ start_ovs() {
 
 # nic_in CIDR: the name of the interface holding an IPv4 address inside CIDR (docker attaches
 # networks in no fixed order, so NICs are found by their subnet). Waits up to 30 s.
+# Only docker's final names (eth0, eth1, ...) count: a network connected while this runs can
+# show its address under the host-side veth name (vethabe1f65) just before docker renames it,
+# and a rename of that name then fails ("Device ... does not exist"; seen once in CI).
 nic_in() {
   local cidr=$1 i
   for i in $(seq 300); do
@@ -21,6 +24,8 @@ nic_in() {
 import ipaddress, json, subprocess, sys
 net = ipaddress.ip_network(sys.argv[1])
 for link in json.loads(subprocess.run(["ip", "-j", "-4", "addr"], capture_output=True, text=True).stdout):
+    if not link["ifname"].startswith("eth"):
+        continue
     for a in link.get("addr_info", []):
         if ipaddress.ip_address(a["local"]) in net:
             print(link["ifname"]); sys.exit(0)
