@@ -297,16 +297,17 @@ def _addressing(pod: scenario.PodView, nic: Nic) -> tuple[str, list[str]]:
 
 
 def _announcers(sb: cluster.Sandbox, vm: str, pod: scenario.PodView, nics: Sequence[Nic], *,
-                prefix: str) -> list[subprocess.Popen[str]]:
+                prefix: str, garp: bool = True) -> list[subprocess.Popen[str]]:
     """The guest's announce (`ANNOUNCE`), one process per NIC, started and ready: each sends
-    once its NIC (`<prefix><iface>` now) is up as `<iface>` with `pod`'s MAC."""
+    once its NIC (`<prefix><iface>` now) is up as `<iface>` with `pod`'s MAC; QEMU's RARPs
+    only without `garp` (a guest NIC without VIRTIO_NET_F_GUEST_ANNOUNCE, e.g. e1000)."""
     announcers: list[subprocess.Popen[str]] = []
     for nic in nics:  # started first, as QEMU is there before the guest resumes
         mac, ips = _addressing(pod, nic)
         announcer = subprocess.Popen(
             ["ip", "netns", "exec", guest_netns(sb, vm), sys.executable, "-c", ANNOUNCE,
              nic.interface, f"{prefix}{nic.interface}", mac, ips[0].split("/")[0] if ips
-             else ""], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             and garp else ""], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         announcers.append(announcer)
         assert announcer.stdout is not None
         if announcer.stdout.readline().strip() != "ready":
@@ -419,12 +420,14 @@ def create(sb: cluster.Sandbox, vm: str, nads: Sequence[str], *, namespace: str 
 def migrate(sb: cluster.Sandbox, vm: str, *, namespace: str = "test", to: str | None = None,
             abort: bool = False,
             before_binding: Callable[[scenario.PodView], None] | None = None,
-            before_switch_over: Callable[[], None] | None = None) -> Migration | None:
+            before_switch_over: Callable[[], None] | None = None,
+            guest_garp: bool = True) -> Migration | None:
     """Live-migrate VM `vm` to `to` (the other node by default), as virt-controller and
     virt-handler do; with `abort`, stop before the switch-over (the target pod deleted) and
     return None. `before_binding` runs with the target pod once it is ready, before the bridge
     binding takes its interfaces (as the CNI left them); `before_switch_over` once the guest's
-    NICs are prepared there (tests: stop the controller there)."""
+    NICs are prepared there (tests: stop the controller there). Without `guest_garp` the
+    guest announces with QEMU's RARPs alone (`_announcers`)."""
     source_pod = _one_launcher(sb, vm, namespace)
     nics = _nics_of(source_pod)
     source = scenario.view(sb, source_pod["metadata"]["name"], namespace=namespace)
@@ -441,7 +444,7 @@ def migrate(sb: cluster.Sandbox, vm: str, *, namespace: str = "test", to: str | 
         return None
     if before_switch_over is not None:
         before_switch_over()
-    announcers = _announcers(sb, vm, target, nics, prefix="m-")
+    announcers = _announcers(sb, vm, target, nics, prefix="m-", garp=guest_garp)
     neighbours = {nic.interface: _neighbours(sb, vm, nic.interface) for nic in nics}
     paused = time.monotonic()
     _activate(sb, vm, target, nics, prefix="m-", remove_old=True, announcers=announcers,
