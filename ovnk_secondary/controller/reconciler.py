@@ -1290,7 +1290,9 @@ class Reconciler:
         key = pod.key
         current = self._pods.get(key)
         if current is not None and current.uid == pod.uid and current.pod_networks == before:
-            self._pods[key] = dataclasses.replace(current, pod_networks=text)
+            held = self._pods[key] = dataclasses.replace(current, pod_networks=text)
+            # the echo no longer differs from what is held: policies hear of it now
+            self.policies.touch(nads=self._recorded(held)[1])
         gone = self._gone.get(key, [])
         for i, old in enumerate(gone):
             if old.uid == pod.uid and old.pod_networks == before:
