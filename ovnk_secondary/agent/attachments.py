@@ -270,7 +270,7 @@ class Attachments:
             raise protocol.CniError(protocol.INVALID_CONFIG, str(exc)) from None
         except errors.Unavailable as exc:
             raise protocol.CniError(protocol.TRY_AGAIN_LATER, str(exc)) from None
-        except errors.OvnkSecondaryError as exc:  # the pod was re-created meanwhile
+        except errors.OvnkSecondaryError as exc:  # the pod was re-created, or is going
             raise protocol.CniError(protocol.UNKNOWN_CONTAINER, str(exc)) from None
         if pod_network is None:
             raise protocol.CniError(

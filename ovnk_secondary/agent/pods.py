@@ -37,6 +37,7 @@ DIRECT_READ_INTERVAL = 2.0  # seconds between direct GETs while a watch serves t
 class Pod:
     uid: str
     annotations: Mapping[str, str]
+    deleting: bool = False  # metadata.deletionTimestamp is set
 
 
 def network_for(annotations: Mapping[str, str],
@@ -80,13 +81,21 @@ def _network_of(pod: Pod | None, *, key: tuple[str, str], uid: str,
         raise errors.OvnkSecondaryError(
             f"pod {key[0]}/{key[1]} now has uid {pod.uid}, not {uid} of this sandbox: it was "
             "re-created; the runtime will tear this sandbox down")
-    return network_for(pod.annotations, nad_key)
+    network = network_for(pod.annotations, nad_key)
+    if network is None and pod.deleting:
+        # waiting on would hold the sandbox, and with it the pod's deletion (the kubelet's
+        # RunPodSandbox waits for this ADD), until --annotation-timeout
+        raise errors.OvnkSecondaryError(
+            f"pod {key[0]}/{key[1]} is being deleted and has no {ANNOTATION} entry for "
+            f"{nad_key}: not attached")
+    return network
 
 
 def _pod(obj: Mapping[str, Any]) -> Pod:
     metadata = obj.get("metadata") or {}
     return Pod(uid=str(metadata.get("uid") or ""),
-               annotations=dict(metadata.get("annotations") or {}))
+               annotations=dict(metadata.get("annotations") or {}),
+               deleting=bool(metadata.get("deletionTimestamp")))
 
 
 class PodReader:
@@ -127,9 +136,7 @@ class PodReader:
             if exc.status == 404:
                 return None
             raise
-        metadata = json.loads(response.data).get("metadata") or {}
-        return Pod(uid=metadata.get("uid") or "", annotations=dict(metadata.get("annotations")
-                                                                   or {}))
+        return _pod(json.loads(response.data))
 
     async def wait_for_network(self, *, namespace: str, name: str, uid: str, nad_key: str,
                                timeout: float) -> podnetworks.PodNetwork | None:
@@ -138,8 +145,9 @@ class PodReader:
         With a synced watch the pod comes from its cache and a change wakes the wait; a direct
         GET still happens now and then (the pod may not have reached the watch yet, or the watch
         may be stuck). Raises `errors.InvalidConfig` for a malformed annotation,
-        `errors.OvnkSecondaryError` when the pod was re-created (another uid): waiting would not
-        help; and `errors.Unavailable` when the API stayed unreachable until the deadline.
+        `errors.OvnkSecondaryError` when the pod was re-created (another uid) or is being
+        deleted without the entry: waiting would not help; and `errors.Unavailable` when the
+        API stayed unreachable until the deadline.
         """
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + timeout
@@ -154,7 +162,7 @@ class PodReader:
                     # a cached pod of another uid may just be stale: only a GET may refuse it
                     cached = watch.get(namespace, name)
                     network = None if cached is None or (uid and cached.uid != uid) else (
-                        network_for(cached.annotations, nad_key))
+                        _network_of(cached, key=key, uid=uid, nad_key=nad_key))
                     if network is not None:
                         return network
                 if time.monotonic() >= next_get:

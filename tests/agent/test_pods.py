@@ -86,3 +86,32 @@ def test_missing_annotation_times_out_and_recreated_pod_is_refused(
 
     with pytest.raises(errors.OvnkSecondaryError, match="was re-created"):
         asyncio.run(stale())
+
+
+def test_a_pod_being_deleted_ends_the_wait(api: kube.KubeApi, reader: pods.PodReader) -> None:
+    """A pod deleted before the controller annotated it (e.g. one the controller refuses):
+    the kubelet's sandbox creation waits for this ADD, and the pod's deletion for the sandbox,
+    so the wait ends at once instead of at its timeout."""
+    uid = _create(api, "going", {})
+
+    async def scenario() -> object:
+        waiting = asyncio.ensure_future(reader.wait_for_network(
+            namespace="ns1", name="going", uid=uid, nad_key=NAD, timeout=60))
+        await asyncio.sleep(0.5)
+        # bound to a node with no kubelet here: the pod stays, with its deletionTimestamp
+        await asyncio.get_running_loop().run_in_executor(
+            None, lambda: api.core().delete_namespaced_pod("going", "ns1",
+                                                           grace_period_seconds=30))
+        return await waiting
+
+    with pytest.raises(errors.OvnkSecondaryError, match="is being deleted"):
+        asyncio.run(scenario())
+    # an annotated pod being deleted still gets its entry (a retried ADD of a running pod)
+    uid = _create(api, "annotated", {pods.ANNOTATION: json.dumps(ENTRY)})
+    api.core().delete_namespaced_pod("annotated", "ns1", grace_period_seconds=30)
+
+    async def annotated() -> object:
+        return await reader.wait_for_network(namespace="ns1", name="annotated", uid=uid,
+                                             nad_key=NAD, timeout=5)
+
+    assert asyncio.run(annotated()) is not None
