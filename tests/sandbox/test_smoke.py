@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,3 +48,25 @@ def test_localnet_vlan33_leaves_dedicated_bridge_tagged(sandbox: cluster.Sandbox
     asked = [line for line in stray.capture if "who-has 172.17.34.1" in line]
     assert asked and all("vlan 33," in line for line in asked), stray.capture
     assert not any("is-at" in line for line in stray.capture), stray.capture
+
+
+def test_a_chassis_geneve_address_is_answered_with_its_bridges_mac_alone(
+        sandbox: cluster.Sandbox) -> None:
+    """ARP for a chassis' Geneve address (on br-phy) gets br-phy's MAC only. The userspace
+    datapath reads the underlay NIC with a packet socket, so the kernel sees its frames too:
+    its ARP answered with the NIC's own MAC as well, and a peer whose tunnel neighbour cache
+    kept that MAC sent Geneve frames the chassis did not decapsulate (seconds of loss)."""
+    asker, owner = "node-1", "node-2"
+    address = sandbox.exec(owner, ["ip", "-4", "-o", "addr", "show", "dev", "br-phy"]) \
+        .stdout.split()[3].split("/")[0]
+    bridge_mac = sandbox.exec(owner, ["cat", "/sys/class/net/br-phy/address"]).stdout.strip()
+    nic_mac = sandbox.exec(owner, ["cat", "/sys/class/net/underlay0/address"]).stdout.strip()
+    with sandbox.capture(asker, "underlay0", "arp") as arp:
+        sandbox.exec(asker, ["ip", "neigh", "flush", "to", address, "dev", "br-phy"])
+        sandbox.exec(asker, ["ping", "-c", "1", "-W", "1", "-I", "br-phy", address], check=False)
+        assert arp.wait_for(lambda line: f"Reply {address} is-at" in line, timeout=5), arp.lines
+        time.sleep(1)  # a second answer comes within moments
+    answers = [line for line in arp.lines if f"Reply {address} is-at" in line]
+    assert all(f"is-at {bridge_mac}" in line for line in answers), (nic_mac, answers)
+    neighbour = sandbox.exec(asker, ["ip", "neigh", "show", "to", address, "dev", "br-phy"])
+    assert bridge_mac in neighbour.stdout, neighbour.stdout
