@@ -66,6 +66,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import json
 import re
 import statistics
@@ -244,6 +245,88 @@ class TargetWatch:
                                      _output_packets(self.sb, self.target.node, ofport))
 
 
+# How long the monitors of `SwitchOverTrace` run: from just before the guest's pause, well past
+# the narrowing (60-250 ms after the pause on this machine)
+TRACE_SECONDS = 3
+
+
+def _stamp(line: str) -> float | None:
+    """The epoch seconds of a line `ovs-ofctl --timestamp` or `ovsdb-client --timestamp` begins
+    with (`YYYY-MM-DD HH:MM:SS.mmm`, UTC), None for other lines."""
+    match = re.match(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})", line)
+    if match is None:
+        return None
+    return datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S.%f").replace(
+        tzinfo=datetime.UTC).timestamp()
+
+
+class SwitchOverTrace:
+    """Multi-chassis only: what OVN did around one switch-over, from monitors started just
+    before the guest's pause (`TRACE_SECONDS`):
+
+    - when ovn-controller on the target unblocked the VM's ports: the deletion of their
+      activation flows (table 0, `rarp,in_port=<ofport>`, priority 1010: ovn
+      controller/physical.c, `setup_rarp_activation_strategy`), seen by an OpenFlow flow
+      monitor on the target's br-int (the last of the VM's ports);
+    - when the controller's narrowing reached SB: `requested-chassis` of one chassis in the
+      ports' `Port_Binding` options;
+    - whether SB showed a port with no chassis at all (`chassis` and `additional_chassis`
+      empty): ovn-controller on the source releases the binding with a blind write
+      (controller/binding.c, `release_lport_main_chassis`), which can undo the target's
+      claim; the target claims it again moments later.
+
+    The monitors load ovs-vswitchd and the SB server a little (their updates); the baseline
+    windows run without them."""
+
+    def __init__(self, sb: cluster.Sandbox, target: scenario.PodView, ports: list[str]) -> None:
+        self.ports = ports
+        self.ofports = {_ofport(sb, target.node, port) for port in ports}
+        run = ["timeout", str(TRACE_SECONDS), "stdbuf", "-oL"]  # line by line: timeout ends them
+        self.flows = subprocess.Popen(
+            ["docker", "exec", sb.container(target.node), *run, "ovs-ofctl", "--timestamp",
+             "monitor", "br-int", "watch:!initial,table=0"],  # it prints them on stderr
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.southbound = subprocess.Popen(
+            ["docker", "exec", sb.container("central"), *run, "ovsdb-client", "--timestamp",
+             "monitor", "unix:/run/ovn/sb.sock", "OVN_Southbound", "Port_Binding",
+             "logical_port,chassis,additional_chassis,options"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+    def result(self, paused: float, resumed: float) -> dict[str, Any]:
+        """`paused`, `resumed`: epoch seconds. Times in ms after the resume (None: not seen)."""
+        flows, _ = self.flows.communicate(timeout=TRACE_SECONDS + 30)
+        southbound, _ = self.southbound.communicate(timeout=TRACE_SECONDS + 30)
+        unblocked: dict[int, float] = {}
+        when: float | None = None
+        for line in flows.splitlines():
+            when = _stamp(line) or when
+            match = re.search(r"event=DELETED .*\brarp,in_port=(\d+)\b", line)
+            if match and when is not None and int(match.group(1)) in self.ofports:
+                unblocked.setdefault(int(match.group(1)), when)
+        narrowed: float | None = None
+        no_chassis = False
+        when = None
+        for line in southbound.splitlines():
+            when = _stamp(line) or when
+            # a modified row: its "old" line (with the row's uuid), then its "new" line
+            row = re.match(r"\s*(?:[0-9a-f-]{36}\s+)?new\s+(\S+)\s+(\S+)\s+(\[[^]]*\])\s+(\{.*\})",
+                           line)
+            if row is None or when is None or when < paused or row.group(1) not in self.ports:
+                continue
+            no_chassis |= row.group(2) == "[]" and row.group(3) == "[]"
+            requested = re.search(r'requested-chassis=("[^"]*"|[^,}]*)', row.group(4))
+            if narrowed is None and requested and "," not in requested.group(1):
+                narrowed = when
+
+        def after(t: float | None) -> float | None:
+            return None if t is None else (t - resumed) * 1000
+
+        complete = len(unblocked) == len(self.ofports)
+        return {"unblocked_after_resume_ms": after(max(unblocked.values()) if complete
+                                                   else None),
+                "narrowed_after_resume_ms": after(narrowed), "no_chassis": no_chassis}
+
+
 def _summary(label: str, samples: list[Sample], baseline: Sample) -> str:
     gaps = [s.gap for s in samples]
     return (f"{label}: lost {sum(s.lost for s in samples)}/{sum(s.sent for s in samples)}, "
@@ -278,12 +361,21 @@ def run(sb: cluster.Sandbox, peer: scenario.PodView, *, strategy: str, migration
             window = Window(sb, peer, targets, seconds=7, full_mtu=full_mtu)
             time.sleep(1)
             watch = TargetWatch(sb, {"net1": L2, "net2": LOCALNET})
+            traces: list[SwitchOverTrace] = []
+
+            def before_switch_over(watch: TargetWatch = watch,
+                                   traces: list[SwitchOverTrace] = traces) -> None:
+                watch.before_switch_over()
+                if strategy == migration.MULTI_CHASSIS and watch.target is not None:
+                    traces.append(SwitchOverTrace(sb, watch.target, [
+                        watch.target.port_name(nad) for nad in watch.nads.values()]))
+
             moved = vms.migrate(sb, "vm-bench", before_binding=watch.before_binding,
-                                before_switch_over=watch.before_switch_over,
-                                guest_garp=guest_garp)
+                                before_switch_over=before_switch_over, guest_garp=guest_garp)
             assert moved is not None
             samples = window.result()
             paused = moved.paused + epoch_offset  # the ping's clock: the same machine's
+            trace = traces[0].result(paused, moved.resumed + epoch_offset) if traces else {}
             row = {"migration": index + 1, "from": moved.source.node, "to": moved.target.node,
                    "guest_pause_ms": (moved.resumed - moved.paused) * 1000,
                    # where each topology's longest gap began, after the guest's pause began
@@ -295,7 +387,7 @@ def run(sb: cluster.Sandbox, peer: scenario.PodView, *, strategy: str, migration
                        for t, o in window.outages.items()},
                    "ready_after_resume_ms": (moved.ready - moved.resumed) * 1000,
                    "target_links_up": watch.links_up, "target_kernel_rx": watch.kernel_rx,
-                   "target_delivered": watch.delivered,
+                   "target_delivered": watch.delivered, **trace,
                    **{t: dataclasses.asdict(s) for t, s in samples.items()}}
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
@@ -312,6 +404,29 @@ def run(sb: cluster.Sandbox, peer: scenario.PodView, *, strategy: str, migration
         server.kill()
         vms.delete(sb, "vm-bench")
     return {"baseline": baseline, "rows": rows, "aborted": aborted}
+
+
+def _trace_summary(rows: list[dict[str, Any]]) -> str:
+    """`SwitchOverTrace`'s figures over the migrations, and the worst switch-over's."""
+    def figures(key: str) -> str:
+        seen = [row[key] for row in rows if row.get(key) is not None]
+        return (f"p50 {statistics.median(seen):.0f} ms, max {max(seen):.0f} ms "
+                f"({len(rows) - len(seen)} not seen)" if seen else "not seen")
+
+    worst = max(rows, key=lambda row: max(row["switch_over_gap_ms"].values()))
+
+    def at(key: str) -> str:
+        value = worst.get(key)
+        return "not seen" if value is None else f"{value:.0f} ms"
+
+    return (f"the target's ports unblocked (activation flows gone) after the resume: "
+            f"{figures('unblocked_after_resume_ms')}; the narrowing in SB after the resume: "
+            f"{figures('narrowed_after_resume_ms')}; a port with no chassis at all in "
+            f"{sum(1 for row in rows if row.get('no_chassis'))} of {len(rows)} migrations; "
+            f"the worst switch-over (migration {worst['migration']}, "
+            f"{max(worst['switch_over_gap_ms'].values()):.0f} ms): unblocked at "
+            f"{at('unblocked_after_resume_ms')}, narrowed at {at('narrowed_after_resume_ms')}"
+            f"{', no chassis for a moment' if worst.get('no_chassis') else ''}")
 
 
 def report(strategy: str, result: dict[str, Any]) -> None:
@@ -345,6 +460,8 @@ def report(strategy: str, result: dict[str, Any]) -> None:
           f"interfaces (in {sum(1 for d in delivered if d)} of {len(rows)} migrations); its pod's "
           f"kernel received {sum(kernel)} (in {sum(1 for k in kernel if k)}), its interfaces "
           f"handed over up in {up}")
+    if strategy == migration.MULTI_CHASSIS:
+        print(f"  {_trace_summary(rows)}")
     pauses = [row["guest_pause_ms"] for row in rows]
     ready = [row["ready_after_resume_ms"] for row in rows]
     print(f"  the stand-in's own blackout (guest NIC moved): p50 {statistics.median(pauses):.0f}"
