@@ -30,10 +30,21 @@ IPAM): `naming.vm_port_name`, which both pods' interfaces plug into (the annotat
 node then the target's, with `activation-strategy=rarp`: ovn-controller on the target binds the
 port as an additional chassis but keeps it blocked until the guest's first RARP there (QEMU
 announces itself after resuming), then unblocks it at once, without a round trip through the
-control plane; at domain-ready the port is the target's alone. Addresses never move between
-rows, so nothing on the path has to learn a new port (on a localnet switch OVN tunnels the
-port's traffic between the two chassis while both are listed: see the MTU note in README).
-A VM's other NICs (dynamic addresses without a claim) keep per-pod ports.
+control plane. The port becomes the target's alone (`requested-chassis=<target>`) once the
+source has left its node: its pod gone, or finished or being deleted with its sandbox down
+(the kubelet's `PodReadyToStartContainers` condition False, reported once the runtime has torn
+the sandbox and its interfaces down). Not at domain-ready: ovn-controller on the source
+releases the binding with a blind write of SB `Port_Binding.chassis` (ovn
+controller/binding.c, `release_lport_main_chassis`), so a narrowing while the source's
+interface is still there races the target's claim: the port had no chassis at all for a
+moment in 6 of 32 migrations (SB monitored; README "Live migration"). Once the
+source's interface is gone its chassis has released the port alone; the target, an activated
+additional chassis, forwards meanwhile (other chassis tunnel to it: ovn
+controller/physical.c, `get_remote_tunnels`), and at the narrowing only the target writes.
+Addresses never move between rows, so nothing on the path has to learn a new port (on a
+localnet switch OVN tunnels the port's traffic between the two chassis while both are
+listed: see the MTU note in README). A VM's other NICs (dynamic addresses without a claim)
+keep per-pod ports.
 
 Pure: values in, port modes (and requested chassis) out; the reconciler applies them to the
 ports it writes.
@@ -47,6 +58,11 @@ from collections.abc import Iterable, Mapping
 # Set by KubeVirt's virt-handler on the target virt-launcher pod when the migrated domain is
 # ready there (kubevirt.io/api/core/v1 MigrationTargetReadyTimestamp).
 TARGET_READY = "kubevirt.io/migration-target-ready-timestamp"
+# The pod condition the kubelet sets True once the pod's sandbox (and its network) is up, and
+# False once the runtime has torn it down (k8s.io/api core/v1 PodReadyToStartContainers,
+# KEP-3085; on by default since Kubernetes 1.29): a VM pod that has it True while finished or
+# being deleted is departing (`VmPod`)
+SANDBOX_READY = "PodReadyToStartContainers"
 # Warning Event on a pod refused because two other pods of its VM are migrating
 CONFLICT = "LiveMigrationConflict"
 # Live-migration strategies (the controller's --migration-strategy)
@@ -78,11 +94,13 @@ class Vm:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class VmPod:
-    """A live pod of a VM (not finished, not being deleted, scheduled)."""
+    """A pod of a VM: live (not finished, not being deleted, scheduled), or, with `live`
+    False, departing (finished or being deleted, its sandbox still up on its node)."""
 
     key: Key
     created: str  # metadata.creationTimestamp, RFC 3339 (UTC, so it sorts as text)
     target_ready: bool  # carries TARGET_READY
+    live: bool = True
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -108,17 +126,29 @@ class Decision:
     source: Key | None = None  # during a migration
     target: Key | None = None
     switched: bool = False  # the target's domain is ready: traffic goes to it
+    # a completed migration's source, departing (`VmPod`): the one live pod is its target
+    departing: Key | None = None
+
+
+def _order(pod: VmPod) -> tuple[str, Key]:
+    return pod.created, pod.key
 
 
 def decide(vm: str, pods: Iterable[VmPod]) -> Decision:
-    """The modes of the live pods of VM `vm` (any order).
+    """The modes of the live pods of VM `vm` (any order; departing pods get none).
 
     One pod: ACTIVE. Two: source ACTIVE and target WAITING, or, once the target is ready,
     source VACATED and target ACTIVE. More: the two oldest as for two, the others refused.
+    One live pod whose domain came by migration (TARGET_READY) with an older departing pod:
+    that pod is the migration's source, leaving (`departing`).
     """
-    ordered = sorted(pods, key=lambda p: (p.created, p.key))
+    pods = list(pods)
+    ordered = sorted((p for p in pods if p.live), key=_order)
     if len(ordered) < 2:
-        return Decision(modes={p.key: ACTIVE for p in ordered}, refused={})
+        older = [p for p in pods if not p.live and ordered and ordered[0].target_ready
+                 and _order(p) < _order(ordered[0])]
+        return Decision(modes={p.key: ACTIVE for p in ordered}, refused={},
+                        departing=max(older, key=_order).key if older else None)
     source, target = ordered[0], ordered[1]
     switched = target.target_ready
     modes = {source.key: VACATED if switched else ACTIVE,
@@ -133,13 +163,17 @@ def decide(vm: str, pods: Iterable[VmPod]) -> Decision:
 
 
 def requested_chassis(decision: Decision, node_of: Mapping[Key, str]) -> tuple[str, ...]:
-    """The `requested-chassis` of a VM's own port (`MULTI_CHASSIS`), main chassis first: the
-    node of the pod that has the traffic, then, during a migration before the switch-over,
-    the target's (an additional chassis). `node_of` maps the decision's pods to their nodes;
-    empty when the VM has no live pod."""
-    if decision.source is None or decision.target is None:
+    """The `requested-chassis` of a VM's own port (`MULTI_CHASSIS`), main chassis first.
+
+    The node of the VM's one pod; during a migration, before and after the switch-over, the
+    source's node then the target's (an additional chassis); after it, while the source is
+    departing, the same: the port is the target node's alone once the source has left its
+    node (see the module's docstring). `node_of` maps the decision's pods (and `departing`)
+    to their nodes; empty when the VM has no live pod."""
+    if decision.source is not None and decision.target is not None:
+        main, additional = decision.source, decision.target
+    elif decision.departing is not None and decision.modes:
+        main, additional = decision.departing, next(iter(decision.modes))
+    else:
         return tuple(node_of[key] for key in decision.modes)[:1]
-    if decision.switched:
-        return (node_of[decision.target],)
-    source, target = node_of[decision.source], node_of[decision.target]
-    return (source,) if source == target else (source, target)
+    return tuple(dict.fromkeys((node_of[main], node_of[additional])))

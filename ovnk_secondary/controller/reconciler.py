@@ -138,9 +138,11 @@ class _Pod:
     networks: str | None  # the network selection annotation
     pod_networks: str | None  # our annotation, as the API last showed it
     vm: str | None = None  # label vm.kubevirt.io/name: the pods of one VM may share IPAMClaims
-    # VM pods only (live migration, `migration`): creationTimestamp, and TARGET_READY set
+    # VM pods only (live migration, `migration`): creationTimestamp, TARGET_READY set, and the
+    # kubelet's condition PodReadyToStartContainers True (its sandbox and interfaces are up)
     created: str = ""
     target_ready: bool = False
+    sandbox_up: bool = False
     # sorted, for MultiNetworkPolicies' selectors; kept only of pods naming networks
     labels: tuple[tuple[str, str], ...] = ()
 
@@ -157,6 +159,12 @@ class _Pod:
     def live(self) -> bool:
         """Scheduled, neither finished nor being deleted: a pod that may be attached."""
         return bool(self.node) and not self.finished and not self.deleting
+
+    @property
+    def departing(self) -> bool:
+        """A VM pod finished or being deleted whose sandbox is still up on its node
+        (`migration.VmPod`)."""
+        return bool(self.node) and not self.live and self.sandbox_up
 
     def involved(self) -> dict[str, Any]:
         """The pod as an Event's involved object."""
@@ -176,6 +184,7 @@ def _pod(body: Mapping[str, Any]) -> _Pod:
     vm = labels.get(persistentips.VM_LABEL)
     vm = vm if isinstance(vm, str) and vm else None
     node = (body.get("spec") or {}).get("nodeName")
+    status = body.get("status") or {}
     networks = annotations.get(selections.ANNOTATION)
     pod_networks = annotations.get(podnetworks.ANNOTATION)
     return _Pod(
@@ -185,13 +194,16 @@ def _pod(body: Mapping[str, Any]) -> _Pod:
         uid=str(metadata.get("uid") or ""),
         version=str(metadata.get("resourceVersion") or ""),
         node=sys.intern(str(node)) if node else None,
-        phase=(body.get("status") or {}).get("phase"),
+        phase=status.get("phase"),
         deleting=bool(metadata.get("deletionTimestamp")),
         networks=networks,
         pod_networks=pod_networks,
         vm=vm,
         created=str(metadata.get("creationTimestamp") or "") if vm else "",
         target_ready=vm is not None and migration.TARGET_READY in annotations,
+        sandbox_up=vm is not None and any(
+            isinstance(c, dict) and c.get("type") == migration.SANDBOX_READY
+            and c.get("status") == "True" for c in status.get("conditions") or ()),
         labels=(tuple(sorted((str(k), str(v)) for k, v in labels.items()))
                 if networks or pod_networks else ()),
     )
@@ -202,9 +214,9 @@ def _vm_group(pod: _Pod) -> migration.Vm | None:
     return migration.Vm(pod.namespace, pod.vm) if pod.vm else None
 
 
-def _migration_facts(pod: _Pod) -> tuple[bool, bool, str]:
+def _migration_facts(pod: _Pod) -> tuple[bool, bool, bool, str]:
     """What of a VM's pod decides the ports of its other pods (`migration.decide`)."""
-    return pod.live, pod.target_ready, pod.created
+    return pod.live, pod.departing, pod.target_ready, pod.created
 
 
 def _network_name(body: Mapping[str, Any]) -> str | None:
@@ -933,21 +945,24 @@ class Reconciler:
                 self._queue_pod(key)
 
     def _migration(self, pod: _Pod) -> migration.Decision | None:
-        """The port modes of the live pods of the pod's VM; None for a pod of no VM."""
+        """The port modes of the live pods of the pod's VM (its departing pods considered);
+        None for a pod of no VM."""
         if pod.vm is None:
             return None
         members = (self._pods.get(k) for k in self._vms.get((pod.namespace, pod.vm), ()))
         return migration.decide(pod.vm, (
-            migration.VmPod(key=p.key, created=p.created, target_ready=p.target_ready)
-            for p in members if p is not None and p.live))
+            migration.VmPod(key=p.key, created=p.created, target_ready=p.target_ready,
+                            live=p.live)
+            for p in members if p is not None and (p.live or p.departing)))
 
     def _vm_chassis(self, pod: _Pod, decision: migration.Decision | None) -> tuple[str, ...]:
         """The chassis of the VM's own ports (`migration.requested_chassis`; the decision's
-        pods are live, hence scheduled); the pod's node outside a VM."""
+        pods, live or departing, are scheduled); the pod's node outside a VM."""
         if decision is None:
             return (str(pod.node),)
+        keys = [*decision.modes, *([decision.departing] if decision.departing else [])]
         return migration.requested_chassis(
-            decision, {key: str(self._pods[key].node) for key in decision.modes})
+            decision, {key: str(self._pods[key].node) for key in keys})
 
     def _note_gone(self, key: Key, pod: _Pod) -> None:
         gone = self._gone.setdefault(key, [])

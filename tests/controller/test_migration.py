@@ -234,12 +234,13 @@ def test_multichassis_one_vm_port_follows_the_migration_in_requested_chassis(
     assert (api.pod_networks(NS, "launcher-dst") or {})[f"{NS}/{NAD}"] == source
     assert {p for p in ports(nb_server) if p.startswith(f"{NS}.{NAD}_")} == {VM_PORT}
 
-    _annotate(api, "launcher-dst", READY)
+    _annotate(api, "launcher-dst", READY)  # the switch-over: the source is still there
+    time.sleep(1)
+    assert _options(nb_server, VM_PORT) == (
+        '{activation-strategy=rarp, requested-chassis="node1,node2"}')
+    api.delete_pod(NS, "launcher-src")  # the migration completes: the port is the target's
     until(lambda: _options(nb_server, VM_PORT) == "{requested-chassis=node2}",
           "the port stayed on both nodes")
-    api.delete_pod(NS, "launcher-src")  # the migration completes: the port is the target's
-    time.sleep(1)
-    assert _options(nb_server, VM_PORT) == "{requested-chassis=node2}"
     assert nb_get(nb_server, "Logical_Switch_Port", VM_PORT, "addresses") == f'["{address}"]'
     api.delete_pod(NS, "launcher-dst")  # the VM stopped: its port goes, its claim stays
     until(lambda: VM_PORT not in ports(nb_server), "the VM's port outlived its pods")
@@ -247,6 +248,42 @@ def test_multichassis_one_vm_port_follows_the_migration_in_requested_chassis(
     until(lambda: VM_PORT in ports(nb_server), "no VM port after the restart")
     assert (api.pod_networks(NS, "launcher-again") or {})[f"{NS}/{NAD}"] == source
     assert _options(nb_server, VM_PORT) == "{requested-chassis=node1}"
+
+
+def _sandbox(api: Api, name: str, up: bool, phase: str | None = None) -> None:
+    """What the kubelet reports of the pod's sandbox (`migration.SANDBOX_READY`)."""
+    status: dict[str, Any] = {"conditions": [{"type": migration.SANDBOX_READY,
+                                              "status": str(up)}]}
+    if phase is not None:
+        status["phase"] = phase
+    api.core_api.patch_namespaced_pod_status(name, NS, {"status": status})
+
+
+@pytest.mark.parametrize("leaves", ["completes", "is deleted"])
+def test_multichassis_the_port_stays_on_the_sources_node_until_its_sandbox_is_down(
+    api: Api, nb_server: servers.NbServer, multichassis: Controller, vmnet: None, leaves: str
+) -> None:
+    """After the switch-over the source's pod goes as KubeVirt's does (Succeeded, or deleted
+    and terminating), its interface still plugged until the kubelet reports its sandbox
+    down: only then is the port narrowed to the target's node (`migration`)."""
+    both = '{activation-strategy=rarp, requested-chassis="node1,node2"}'
+    _launcher(api, "launcher-src", node="node1")
+    _sandbox(api, "launcher-src", True, phase="Running")
+    _launcher(api, "launcher-dst", node="node2")
+    _sandbox(api, "launcher-dst", True, phase="Running")
+    until(lambda: _options(nb_server, VM_PORT) == both, "the target's node not added")
+    _annotate(api, "launcher-dst", READY)
+    if leaves == "completes":
+        _sandbox(api, "launcher-src", True, phase="Succeeded")
+    else:  # no kubelet here confirms the deletion: the pod stays terminating
+        api.core_api.delete_namespaced_pod("launcher-src", NS, grace_period_seconds=30)
+    time.sleep(1)
+    assert _options(nb_server, VM_PORT) == both
+    _sandbox(api, "launcher-src", False, phase="Succeeded" if leaves == "completes" else
+             "Failed")
+    until(lambda: _options(nb_server, VM_PORT) == "{requested-chassis=node2}",
+          "the port stayed on the source's node after its sandbox went")
+    assert {p for p in ports(nb_server) if p.startswith(f"{NS}.{NAD}_")} == {VM_PORT}
 
 
 def test_multichassis_an_aborted_migration_returns_the_port_to_the_source(
