@@ -246,7 +246,7 @@ class TargetWatch:
 
 
 # How long the monitors of `SwitchOverTrace` run: from just before the guest's pause, well past
-# the narrowing (60-250 ms after the pause on this machine)
+# the narrowing (once the source pod's sandbox is down: 0.4-0.8 s after the resume here)
 TRACE_SECONDS = 3
 
 

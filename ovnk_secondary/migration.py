@@ -145,8 +145,8 @@ def decide(vm: str, pods: Iterable[VmPod]) -> Decision:
     pods = list(pods)
     ordered = sorted((p for p in pods if p.live), key=_order)
     if len(ordered) < 2:
-        older = [p for p in pods if not p.live and ordered and ordered[0].target_ready
-                 and _order(p) < _order(ordered[0])]
+        older = [p for p in pods if not p.live and _order(p) < _order(ordered[0])] \
+            if ordered and ordered[0].target_ready else []
         return Decision(modes={p.key: ACTIVE for p in ordered}, refused={},
                         departing=max(older, key=_order).key if older else None)
     source, target = ordered[0], ordered[1]
