@@ -4,6 +4,7 @@ on a third one, and the external VLAN host, ping it every 10 ms and hold a TCP c
     .venv/bin/python benchmarks/migration_bench.py [--migrations 10] [--aborts 3] [--keep]
                                                    [--strategy per-pod|multi-chassis|both]
                                                    [--guest-announce rarp+garp|rarp]
+                                                   [--scheduling realtime|normal]
 
 Needs the sandbox's images and Kubernetes binaries (`make images kube`). Per run: a sandbox
 cluster of its own with three nodes (`migbench`), the product deployed as in `make demo`; two
@@ -46,6 +47,13 @@ Baseline in the same run: the same pings and TCP for 6 s with no migration: the 
 of the path itself (the userspace datapath's jitter on this machine), to which every gap is
 compared (ratio).
 
+Scheduling (`--scheduling`, `realtime` by default): the sandbox runs ovs-vswitchd's main
+thread, which forwards the userspace datapath's packets, SCHED_FIFO, as a kernel datapath
+forwards in softirq ahead of every process, and the probes (pings, TCP client, echo server)
+above it, so that neither waits for a CPU while a pod starts (`ovnk_secondary/sandbox/
+realtime.py`); ovn-controller, the kubelet and the rest stay as a node has them. `normal` puts
+the datapath and the probes back to SCHED_OTHER: what those waits add on this machine.
+
 Strategies (`--strategy`, both by default, one after the other on the same sandbox: the
 controller's ConfigMap is switched and the controller rolled out, and the VM created afresh):
 `per-pod`, OVN-Kubernetes' (two ports; at the target's domain-ready annotation, one NB
@@ -77,7 +85,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ovnk_secondary import migration
-from ovnk_secondary.sandbox import cluster, scenario, vms
+from ovnk_secondary.sandbox import cluster, realtime, scenario, vms
 
 NS = "test"
 L2, LOCALNET = f"{NS}/nad-vm-l2", f"{NS}/nad-vm-localnet"
@@ -171,10 +179,9 @@ class Window:
             address = targets[topology]
             self.pings[topology] = vms.ping_in_background(sb, where, netns, address,
                                                           seconds=seconds)
-            self.tcp[topology] = subprocess.Popen(
-                ["docker", "exec", sb.container(where), *netns, "python3", "-c", TCP_CLIENT,
-                 address, str(ECHO_PORT), str(seconds - 0.5)],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            self.tcp[topology] = vms.probe_in_background(
+                sb.container(where), [*netns, "python3", "-c", TCP_CLIENT, address,
+                                      str(ECHO_PORT), str(seconds - 0.5)])
         self.full_mtu: Callable[[], vms.Outage] | None = None
         if full_mtu is not None:  # packets of the localnet NIC's MTU, never fragmented
             where, netns = self.senders["localnet"]
@@ -349,6 +356,11 @@ def run(sb: cluster.Sandbox, peer: scenario.PodView, *, strategy: str, migration
     full_mtu = mtu if strategy == migration.MULTI_CHASSIS else None
     server = subprocess.Popen(["ip", "netns", "exec", vms.guest_netns(sb, "vm-bench"),
                                sys.executable, "-c", ECHO_SERVER, str(ECHO_PORT)])
+    try:  # a probe too (`vms.probe_in_background`)
+        if realtime.probes:
+            realtime.make_realtime(server.pid, realtime.PROBE_PRIORITY)
+    except realtime.RealtimeError as exc:
+        print(f"the echo server is not real-time: {exc}", file=sys.stderr)
     try:
         time.sleep(1)
         window = Window(sb, peer, targets, seconds=6, full_mtu=full_mtu)
@@ -477,11 +489,21 @@ def main() -> int:
     parser.add_argument("--guest-announce", choices=["rarp+garp", "rarp"], default="rarp+garp",
                         help="what the guest sends as it resumes (rarp: QEMU's RARPs alone)")
     parser.add_argument("--keep", action="store_true", help="leave the sandbox up")
+    parser.add_argument("--scheduling", choices=["realtime", "normal"], default="realtime",
+                        help="normal: the datapath and the probes SCHED_OTHER (`realtime`), "
+                             "to see what waits for a CPU add")
     args = parser.parse_args()
     strategies = migration.STRATEGIES if args.strategy == "both" else (args.strategy,)
     started = time.monotonic()
     sb = cluster.Sandbox.up(name="migbench", nodes=3, kubernetes=True)
     print(f"sandbox up in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    containers = [sb.container(node) for node in [*sb.node_names, sb.external]]
+    if args.scheduling == "normal":
+        realtime.probes = False
+        for container in containers:
+            realtime.make_normal(realtime.vswitchd(container))
+    datapath = ", ".join(f"{container} {realtime.policy(realtime.vswitchd(container))}"
+                         for container in containers)
     results = {}
     try:
         _apply_nads(sb)
@@ -493,7 +515,8 @@ def main() -> int:
     finally:
         if not args.keep:
             sb.down()
-    print(f"the guest announces with {args.guest_announce}")
+    print(f"the guest announces with {args.guest_announce}; the datapath's scheduling policy "
+          f"(ovs-vswitchd's main thread; `realtime`): {datapath}")
     for strategy, result in results.items():
         report(strategy, result)
     return 0

@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from ovnk_secondary import errors
-from ovnk_secondary.sandbox import images, kubeapi
+from ovnk_secondary.sandbox import images, kubeapi, realtime
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")  # the reaper image cannot be pulled
 
@@ -299,6 +299,12 @@ class Sandbox:
 
             with concurrent.futures.ThreadPoolExecutor() as pool:
                 list(pool.map(_wait_ready, [f"{name}-{CENTRAL}", *started]))
+            for container in started:  # the chassis and the external host
+                try:
+                    realtime.datapath(container)
+                except realtime.RealtimeError as exc:
+                    print(f"sandbox: {container}'s datapath is not real-time ({exc}): pod "
+                          f"starts will stall its forwarding (`realtime`)", file=sys.stderr)
             sandbox = cls.attach(name)
             sandbox._wait_chassis_registered()
             if kubernetes:

@@ -47,7 +47,7 @@ from typing import Any
 import kubernetes
 
 from ovnk_secondary import errors, migration, persistentips
-from ovnk_secondary.sandbox import cluster, scenario
+from ovnk_secondary.sandbox import cluster, realtime, scenario
 
 LAUNCHER_LABEL = ("kubevirt.io", "virt-launcher")
 NADS = ("k8s.cni.cncf.io", "v1", "network-attachment-definitions")
@@ -554,6 +554,36 @@ def outage(output: str, *, interval: float = 0.01) -> Outage:
                                     if length > 3 * interval)))
 
 
+def probe_in_background(container: str, argv: Sequence[str]) -> subprocess.Popen[str]:
+    """Start `argv` in `container` (`docker exec`), real-time above the datapath
+    (`realtime.PROBE_PRIORITY`) so that a probe measures the network, not its own wait for a
+    CPU; its stdout and stderr are the Popen's stdout. `argv` must exec its way to the probe
+    (`nsenter`, `ip netns exec` do), which keeps the pid the shell prints first. Where the
+    host refuses real-time, says so once on stderr and runs the probe as it is (as it does,
+    silently, with `realtime.probes` off)."""
+    process = subprocess.Popen(
+        ["docker", "exec", container, "sh", "-c", 'echo "$$"; exec "$@"', "sh", *argv],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert process.stdout is not None
+    first = process.stdout.readline().strip()
+    try:
+        if not realtime.probes:
+            return process
+        if not first.isdigit():
+            raise realtime.RealtimeError(f"{argv[0]} did not start in {container}: {first}")
+        realtime.make_realtime(realtime.host_pid(container, int(first)),
+                               realtime.PROBE_PRIORITY)
+    except realtime.RealtimeError as exc:
+        if not _refused:
+            _refused.append(str(exc))
+            print(f"sandbox: probes run without real-time priority ({exc}): what they "
+                  f"measure includes their own waits for a CPU", file=sys.stderr)
+    return process
+
+
+_refused: list[str] = []  # why the first probe could not be real-time (said once)
+
+
 def ping_in_background(sb: cluster.Sandbox, container: str, netns: Sequence[str],
                        address: str, *, seconds: int, interval: float = 0.01,
                        size: int | None = None) -> Callable[[], Outage]:
@@ -562,10 +592,9 @@ def ping_in_background(sb: cluster.Sandbox, container: str, netns: Sequence[str]
     a pod, `ip netns exec vlan33` for an external host); returns a function waiting for its
     end and returning the `Outage`. `size`: ICMP payload bytes, sent unfragmented (`-M do`)."""
     sized = ["-s", str(size), "-M", "do"] if size is not None else []
-    process = subprocess.Popen(
-        ["docker", "exec", sb.container(container), *netns, "ping", "-D", "-i", str(interval),
-         *sized, "-w", str(seconds), address], stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+    process = probe_in_background(
+        sb.container(container),
+        [*netns, "ping", "-D", "-i", str(interval), *sized, "-w", str(seconds), address])
 
     def result() -> Outage:
         output, _ = process.communicate(timeout=seconds + 60)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import pathlib
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from ovnk_secondary.sandbox import cluster, smoke
+from ovnk_secondary.sandbox import cluster, realtime, smoke, vms
 
 pytestmark = pytest.mark.sandbox
 
@@ -70,3 +72,25 @@ def test_a_chassis_geneve_address_is_answered_with_its_bridges_mac_alone(
     assert all(f"is-at {bridge_mac}" in line for line in answers), (nic_mac, answers)
     neighbour = sandbox.exec(asker, ["ip", "neigh", "show", "to", address, "dev", "br-phy"])
     assert bridge_mac in neighbour.stdout, neighbour.stdout
+
+
+def test_the_datapath_forwards_in_a_real_time_thread(sandbox: cluster.Sandbox) -> None:
+    """ovs-vswitchd's main thread, which forwards the userspace datapath's packets, is
+    SCHED_FIFO in every chassis and the external host, as a kernel datapath's softirq would be
+    ahead of processes; its other threads are left as they are (`realtime`)."""
+    for container in [*sandbox.node_names, sandbox.external]:
+        pid = realtime.vswitchd(sandbox.container(container))
+        assert pathlib.Path(f"/proc/{pid}/comm").read_text().strip() == "ovs-vswitchd"
+        assert realtime.policy(pid) == "SCHED_FIFO", container
+        assert os.sched_getparam(pid).sched_priority == realtime.DATAPATH_PRIORITY
+        others = [int(task.name) for task in pathlib.Path(f"/proc/{pid}/task").iterdir()
+                  if int(task.name) != pid]
+        assert others and all(realtime.policy(tid) == "SCHED_OTHER" for tid in others)
+
+
+def test_a_probe_runs_real_time_above_the_datapath(sandbox: cluster.Sandbox) -> None:
+    probe = vms.probe_in_background(sandbox.container("node-1"),
+                                    ["sh", "-c", 'sleep 1; chrt -p "$$"'])
+    output, _ = probe.communicate(timeout=30)
+    assert "SCHED_FIFO" in output, output
+    assert f"priority: {realtime.PROBE_PRIORITY}" in output, output
