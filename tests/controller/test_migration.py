@@ -340,3 +340,35 @@ def test_multichassis_a_controller_restart_mid_migration_loses_nothing(
         assert {p for p in ports(nb_server) if p.startswith(f"{NS}.{NAD}_")} == {VM_PORT}
     finally:
         second.stop()
+
+
+@pytest.mark.parametrize("strategy", migration.STRATEGIES)
+def test_a_vms_ports_on_localnet_are_announced_by_the_guest_not_by_ovn(
+    api: Api, nb_server: servers.NbServer, strategy: str
+) -> None:
+    """`disable_garp_rarp` on a VM's localnet ports, before and during a migration; a plain
+    pod's port on the same network keeps OVN's announcements (`desired.pod_port`)."""
+    running = Controller(nb_remote=nb_server.remote, kubeconfig=api.kubeconfig,
+                         migration_strategy=strategy)
+    running.start()
+    try:
+        api.create_nad(NS, "vlan", name="vlan", topology="localnet", subnets="10.71.0.0/24",
+                       vlanID=33, allowPersistentIPs=True)
+        api.create_claim(NS, "vm-g.vlan", "vlan")
+        element = json.dumps([{"name": "vlan", "ipam-claim-reference": "vm-g.vlan"}])
+        labels = {persistentips.VM_LABEL: "vm-g", "kubevirt.io": "virt-launcher"}
+        api.create_pod(NS, "garp-src", element, node="node1", labels=labels)
+        api.create_pod(NS, "plain", json.dumps([{"name": "vlan"}]), node="node1")
+        time.sleep(1.1)
+        api.create_pod(NS, "garp-dst", element, node="node2", labels=labels)
+        vm_ports = ([f"{NS}.vlan_{NS}_vm_vm-g"] if strategy == migration.MULTI_CHASSIS
+                    else [f"{NS}.vlan_{NS}_garp-src", f"{NS}.vlan_{NS}_garp-dst"])
+        for port in vm_ports:
+            until(lambda port=port: 'disable_garp_rarp="true"' in _options(nb_server, port),
+                  f"{port} is announced by OVN")
+        plain = until(lambda: _options(nb_server, f"{NS}.vlan_{NS}_plain")
+                      if f"{NS}.vlan_{NS}_plain" in ports(nb_server) else None,
+                      "no port for the plain pod")
+        assert "disable_garp_rarp" not in plain
+    finally:
+        running.stop()
