@@ -397,6 +397,11 @@ def run(sb: cluster.Sandbox, peer: scenario.PodView, *, strategy: str, migration
                    "switch_over_gap_ms": {
                        t: o.longest_within(paused, moved.resumed + epoch_offset + 0.8) * 1000
                        for t, o in window.outages.items()},
+                   # when replies came back after the guest's resume: the network's share
+                   "back_after_resume_ms": {
+                       t: o.back_after(paused, moved.resumed + epoch_offset + 0.8,
+                                       moved.resumed + epoch_offset) * 1000
+                       for t, o in window.outages.items()},
                    "ready_after_resume_ms": (moved.ready - moved.resumed) * 1000,
                    "target_links_up": watch.links_up, "target_kernel_rx": watch.kernel_rx,
                    "target_delivered": watch.delivered, **trace,
@@ -441,6 +446,11 @@ def _trace_summary(rows: list[dict[str, Any]]) -> str:
             f"{', no chassis for a moment' if worst.get('no_chassis') else ''}")
 
 
+def _gap(ms: float) -> str:
+    """A switch-over's gap: 0 is none longer than three ping intervals (`vms.Outage.gaps`)."""
+    return f"{ms:.0f} ms" if ms else "under 30 ms"
+
+
 def report(strategy: str, result: dict[str, Any]) -> None:
     baseline, rows, aborted = result["baseline"], result["rows"], result["aborted"]
     how = {migration.PER_POD: "two ports, switch-over at the target's domain-ready annotation",
@@ -453,7 +463,11 @@ def report(strategy: str, result: dict[str, Any]) -> None:
         print(_summary(f"  {topology}, all migrations", samples, baseline[topology]))
         switch = [row["switch_over_gap_ms"][topology] for row in rows]
         print(f"  {topology}, the switch-over's gap (from the pause to the guest's last "
-              f"announce): p50 {statistics.median(switch):.0f} ms, max {max(switch):.0f} ms")
+              f"announce): p50 {_gap(statistics.median(switch))}, max {_gap(max(switch))}")
+        back = [row["back_after_resume_ms"][topology] for row in rows]
+        print(f"  {topology}, replies back after the guest's resume (the gap less the guest's "
+              f"pause): p50 {statistics.median(back):.0f} ms, max {max(back):.0f} ms (0: no "
+              f"gap over 30 ms lasted past the resume)")
         worst = max(rows, key=lambda row: row[topology]["gap"])
         print(f"  {topology}, the longest gap (migration {worst['migration']}, "
               f"{worst['from']} -> {worst['to']}) began {worst['gap_at_ms'][topology]:.0f} ms "

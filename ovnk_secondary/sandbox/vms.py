@@ -520,6 +520,14 @@ class Outage:
         return max((length for began, length in self.gaps
                     if began <= end and began + length >= start), default=0.0)
 
+    def back_after(self, start: float, end: float, moment: float) -> float:
+        """How long after `moment` (epoch seconds) replies came back, from the gaps that
+        overlap [start, end] (seconds; 0 if none of them lasted past `moment`): after a
+        migration's resume, the network's share of its gap, apart from the guest's pause."""
+        ends = [began + length for began, length in self.gaps
+                if began <= end and began + length >= start]
+        return max(0.0, max(ends, default=moment) - moment)
+
 
 def outage(output: str, *, interval: float = 0.01) -> Outage:
     """Parse iputils' `ping -D` output (`[<epoch>] 64 bytes from ...: icmp_seq=N ...`).

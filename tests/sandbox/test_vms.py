@@ -25,6 +25,10 @@ def test_the_longest_gap_is_between_two_replies() -> None:
     assert [(began, round(length, 3)) for began, length in seen.gaps] == [(100.01, 0.09)]
     assert math.isclose(seen.longest_within(100.05, 100.06), 0.09)  # inside it
     assert seen.longest_within(100.105, 100.2) == 0.0  # after it
+    # replies came back 0.06 s after a resume at 100.04 (the gap 100.01-100.10), none after
+    assert math.isclose(seen.back_after(100.0, 100.2, 100.04), 0.06)
+    assert seen.back_after(100.0, 100.2, 100.10) == 0.0  # the gap ended by then
+    assert seen.back_after(100.105, 100.2, 100.11) == 0.0  # no gap in the window
 
 
 def test_an_outage_at_the_end_of_the_window_counts() -> None:
