@@ -1215,7 +1215,6 @@ class Reconciler:
                 pod_uid=uid, node=str(node), mac=entry.mac_address, ips=entry.ip_addresses,
                 mode=mode, vm_port=vm_port,
                 chassis=self._vm_chassis(pod, decision) if vm_port else (),
-                vm=pod.vm is not None,
             )))
         # said once the others are known: attached ones are named, never assumed
         attached = ", ".join(a.nad_key for _, a in result)
@@ -1404,7 +1403,7 @@ class Reconciler:
             found.append((network, desired.Attachment(
                 nad_key=nad_key, pod_namespace=source.namespace, pod_name=source.name,
                 pod_uid=source.uid, node=source.node, mac=entry.mac_address,
-                ips=entry.ip_addresses, mode=migration.VACATED, vm=True)))
+                ips=entry.ip_addresses, mode=migration.VACATED)))
         return found
 
     async def _persist_claims(

@@ -135,7 +135,6 @@ class Attachment:
     # bind it (main first); None: the pod's own port, bound on `node`
     vm_port: str | None = None
     chassis: tuple[str, ...] = ()
-    vm: bool = False  # a KubeVirt VM's pod (label vm.kubevirt.io/name), migrating or not
 
     @property
     def port_name(self) -> str:
@@ -194,15 +193,18 @@ def pod_port(network: nads.NetworkConfig, attachment: Attachment) -> Port:
     first, with `activation-strategy=rarp` when there are two (ovn-nb(5)), and has no
     `iface-id-ver` (the pods of the VM, each its uid, plug into it).
 
-    A VM's port on a localnet network has `disable_garp_rarp=true` (ovn-nb(5), OVN >= 24.09;
-    older OVN ignores it): ovn-controller announces a port bound to its chassis on a bridged
-    switch 0, 1, 3, 7 and 15 s after it bound it (`send_garp_rarp`, OVN controller/pinctrl.c,
-    25.03), and keeps those times after a migration as long as it holds the binding;
-    an announce from the node the VM has just left teaches the physical network the old place
-    again (seen here: 150-230 ms outages 0.3 s after the switch-over, when the VM had come
-    7-8 s before). The guest announces itself on its new node (a virtio NIC's gratuitous ARPs);
-    a guest whose NIC sends only QEMU's RARPs (which port security drops) is found once it
-    sends anything."""
+    A VM's own port on a localnet network has `disable_garp_rarp=true` (ovn-nb(5), OVN >=
+    24.09; older OVN ignores it): ovn-controller announces a port bound to its chassis on a
+    bridged switch 0, 1, 3, 7 and 15 s after it bound it (`send_garp_rarp`, OVN
+    controller/pinctrl.c, 25.03), and keeps those times as long as it is the port's main
+    chassis, which the node a VM is leaving stays until its sandbox is down; its announce
+    taught the physical network the old place again (seen here: 150-230 ms outages 0.3 s after
+    the switch-over, when the VM had come 7-8 s before). The guest announces itself on its new
+    node (a virtio NIC's gratuitous ARPs; its RARP activates the port there); a guest whose
+    NIC sends only QEMU's RARPs (which port security drops) is found once it sends anything.
+    Per-pod ports keep OVN's announces: their target port is enabled by the controller after
+    the guest's first announces, and when the controller is late (restarting) OVN's announces
+    from the target's node are what tell the physical network."""
     address = " ".join([attachment.mac, *(ip.split("/")[0] for ip in attachment.ips or ())])
     mode = attachment.mode
     options = {"requested-chassis": attachment.node, "iface-id-ver": attachment.pod_uid}
@@ -211,8 +213,8 @@ def pod_port(network: nads.NetworkConfig, attachment: Attachment) -> Port:
         options = {"requested-chassis": ",".join(attachment.chassis)}
         if len(attachment.chassis) > 1:
             options["activation-strategy"] = "rarp"
-    if attachment.vm and network.topology == naming.LOCALNET:
-        options["disable_garp_rarp"] = "true"
+        if network.topology == naming.LOCALNET:
+            options["disable_garp_rarp"] = "true"
     return Port(
         name=attachment.port_name,
         switch=switch_name(network),

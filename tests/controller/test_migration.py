@@ -343,11 +343,11 @@ def test_multichassis_a_controller_restart_mid_migration_loses_nothing(
 
 
 @pytest.mark.parametrize("strategy", migration.STRATEGIES)
-def test_a_vms_ports_on_localnet_are_announced_by_the_guest_not_by_ovn(
+def test_only_a_vms_own_port_on_localnet_is_announced_by_the_guest_not_by_ovn(
     api: Api, nb_server: servers.NbServer, strategy: str
 ) -> None:
-    """`disable_garp_rarp` on a VM's localnet ports, before and during a migration; a plain
-    pod's port on the same network keeps OVN's announcements (`desired.pod_port`)."""
+    """`disable_garp_rarp` on a VM's own localnet port (multi-chassis), before and during a
+    migration; per-pod's ports and a plain pod's keep OVN's announces (`desired.pod_port`)."""
     running = Controller(nb_remote=nb_server.remote, kubeconfig=api.kubeconfig,
                          migration_strategy=strategy)
     running.start()
@@ -361,14 +361,16 @@ def test_a_vms_ports_on_localnet_are_announced_by_the_guest_not_by_ovn(
         api.create_pod(NS, "plain", json.dumps([{"name": "vlan"}]), node="node1")
         time.sleep(1.1)
         api.create_pod(NS, "garp-dst", element, node="node2", labels=labels)
-        vm_ports = ([f"{NS}.vlan_{NS}_vm_vm-g"] if strategy == migration.MULTI_CHASSIS
-                    else [f"{NS}.vlan_{NS}_garp-src", f"{NS}.vlan_{NS}_garp-dst"])
-        for port in vm_ports:
-            until(lambda port=port: 'disable_garp_rarp="true"' in _options(nb_server, port),
-                  f"{port} is announced by OVN")
-        plain = until(lambda: _options(nb_server, f"{NS}.vlan_{NS}_plain")
-                      if f"{NS}.vlan_{NS}_plain" in ports(nb_server) else None,
-                      "no port for the plain pod")
-        assert "disable_garp_rarp" not in plain
+        if strategy == migration.MULTI_CHASSIS:
+            port = f"{NS}.vlan_{NS}_vm_vm-g"
+            until(lambda: "node1,node2" in _options(nb_server, port), "no migration")
+            assert 'disable_garp_rarp="true"' in _options(nb_server, port)
+            others = [f"{NS}.vlan_{NS}_plain"]
+        else:
+            until(lambda: f"{NS}.vlan_{NS}_garp-dst" in ports(nb_server), "no target port")
+            others = [f"{NS}.vlan_{NS}_{pod}" for pod in ("plain", "garp-src", "garp-dst")]
+        for port in others:
+            until(lambda port=port: port in ports(nb_server), f"no {port}")
+            assert "disable_garp_rarp" not in _options(nb_server, port), port
     finally:
         running.stop()

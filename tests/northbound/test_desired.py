@@ -58,16 +58,16 @@ def test_pod_port_without_ipam_has_mac_only() -> None:
     assert desired.pod_port(LOCALNET, attachment).addresses == ("02:00:00:00:00:01",)
 
 
-def test_a_vms_port_on_localnet_has_no_announcements_from_ovn() -> None:
+def test_a_vms_own_port_on_localnet_has_no_announcements_from_ovn() -> None:
     """OVN's GARPs from the node a VM has just left would draw its traffic back there."""
     pod = functools.partial(desired.Attachment, nad_key="test/nad-localnet2",
                             pod_namespace="test", pod_name="virt-launcher-a", pod_uid="u",
                             node="n1", mac="0a:58:ac:11:21:81", ips=("172.17.33.129/24",))
-    assert desired.pod_port(LOCALNET, pod(vm=True)).options["disable_garp_rarp"] == "true"
-    shared = desired.pod_port(LOCALNET, pod(vm=True, vm_port="localnet2_test_vm_a",
-                                            chassis=("n1", "n2")))
+    shared = desired.pod_port(LOCALNET, pod(vm_port="localnet2_test_vm_a", chassis=("n1", "n2")))
     assert shared.options == {"requested-chassis": "n1,n2", "activation-strategy": "rarp",
                               "disable_garp_rarp": "true"}
-    # a plain pod keeps them; on layer2 (no bridged switch) OVN sends none anyway
+    # a pod's own port (plain, or a VM's under per-pod) keeps them; on layer2 (no bridged
+    # switch) OVN sends none anyway
     assert "disable_garp_rarp" not in desired.pod_port(LOCALNET, pod()).options
-    assert "disable_garp_rarp" not in desired.pod_port(LAYER2, pod(vm=True)).options
+    assert "disable_garp_rarp" not in desired.pod_port(
+        LAYER2, pod(vm_port="l2_test_vm_a", chassis=("n1",))).options
