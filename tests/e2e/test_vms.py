@@ -226,9 +226,10 @@ def _gratuitous_arps(lines: list[str], mac: str, address: str) -> list[float]:
 def test_ovn_announces_a_plain_pod_on_localnet_but_not_a_vm(sb: cluster.Sandbox) -> None:
     """ovn-controller announces a port bound on a bridged switch 0, 1, 3 and 7 s after it
     bound it, from that node; after a live migration those announces from the node the VM
-    left drew its traffic back there for 150-230 ms (`desired.pod_port`). A VM's ports have
-    none: after the guest's own announces (its first 0.8 s up) the uplink carries no
-    gratuitous ARP for it, while a plain pod's keep coming."""
+    left drew its traffic back there for 150-230 ms (`desired.pod_port`). A VM's own port
+    (the default strategy, multi-chassis) has none: after the guest's own announces (its
+    first 0.8 s up) the uplink carries no gratuitous ARP for it, while a plain pod's keep
+    coming."""
     plain = "garp-plain"
     try:
         with sb.capture("node-1", "enp2s0", "vlan and arp", extra_args=("-e", "-tt")) as arp:
