@@ -356,11 +356,7 @@ def run(sb: cluster.Sandbox, peer: scenario.PodView, *, strategy: str, migration
     full_mtu = mtu if strategy == migration.MULTI_CHASSIS else None
     server = subprocess.Popen(["ip", "netns", "exec", vms.guest_netns(sb, "vm-bench"),
                                sys.executable, "-c", ECHO_SERVER, str(ECHO_PORT)])
-    try:  # a probe too (`vms.probe_in_background`)
-        if realtime.probes:
-            realtime.make_realtime(server.pid, realtime.PROBE_PRIORITY)
-    except realtime.RealtimeError as exc:
-        print(f"the echo server is not real-time: {exc}", file=sys.stderr)
+    realtime.probe(server.pid)  # a probe too (`vms.probe_in_background`)
     try:
         time.sleep(1)
         window = Window(sb, peer, targets, seconds=6, full_mtu=full_mtu)

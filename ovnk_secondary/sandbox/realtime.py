@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import pathlib
 import subprocess
+import sys
 
 CPU_HIERARCHY = pathlib.Path("/sys/fs/cgroup/cpu")  # cgroup v1's cpu controller
 CGROUP = CPU_HIERARCHY / "ovnk-sandbox-realtime"
@@ -130,6 +131,24 @@ def datapath(container: str) -> None:
     real-time at `DATAPATH_PRIORITY`; the threads it starts later (revalidators, handlers)
     are not. Raises `RealtimeError`."""
     make_realtime(vswitchd(container), DATAPATH_PRIORITY, threads_inherit=False)
+
+
+def probe(pid: int, container: str | None = None) -> None:
+    """Make a probe, process `pid` (of `container`'s pid namespace if given, else the host's),
+    real-time at `PROBE_PRIORITY`, unless `probes` is off. Where the host refuses, says so
+    once on stderr and leaves the probe as it is."""
+    if not probes:
+        return
+    try:
+        make_realtime(pid if container is None else host_pid(container, pid), PROBE_PRIORITY)
+    except RealtimeError as exc:
+        if not _refused:
+            _refused.append(str(exc))
+            print(f"sandbox: probes run without real-time priority ({exc}): what they "
+                  f"measure includes their own waits for a CPU", file=sys.stderr)
+
+
+_refused: list[str] = []  # why the first probe could not be real-time (said once)
 
 
 def policy(pid: int) -> str:

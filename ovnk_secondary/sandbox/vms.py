@@ -566,30 +566,16 @@ def probe_in_background(container: str, argv: Sequence[str]) -> subprocess.Popen
     """Start `argv` in `container` (`docker exec`), real-time above the datapath
     (`realtime.PROBE_PRIORITY`) so that a probe measures the network, not its own wait for a
     CPU; its stdout and stderr are the Popen's stdout. `argv` must exec its way to the probe
-    (`nsenter`, `ip netns exec` do), which keeps the pid the shell prints first. Where the
-    host refuses real-time, says so once on stderr and runs the probe as it is (as it does,
-    silently, with `realtime.probes` off)."""
+    (`nsenter`, `ip netns exec` do), which keeps the pid the shell prints first
+    (`realtime.probe`: where the host refuses, the probe runs as it is)."""
     process = subprocess.Popen(
         ["docker", "exec", container, "sh", "-c", 'echo "$$"; exec "$@"', "sh", *argv],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert process.stdout is not None
     first = process.stdout.readline().strip()
-    try:
-        if not realtime.probes:
-            return process
-        if not first.isdigit():
-            raise realtime.RealtimeError(f"{argv[0]} did not start in {container}: {first}")
-        realtime.make_realtime(realtime.host_pid(container, int(first)),
-                               realtime.PROBE_PRIORITY)
-    except realtime.RealtimeError as exc:
-        if not _refused:
-            _refused.append(str(exc))
-            print(f"sandbox: probes run without real-time priority ({exc}): what they "
-                  f"measure includes their own waits for a CPU", file=sys.stderr)
+    if first.isdigit():
+        realtime.probe(int(first), container)
     return process
-
-
-_refused: list[str] = []  # why the first probe could not be real-time (said once)
 
 
 def ping_in_background(sb: cluster.Sandbox, container: str, netns: Sequence[str],
