@@ -17,11 +17,12 @@ and what virt-controller and virt-handler do to the pods around a restart or a l
   `<sandbox>-vm-<vm>`: the VM's "kernel". It outlives pods, so a live migration keeps its
   sockets (a TCP connection survives, as the guest's memory does in a real migration).
 - **Live migration** (`migrate`): virt-controller creates the target pod on another node; the
-  guest's NIC is prepared there (down); at the switch-over the source NIC is removed and the
-  target NIC takes its name, MAC and IPs (the domain pauses on the source and resumes on the
-  target), the guest announces itself as QEMU does (RARP, 5 rounds: 0, 50, 200, 450, 800 ms)
-  and with a gratuitous ARP, then virt-handler sets `kubevirt.io/migration-target-ready-
-  timestamp` on the target pod, and the source pod goes. `abort=True` stops before the switch-
+  guest's NIC is prepared there (down); at the switch-over the source NIC goes down and
+  aside (deleted once the target is ready, as the source's QEMU exits) and the target NIC
+  takes its name, MAC and IPs (the domain pauses on the source and resumes on the target),
+  the guest announces itself as QEMU does (RARP, 5 rounds: 0, 50, 200, 450, 800 ms) and with
+  a gratuitous ARP, then virt-handler sets `kubevirt.io/migration-target-ready-timestamp` on
+  the target pod, and the source pod goes. `abort=True` stops before the switch-
   over and deletes the target pod.
 - **Restart** (`restart`): the pod is deleted, a new one created (maybe on another node); the
   guest's NIC is plugged again with what the new annotation says.
@@ -121,7 +122,7 @@ class Migration:
 
     source: scenario.PodView
     target: scenario.PodView
-    paused: float  # the source NIC removed from the guest
+    paused: float  # the guest's source NIC going down
     resumed: float  # the target NIC up with the guest's MAC and IPs (announce sent)
     ready: float  # TARGET_READY set on the target pod
 
@@ -318,20 +319,29 @@ def _announcers(sb: cluster.Sandbox, vm: str, pod: scenario.PodView, nics: Seque
 
 
 def _activate(sb: cluster.Sandbox, vm: str, pod: scenario.PodView, nics: Sequence[Nic], *,
-              prefix: str, remove_old: bool,
+              prefix: str, aside: bool,
               announcers: Sequence[subprocess.Popen[str]] | None = None,
-              neighbours: Mapping[str, Sequence[tuple[str, str]]] | None = None) -> None:
-    """The guest's NICs up with the MAC and IPs of `pod`'s annotation (the NICs of the
-    previous pod removed first when `remove_old`), announced (`_announcers`, started here
-    unless given). `neighbours`: per NIC, the guest's ARP cache to carry over (a migrated
-    guest keeps it: its memory moves), as stale entries the kernel re-confirms."""
+              neighbours: Mapping[str, Sequence[tuple[str, str]]] | None = None
+              ) -> tuple[float, float]:
+    """The guest's NICs up with the MAC and IPs of `pod`'s annotation, announced
+    (`_announcers`, started here unless given). With `aside`, the NICs of the previous pod
+    first go down, lose their addresses and become `o-<iface>` (`_drop_aside` deletes them
+    later: a guest's NIC is not deleted at a switch-over, its backend changes, and deleting a
+    veth waits for the kernel's RCU grace periods, tens of milliseconds). `neighbours`: per
+    NIC, the guest's ARP cache to carry over (a migrated guest keeps it: its memory moves), as
+    stale entries the kernel re-confirms.
+
+    Returns the monotonic times (s) the change began and ended: the guest's pause when
+    `aside`. One `ip -batch` in the guest, started and ready beforehand (it has answered a
+    first command), so that neither a process start nor a namespace switch is in the pause."""
     if announcers is None:
         announcers = _announcers(sb, vm, pod, nics, prefix=prefix)
     lines = []
     for nic in nics:
         mac, ips = _addressing(pod, nic)
-        if remove_old:
-            lines.append(f"link del {nic.interface}")
+        if aside:
+            lines += [f"link set {nic.interface} down", f"addr flush dev {nic.interface}",
+                      f"link set {nic.interface} name o-{nic.interface}"]
         if prefix:
             lines.append(f"link set {prefix}{nic.interface} name {nic.interface}")
         lines.append(f"link set {nic.interface} address {mac}")
@@ -339,14 +349,36 @@ def _activate(sb: cluster.Sandbox, vm: str, pod: scenario.PodView, nics: Sequenc
         lines.append(f"link set {nic.interface} up")
         lines += [f"neigh replace {ip} lladdr {lladdr} dev {nic.interface} nud stale"
                   for ip, lladdr in (neighbours or {}).get(nic.interface, ())]
-    done = subprocess.run(["ip", "-n", guest_netns(sb, vm), "-batch", "-"],
-                          input="\n".join(lines) + "\n", capture_output=True, text=True,
-                          timeout=30, check=False)
-    if done.returncode != 0:
+    batch = subprocess.Popen(["ip", "-n", guest_netns(sb, vm), "-batch", "-"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    assert batch.stdin is not None and batch.stdout is not None
+    batch.stdin.write("link show dev lo\n")  # ip flushes its answer: then it is ready
+    batch.stdin.flush()
+    batch.stdout.readline()
+    began = time.monotonic()
+    try:
+        _, stderr = batch.communicate("\n".join(lines) + "\n", timeout=30)
+    except subprocess.TimeoutExpired:
+        batch.kill()
+        stderr = "ip -batch did not finish in 30 s"
+    ended = time.monotonic()
+    if batch.returncode != 0:
         for announcer in announcers:
             announcer.kill()
-        raise errors.SandboxError(f"VM {vm}: {done.stderr.strip()}")
+        raise errors.SandboxError(f"VM {vm}: {stderr.strip()}")
     # the rounds go on in the background (half a second), as QEMU's do
+    return began, ended
+
+
+def _drop_aside(sb: cluster.Sandbox, vm: str, nics: Sequence[Nic]) -> None:
+    """Delete the NICs `_activate` set aside (and so their pod ends): the source's QEMU is
+    gone."""
+    lines = "".join(f"link del o-{nic.interface}\n" for nic in nics)
+    done = subprocess.run(["ip", "-n", guest_netns(sb, vm), "-batch", "-"], input=lines,
+                          capture_output=True, text=True, timeout=30, check=False)
+    if done.returncode != 0:
+        raise errors.SandboxError(f"VM {vm}: {done.stderr.strip()}")
 
 
 def _neighbours(sb: cluster.Sandbox, vm: str, interface: str) -> list[tuple[str, str]]:
@@ -408,7 +440,7 @@ def create(sb: cluster.Sandbox, vm: str, nads: Sequence[str], *, namespace: str 
         guest(sb, vm, ["ip", "link", "set", "lo", "up"], check=True)
         pod = _start_launcher(sb, vm, namespace, node, nics)
         _plug(sb, vm, pod, nics, prefix="")
-        _activate(sb, vm, pod, nics, prefix="", remove_old=False)
+        _activate(sb, vm, pod, nics, prefix="", aside=False)
     except (errors.OvnkSecondaryError, subprocess.CalledProcessError,
             kubernetes.client.ApiException) as exc:
         delete(sb, vm, namespace=namespace, claims=[n.claim for n in nics if n.claim])
@@ -446,14 +478,13 @@ def migrate(sb: cluster.Sandbox, vm: str, *, namespace: str = "test", to: str | 
         before_switch_over()
     announcers = _announcers(sb, vm, target, nics, prefix="m-", garp=guest_garp)
     neighbours = {nic.interface: _neighbours(sb, vm, nic.interface) for nic in nics}
-    paused = time.monotonic()
-    _activate(sb, vm, target, nics, prefix="m-", remove_old=True, announcers=announcers,
-              neighbours=neighbours)
-    resumed = time.monotonic()
+    paused, resumed = _activate(sb, vm, target, nics, prefix="m-", aside=True,
+                                announcers=announcers, neighbours=neighbours)
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     core.patch_namespaced_pod(target.name, namespace, {"metadata": {"annotations": {
         migration.TARGET_READY: stamp}}})
     ready = time.monotonic()
+    _drop_aside(sb, vm, nics)
     core.delete_namespaced_pod(source.name, namespace)  # virt-launcher's source completes
     return Migration(source=source, target=target, paused=paused, resumed=resumed, ready=ready)
 
@@ -471,7 +502,7 @@ def restart(sb: cluster.Sandbox, vm: str, *, namespace: str = "test",
         guest(sb, vm, ["ip", "link", "del", nic.interface])
     pod = _start_launcher(sb, vm, namespace, to or old["spec"]["node_name"], nics)
     _plug(sb, vm, pod, nics, prefix="")
-    _activate(sb, vm, pod, nics, prefix="", remove_old=False)
+    _activate(sb, vm, pod, nics, prefix="", aside=False)
     return pod
 
 
