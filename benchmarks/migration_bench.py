@@ -13,7 +13,7 @@ VLAN 33, the external host's segment); a peer pod on node-3 on `vm-l2`; one VM (
 VM stand-in, `ovnk_secondary/sandbox/vms.py`) with a NIC on each, started on node-1.
 
 Per migration (node-1 -> node-2, then back, and so on; the first one is the VM's first): from
-the peer (layer2) and from the external host (localnet): `ping -D -i 0.01` and a TCP client
+the peer (layer2) and from the external host (localnet): `fping -D -p 10` and a TCP client
 sending a line every 10 ms to an echo server in the guest, both started 1 s before the
 migration and ending 4 s after it. Reported per topology: packets lost, the longest time
 without a reply (between two replies, or before the first or after the last one: an outage at

@@ -11,7 +11,10 @@ a reply, against 21 ms without the pod start; the `ping` measuring it was starve
 Neither is OVN's or the product's behaviour, so both run **SCHED_FIFO**: ovs-vswitchd's main
 thread in every chassis and in the external host (`DATAPATH_PRIORITY`) and the sandbox's
 measuring probes (`PROBE_PRIORITY`, above it: `vms.ping_in_background`, the benchmarks).
-ovn-controller, the agent and everything else stay as a real node has them.
+ovn-controller, the agent and everything else stay as a real node has them. A probe made
+real-time must block while it waits, never spin: a spinning probe at priority 20 takes the
+CPU from the datapath and from every ordinary task (`vms.ping_in_background` says which ping
+did that).
 
 **How.** `sched_setscheduler(2)`. A kernel with RT group scheduling (`CONFIG_RT_GROUP_SCHED`)
 with cgroup v1 lets a thread be real-time only in a cpu cgroup with an RT budget

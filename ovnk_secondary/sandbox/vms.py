@@ -53,6 +53,8 @@ from ovnk_secondary.sandbox import cluster, realtime, scenario
 LAUNCHER_LABEL = ("kubevirt.io", "virt-launcher")
 NADS = ("k8s.cni.cncf.io", "v1", "network-attachment-definitions")
 CLAIMS = ("k8s.cni.cncf.io", "v1alpha1", "ipamclaims")
+# How late a ping's reply may come and still count (`ping_in_background`): fping drops later ones
+PATIENCE_MS = 1000
 
 # QEMU's self-announce after a migration: RARP from the guest's MAC, 5 rounds, 50 ms then
 # +100 ms apart: 0, 50, 200, 450, 800 ms (net/announce.c, qemu_announce_timer_step with the
@@ -530,8 +532,9 @@ def delete(sb: cluster.Sandbox, vm: str, *, namespace: str = "test",
 
 @dataclasses.dataclass(frozen=True)
 class Outage:
-    """What a `ping -D -i INTERVAL` saw: requests, replies, the longest time without a reply
-    (seconds) and when it began (epoch seconds), and duplicate replies (two VMs answering)."""
+    """What a ping every INTERVAL saw (`ping_in_background`): requests, replies, the longest
+    time without a reply (seconds) and when it began (epoch seconds), and duplicate replies
+    (two VMs answering)."""
 
     sent: int
     received: int
@@ -553,39 +556,40 @@ class Outage:
 
     def back_after(self, start: float, end: float, moment: float) -> float:
         """How long after `moment` (epoch seconds) replies came back, from the gaps that
-        overlap [start, end] (seconds; 0 if none of them lasted past `moment`): after a
-        migration's resume, the network's share of its gap, apart from the guest's pause."""
+        overlap [start, end] and began by `moment` (seconds; 0 if none of them lasted past
+        it): after a migration's resume, the network's share of its gap, apart from the
+        guest's pause. A gap that began later is another one (`longest_within` has it)."""
         ends = [began + length for began, length in self.gaps
-                if began <= end and began + length >= start]
+                if began <= min(end, moment) and began + length >= start]
         return max(0.0, max(ends, default=moment) - moment)
 
 
 def outage(output: str, *, interval: float = 0.01) -> Outage:
-    """Parse iputils' `ping -D` output (`[<epoch>] 64 bytes from ...: icmp_seq=N ...`).
+    """Parse `fping -D -p MS -c COUNT` output (`[<epoch>] <address> : [<seq>], 64 bytes, ...`
+    per reply, seq from 0; `<address> : duplicate for [<seq>], ...`; the summary
+    `<address> : xmt/rcv/%loss = SENT/RECEIVED/...`).
 
     The longest gap is the longest time between two consecutive replies, or, when the first
     or the last requests went unanswered, their time at `interval` apart (requests before the
     first reply, or after the last one until the end): a window that ends in an outage shows
     it. Without any reply it is infinite."""
-    replies: list[tuple[float, int]] = []  # (epoch, icmp_seq)
+    replies: list[tuple[float, int]] = []  # (epoch, seq)
     duplicates = 0
     sent = 0
     for line in output.splitlines():
-        if "packets transmitted" in line:
-            sent = int(line.split()[0])
-        if not (line.startswith("[") and "icmp_seq=" in line and "bytes from" in line):
-            continue
-        if "DUP!" in line:
+        if "xmt/rcv/%loss = " in line:
+            sent = int(line.split("xmt/rcv/%loss = ", 1)[1].split("/")[0])
+        elif "duplicate for [" in line:
             duplicates += 1
-            continue
-        seq = int(line.split("icmp_seq=", 1)[1].split()[0])
-        replies.append((float(line[1:line.index("]")]), seq))
+        elif line.startswith("[") and " : [" in line and " bytes, " in line:
+            seq = int(line.split(" : [", 1)[1].split("]", 1)[0])
+            replies.append((float(line[1:line.index("]")]), seq))
     if not replies:
         return Outage(sent=sent, received=0, longest_gap=float("inf"), duplicates=duplicates)
     (first, first_seq), (last, last_seq) = replies[0], replies[-1]
     gaps = [(b - a, a) for (a, _), (b, _) in itertools.pairwise(replies)]
-    gaps.append(((first_seq - 1) * interval, first - (first_seq - 1) * interval))  # the head
-    gaps.append((max(sent - last_seq, 0) * interval, last))  # the tail
+    gaps.append((first_seq * interval, first - first_seq * interval))  # the head
+    gaps.append((max(sent - 1 - last_seq, 0) * interval, last))  # the tail
     longest, start = max(gaps)
     return Outage(sent=sent, received=len(replies), longest_gap=longest,
                   duplicates=duplicates, gap_start=start,
@@ -612,14 +616,23 @@ def probe_in_background(container: str, argv: Sequence[str]) -> subprocess.Popen
 def ping_in_background(sb: cluster.Sandbox, container: str, netns: Sequence[str],
                        address: str, *, seconds: int, interval: float = 0.01,
                        size: int | None = None) -> Callable[[], Outage]:
-    """Start iputils' `ping -D -i INTERVAL -w SECONDS ADDRESS` in a container of the sandbox
+    """Ping `address` every `interval` seconds for `seconds` from a container of the sandbox
     (`netns`: the argv prefix entering the sender's namespace, e.g. `nsenter --net=PATH` for
     a pod, `ip netns exec vlan33` for an external host); returns a function waiting for its
-    end and returning the `Outage`. `size`: ICMP payload bytes, sent unfragmented (`-M do`)."""
-    sized = ["-s", str(size), "-M", "do"] if size is not None else []
+    end and returning the `Outage`. `size`: ICMP payload bytes, sent unfragmented.
+
+    The prober is `fping -D -p MS -c COUNT -t PATIENCE`, not iputils' `ping -i`: for
+    intervals of 10 ms and less (1/HZ) iputils busy-waits (`sched_yield` and non-blocking
+    `recvmsg`, about 4,800 times a second: 35-45% of a CPU), which at the probe's real-time
+    priority starved the datapath below it and set off the kernel's guard for starved tasks,
+    every path then silent for 50-60 ms at once. fping waits in `pselect`. Replies up to
+    `PATIENCE` late count, as iputils' did."""
+    sized = ["-b", str(size), "-M"] if size is not None else []
+    count = max(1, round(seconds / interval))
     process = probe_in_background(
         sb.container(container),
-        [*netns, "ping", "-D", "-i", str(interval), *sized, "-w", str(seconds), address])
+        [*netns, "fping", "-D", "-p", str(round(interval * 1000)), "-c", str(count),
+         "-t", str(PATIENCE_MS), *sized, address])
 
     def result() -> Outage:
         output, _ = process.communicate(timeout=seconds + 60)

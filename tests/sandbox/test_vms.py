@@ -1,4 +1,4 @@
-"""`vms.outage`: what a ping saw during a migration (pure parsing)."""
+"""`vms.outage`: what a ping saw during a migration (pure parsing of fping's output)."""
 
 from __future__ import annotations
 
@@ -8,17 +8,20 @@ from ovnk_secondary.sandbox import vms
 
 
 def _reply(epoch: float, seq: int, dup: bool = False) -> str:
-    return (f"[{epoch:.6f}] 64 bytes from 10.0.0.5: icmp_seq={seq} ttl=64 time=0.5 ms"
-            + (" (DUP!)" if dup else ""))
+    """A reply line of `fping -D` (5.1): seq from 0; a duplicate on stderr, no timestamp."""
+    if dup:
+        return f"10.0.0.5 : duplicate for [{seq}], 64 bytes, 0.50 ms"
+    return f"[{epoch:.5f}] 10.0.0.5 : [{seq}], 64 bytes, 0.50 ms (0.50 avg, 0% loss)"
 
 
 def _summary(sent: int, received: int) -> str:
-    return f"{sent} packets transmitted, {received} received, 0% packet loss, time 100ms"
+    return (f"10.0.0.5 : xmt/rcv/%loss = {sent}/{received}/{100 - 100 * received // sent}%, "
+            "min/avg/max = 0.40/0.50/0.60")
 
 
 def test_the_longest_gap_is_between_two_replies() -> None:
-    lines = [_reply(100.00, 1), _reply(100.01, 2), _reply(100.10, 10), _reply(100.10, 10, True),
-             _reply(100.11, 11), _summary(11, 4)]
+    lines = [_reply(100.00, 0), _reply(100.01, 1), _reply(100.10, 9), _reply(100.10, 9, True),
+             _reply(100.11, 10), _summary(11, 4)]
     seen = vms.outage("\n".join(lines))
     assert (seen.sent, seen.received, seen.lost, seen.duplicates) == (11, 4, 7, 1)
     assert math.isclose(seen.longest_gap, 0.09) and seen.gap_start == 100.01
@@ -29,18 +32,20 @@ def test_the_longest_gap_is_between_two_replies() -> None:
     assert math.isclose(seen.back_after(100.0, 100.2, 100.04), 0.06)
     assert seen.back_after(100.0, 100.2, 100.10) == 0.0  # the gap ended by then
     assert seen.back_after(100.105, 100.2, 100.11) == 0.0  # no gap in the window
+    # a gap that began after the resume is another one, not the resume's
+    assert seen.back_after(100.0, 100.2, 100.005) == 0.0
 
 
 def test_an_outage_at_the_end_of_the_window_counts() -> None:
     # the last 200 requests (2 s at 10 ms) unanswered: no two replies around them
-    lines = [_reply(100.00 + i / 100, i + 1) for i in range(50)] + [_summary(250, 50)]
+    lines = [_reply(100.00 + i / 100, i) for i in range(50)] + [_summary(250, 50)]
     seen = vms.outage("\n".join(lines), interval=0.01)
     assert math.isclose(seen.longest_gap, 2.0) and math.isclose(seen.gap_start, 100.49)
     assert math.isclose(seen.longest_within(101.0, 101.1), 2.0)
 
 
 def test_an_outage_at_the_start_counts_and_no_reply_is_an_infinite_gap() -> None:
-    lines = [_reply(101.00 + i / 100, i + 31) for i in range(20)] + [_summary(50, 20)]
+    lines = [_reply(101.00 + i / 100, i + 30) for i in range(20)] + [_summary(50, 20)]
     seen = vms.outage("\n".join(lines), interval=0.01)
     assert math.isclose(seen.longest_gap, 0.3) and math.isclose(seen.gap_start, 100.7)
     assert vms.outage(_summary(10, 0)).longest_gap == math.inf
