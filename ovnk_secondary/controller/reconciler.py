@@ -48,10 +48,8 @@ import contextlib
 import dataclasses
 import functools
 import gc
-import hashlib
 import json
 import logging
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
@@ -74,9 +72,11 @@ from ovnk_secondary.controller import (
     events,
     informers,
     metrics,
+    model,
     policywork,
     workqueues,
 )
+from ovnk_secondary.controller.model import Key, Nad, Pod
 from ovnk_secondary.northbound import acls, client, desired, diff
 
 logger = logging.getLogger(__name__)
@@ -91,14 +91,6 @@ IPAM_FAILED = "IPAMFailed"
 ADDRESS_IN_USE = "AddressInUse"
 NB_CONFLICT = "NorthboundConflict"
 FIELD_IGNORED = "FieldIgnored"  # accepted, not acted on (yet): said rather than silently ignored
-# On each NAD of ours: the spec.config in force (accepted). A change of the network's identity
-# (name, topology, subnets, excludeSubnets) is refused while pods are attached; keeping what
-# was accepted on the NAD itself makes the refusal survive full syncs and restarts.
-ACCEPTED_CONFIG = "ovnk-secondary.io/accepted-config"
-# Fields whose change is refused while pods are attached to the NAD.
-IDENTITY_FIELDS = ("name", "topology", "subnets", "exclude_subnets")
-
-Key = tuple[str, str]  # (namespace, name)
 # At most this many pods per NB transaction of the hot path.
 NB_BATCH = 200
 # At most this many annotation patches at once during a full sync.
@@ -118,178 +110,6 @@ NAD_WORKERS = 512
 DRIFT_SLICE = 1000
 # Pods per page of the full sync's listing: a page of full pod bodies is what it holds at once.
 LIST_PAGE = 500
-
-
-@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
-class _Pod:
-    """What the reconciler keeps of a pod: the fields it uses, in one small object.
-
-    The model holds every pod of the cluster: as dicts (even trimmed ones, with their
-    metadata and annotation maps) 10,000 pods cost several times more.
-    """
-
-    namespace: str
-    name: str
-    uid: str
-    version: str  # metadata.resourceVersion
-    node: str | None  # spec.nodeName
-    phase: str | None  # status.phase
-    deleting: bool  # metadata.deletionTimestamp is set
-    networks: str | None  # the network selection annotation
-    pod_networks: str | None  # our annotation, as the API last showed it
-    vm: str | None = None  # label vm.kubevirt.io/name: the pods of one VM may share IPAMClaims
-    # VM pods only (live migration, `migration`): creationTimestamp, TARGET_READY set, and the
-    # kubelet's condition PodReadyToStartContainers True (its sandbox and interfaces are up)
-    created: str = ""
-    target_ready: bool = False
-    sandbox_up: bool = False
-    # sorted, for MultiNetworkPolicies' selectors; kept only of pods naming networks
-    labels: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def key(self) -> Key:
-        return self.namespace, self.name
-
-    @property
-    def finished(self) -> bool:
-        """Completed pods hold no addresses (released on Succeeded/Failed, as on deletion)."""
-        return self.phase in ("Succeeded", "Failed")
-
-    @property
-    def live(self) -> bool:
-        """Scheduled, neither finished nor being deleted: a pod that may be attached."""
-        return bool(self.node) and not self.finished and not self.deleting
-
-    @property
-    def departing(self) -> bool:
-        """A VM pod finished or being deleted whose sandbox is still up on its node
-        (`migration.VmPod`)."""
-        return bool(self.node) and not self.live and self.sandbox_up
-
-    def involved(self) -> dict[str, Any]:
-        """The pod as an Event's involved object."""
-        return {"apiVersion": "v1", "kind": "Pod",
-                "metadata": {"namespace": self.namespace, "name": self.name, "uid": self.uid}}
-
-    def user(self) -> persistentips.User:
-        """The pod as a user of IPAMClaims."""
-        return persistentips.User(namespace=self.namespace, name=self.name, uid=self.uid,
-                                  vm=self.vm)
-
-
-def _pod(body: Mapping[str, Any]) -> _Pod:
-    metadata = body.get("metadata") or {}
-    annotations = metadata.get("annotations") or {}
-    labels = metadata.get("labels") or {}
-    vm = labels.get(persistentips.VM_LABEL)
-    vm = vm if isinstance(vm, str) and vm else None
-    node = (body.get("spec") or {}).get("nodeName")
-    status = body.get("status") or {}
-    networks = annotations.get(selections.ANNOTATION)
-    pod_networks = annotations.get(podnetworks.ANNOTATION)
-    return _Pod(
-        # interned: namespaces and nodes repeat across pods
-        namespace=sys.intern(str(metadata.get("namespace") or "")),
-        name=str(metadata.get("name") or ""),
-        uid=str(metadata.get("uid") or ""),
-        version=str(metadata.get("resourceVersion") or ""),
-        node=sys.intern(str(node)) if node else None,
-        phase=status.get("phase"),
-        deleting=bool(metadata.get("deletionTimestamp")),
-        networks=networks,
-        pod_networks=pod_networks,
-        vm=vm,
-        created=str(metadata.get("creationTimestamp") or "") if vm else "",
-        target_ready=vm is not None and migration.TARGET_READY in annotations,
-        sandbox_up=vm is not None and any(
-            isinstance(c, dict) and c.get("type") == migration.SANDBOX_READY
-            and c.get("status") == "True" for c in status.get("conditions") or ()),
-        labels=(tuple(sorted((str(k), str(v)) for k, v in labels.items()))
-                if networks or pod_networks else ()),
-    )
-
-
-def _vm_group(pod: _Pod) -> migration.Vm | None:
-    """The VM whose pods share the pod's MAC and static IPs (`ipam.Holders`), if any."""
-    return migration.Vm(pod.namespace, pod.vm) if pod.vm else None
-
-
-def _migration_facts(pod: _Pod) -> tuple[bool, bool, bool, str]:
-    """What of a VM's pod decides the ports of its other pods (`migration.decide`)."""
-    return pod.live, pod.departing, pod.target_ready, pod.created
-
-
-def _network_name(body: Mapping[str, Any]) -> str | None:
-    """The network a NAD names, None when it is not ours or invalid."""
-    try:
-        config = nads.parse_nad(body)
-    except errors.InvalidConfig:
-        return None
-    return config.name if config is not None else None
-
-
-def _pod_of_port(port: str, external_ids: Mapping[str, str]) -> Key | None:
-    """The pod a pod port of ours belongs to: exact, from its NAD and namespace keys.
-
-    The port name is `naming.pod_port_name(nad, namespace, pod)`; knowing the NAD and the
-    namespace, the pod's name is what follows them (checked by deriving the name again).
-    """
-    nad_key, namespace = external_ids.get(naming.NAD_KEY), external_ids.get("namespace")
-    if not nad_key or not namespace:
-        return None
-    head = naming.pod_port_name(nad_key, namespace, "")
-    name = port[len(head):]
-    # a KubeVirt VM's own port (`naming.vm_port_name`) has a `_` there: no pod's
-    return (namespace, name) if name and "_" not in name and port.startswith(head) else None
-
-
-def _split(nad_key: str) -> Key:
-    namespace, _, name = nad_key.partition("/")
-    return namespace, name
-
-
-def _key(body: Mapping[str, Any]) -> Key:
-    metadata = body.get("metadata") or {}
-    return str(metadata.get("namespace") or ""), str(metadata.get("name") or "")
-
-
-def _fingerprint(state: desired.State) -> bytes:
-    """A digest of rows, to remember what was written without keeping the rows (~2 kB a pod).
-
-    Equal states give equal digests (the rows are built the same way each time); a state
-    that differs gives another digest but with a chance of 2**-128.
-    """
-    return hashlib.blake2b(repr(state).encode(), digest_size=16).digest()
-
-
-@dataclasses.dataclass(kw_only=True)
-class _Nad:
-    body: dict[str, Any]
-    config: nads.NetworkConfig | None  # in force; None: not ours or invalid
-    problem: str | None = None  # why it is not applied, for pods that select it
-    reason: str | None = None  # the Event reason of `problem` (or of a refused change)
-    accepted_text: str | None = None  # the spec.config text of `config`, once accepted
-    pending: bool = False  # accepted, but ACCEPTED_CONFIG is not yet written: no pods yet
-
-    @property
-    def applied(self) -> bool:
-        return self.config is not None and self.problem is None
-
-
-def _accepted(body: Mapping[str, Any]) -> str | None:
-    annotations = (body.get("metadata") or {}).get("annotations") or {}
-    text = annotations.get(ACCEPTED_CONFIG)
-    return text if isinstance(text, str) else None
-
-
-def _spec_config(body: Mapping[str, Any]) -> str | None:
-    spec = body.get("spec") or {}
-    text = spec.get("config") if isinstance(spec, Mapping) else None
-    return text if isinstance(text, str) else None
-
-
-def _identity_changed(old: nads.NetworkConfig, new: nads.NetworkConfig) -> bool:
-    return any(getattr(old, f) != getattr(new, f) for f in IDENTITY_FIELDS)
 
 
 class Reconciler:
@@ -312,15 +132,15 @@ class Reconciler:
         self.retry_period = retry_period
         self._nb_thread = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="ovn-nb")
-        self._nads: dict[Key, _Nad] = {}
+        self._nads: dict[Key, Nad] = {}
         # the NADs refused for a NETWORK_CONFLICT, in the order refused (values unused): decided
         # again when a network goes, without a pass over every NAD per deletion
         self._conflicted: dict[Key, None] = {}
         self._networks: dict[str, nads.NetworkConfig] = {}  # network name -> effective config
         self._network_nads: dict[str, list[str]] = collections.defaultdict(list)  # accepted
-        self._pods: dict[Key, _Pod] = {}
+        self._pods: dict[Key, Pod] = {}
         # per pod key, deleted incarnations whose addresses and ports are still to release
-        self._gone: dict[Key, list[_Pod]] = {}
+        self._gone: dict[Key, list[Pod]] = {}
         self._pod_queue: workqueues.WorkQueue[Key] = workqueues.WorkQueue(
             process=self._work_on_pod, workers=POD_WORKERS)
         # NAD events from the informer, per NAD key in arrival order: (deleted, body)
@@ -400,9 +220,9 @@ class Reconciler:
             self._written_session = session
         return self._written
 
-    async def _warn(self, subject: Mapping[str, Any] | _Pod, reason: str, message: str) -> None:
+    async def _warn(self, subject: Mapping[str, Any] | Pod, reason: str, message: str) -> None:
         """A Warning Event on a NAD, pod or IPAMClaim (each distinct message once)."""
-        await self.events.post(subject.involved() if isinstance(subject, _Pod) else subject,
+        await self.events.post(subject.involved() if isinstance(subject, Pod) else subject,
                                reason, message)
 
     async def _pod_work(self, work: Callable[[], Awaitable[None]]) -> None:
@@ -440,38 +260,38 @@ class Reconciler:
 
     # -- NADs -----------------------------------------------------------------------------
 
-    async def _warn_ignored(self, body: dict[str, Any], nad: _Nad, before: _Nad | None) -> None:
+    async def _warn_ignored(self, body: dict[str, Any], nad: Nad, before: Nad | None) -> None:
         """A Warning Event naming what the NAD's config says that is not acted on, when that
         is new (not again on every full sync or echo of our own annotation)."""
         ignored = nad.config.ignored if nad.config is not None else ()
         was = before.config.ignored if before is not None and before.config is not None else ()
         if ignored and ignored != was:
             await self._warn(body, FIELD_IGNORED,
-                             f"NAD {_key(body)[0]}/{_key(body)[1]}: {'; '.join(ignored)}")
+                             f"NAD {'/'.join(model.key_of(body))}: {'; '.join(ignored)}")
 
-    def _decide_nad(self, body: dict[str, Any]) -> tuple[_Nad, str | None]:
+    def _decide_nad(self, body: dict[str, Any]) -> tuple[Nad, str | None]:
         """Record a NAD; returns it and the message of a refused change (else None)."""
-        key = _key(body)
+        key = model.key_of(body)
         try:
             config = nads.parse_nad(body)
         except errors.InvalidConfig as exc:
-            return self._store_nad(key, _Nad(body=body, config=None, problem=str(exc),
+            return self._store_nad(key, Nad(body=body, config=None, problem=str(exc),
                                              reason=INVALID_CONFIG)), None
         if config is None:
-            return self._store_nad(key, _Nad(body=body, config=None)), None
-        text = _spec_config(body)
+            return self._store_nad(key, Nad(body=body, config=None)), None
+        text = model.spec_config(body)
         refused = None
         accepted, accepted_text = self._accepted_before(key, body)
-        if accepted is not None and _identity_changed(accepted, config):
+        if accepted is not None and model.identity_changed(accepted, config):
             attached = self._attached_count(accepted.nad_key)
             if attached:
                 refused = (f"NAD {config.nad_key}: changing the network name, topology, "
                            f"subnets or excludeSubnets is refused while {attached} pod(s) "
                            f"are attached; the accepted config stays in force (annotation "
-                           f"{ACCEPTED_CONFIG}); delete the pods first or create a new NAD")
+                           f"{model.ACCEPTED_CONFIG}); delete the pods first or create a new NAD")
                 # the identity stays; what may change in place (mtu, vlanID) follows the NAD
                 config = dataclasses.replace(
-                    config, **{f: getattr(accepted, f) for f in IDENTITY_FIELDS})
+                    config, **{f: getattr(accepted, f) for f in model.IDENTITY_FIELDS})
                 text = accepted_text
         network = self._networks.get(config.name)
         others = [n for n in self._network_nads.get(config.name, []) if n != config.nad_key]
@@ -483,7 +303,7 @@ class Reconciler:
                     for f in differing)
                 message = (f"NAD {config.nad_key} disagrees with NAD(s) {', '.join(others)} "
                            f"of network {config.name} on {fields}; make them equal")
-                return self._store_nad(key, _Nad(body=body, config=config, problem=message,
+                return self._store_nad(key, Nad(body=body, config=config, problem=message,
                                                  reason=NETWORK_CONFLICT)), refused
         switch = desired.switch_name(config)
         holder = self._switch_owner.get(switch)
@@ -493,11 +313,11 @@ class Reconciler:
                        f"{', '.join(self._network_nads.get(holder, [])) or 'none'}) already "
                        "uses: OVN-Kubernetes' names map '-' and '/' to '.', so OVN cannot "
                        "tell the two networks apart; rename one of them")
-            return self._store_nad(key, _Nad(body=body, config=config, problem=message,
+            return self._store_nad(key, Nad(body=body, config=config, problem=message,
                                              reason=NETWORK_CONFLICT)), refused
-        nad = self._store_nad(key, _Nad(
+        nad = self._store_nad(key, Nad(
             body=body, config=config, reason=CHANGE_REFUSED if refused else None,
-            accepted_text=text, pending=text != _accepted(body)))
+            accepted_text=text, pending=text != model.accepted_text(body)))
         self._network_nads[config.name].append(config.nad_key)
         effective = dataclasses.replace(config, nad_key=(others[0] if others else config.nad_key))
         if network != effective and (network is None or not others):
@@ -508,11 +328,11 @@ class Reconciler:
         self, key: Key, body: Mapping[str, Any]
     ) -> tuple[nads.NetworkConfig | None, str | None]:
         """The config in force for this NAD before this event: ours in memory, else the one
-        its ACCEPTED_CONFIG annotation records (after a restart); (None, None) when none."""
+        its `model.ACCEPTED_CONFIG` annotation records (after a restart); (None, None) when none."""
         previous = self._nads.get(key)
         if previous is not None and previous.applied:
             return previous.config, previous.accepted_text
-        text = _accepted(body)
+        text = model.accepted_text(body)
         if text is None:
             return None, None
         try:
@@ -520,7 +340,7 @@ class Reconciler:
         except (errors.InvalidConfig, ValueError, RecursionError):
             return None, None
 
-    def _store_nad(self, key: Key, nad: _Nad) -> _Nad:
+    def _store_nad(self, key: Key, nad: Nad) -> Nad:
         self._forget_nad(key)
         self._nads[key] = nad
         if nad.reason == NETWORK_CONFLICT:
@@ -609,11 +429,11 @@ class Reconciler:
                 del self._switch_owner[switch]
         return gone
 
-    async def _write_accepted(self, nad: _Nad) -> bool:
-        """Record the config in force on the NAD (ACCEPTED_CONFIG); False when it failed."""
-        namespace, name = _key(nad.body)
+    async def _write_accepted(self, nad: Nad) -> bool:
+        """Record the config in force on the NAD (`model.ACCEPTED_CONFIG`); False when it failed."""
+        namespace, name = model.key_of(nad.body)
         try:
-            await self.api.annotate_nad(namespace=namespace, name=name, key=ACCEPTED_CONFIG,
+            await self.api.annotate_nad(namespace=namespace, name=name, key=model.ACCEPTED_CONFIG,
                                         value=nad.accepted_text or "")
         except apiclient.ApiError as exc:
             if exc.status == 404:
@@ -633,7 +453,7 @@ class Reconciler:
     async def nad_changed(self, body: dict[str, Any]) -> None:
         # after the first full sync: an event of a NAD it did not list must not be lost
         await self.synced.wait()
-        key = _key(body)
+        key = model.key_of(body)
         before = self._nads.get(key)
         old_network = (self._networks.get(before.config.name)
                        if before is not None and before.config is not None else None)
@@ -698,7 +518,7 @@ class Reconciler:
 
     async def nad_deleted(self, body: dict[str, Any]) -> None:
         await self.synced.wait()
-        key = _key(body)
+        key = model.key_of(body)
         nad = self._nads.get(key)
         self._forget_nad(key)
         gone = self._drop_unused_networks([nad.config.name if nad and nad.config else None])
@@ -772,7 +592,7 @@ class Reconciler:
 
     # -- pods -----------------------------------------------------------------------------
 
-    def _selects(self, pod: _Pod, nad_key: str) -> bool:
+    def _selects(self, pod: Pod, nad_key: str) -> bool:
         if not pod.networks:
             return False
         try:
@@ -784,7 +604,7 @@ class Reconciler:
 
     def pod_changed(self, body: Mapping[str, Any]) -> None:
         """Record the pod and queue it: the work happens in the queue's workers."""
-        pod = _pod(body)
+        pod = model.pod(body)
         key = pod.key
         previous = self._pods.get(key)
         if previous is not None and previous.uid != pod.uid:
@@ -793,8 +613,8 @@ class Reconciler:
         self._index(previous, pod)
         self._index_vm(previous, pod)
         self._queue_pod(key)
-        if pod.vm is not None and (previous is None or _migration_facts(previous)
-                                   != _migration_facts(pod)):
+        if pod.vm is not None and (previous is None or model.migration_facts(previous)
+                                   != model.migration_facts(pod)):
             self._queue_vm(pod)  # the VM's other pods' ports may change with this one
         if pod.pod_networks and (previous is None or (previous.labels, previous.pod_networks)
                                  != (pod.labels, pod.pod_networks)):
@@ -806,7 +626,7 @@ class Reconciler:
         `body` may hold only the pod's namespace, name and uid (a deletion a re-list found):
         what is held of that pod then stands for it.
         """
-        pod = _pod(body)
+        pod = model.pod(body)
         key = pod.key
         current = self._pods.get(key)
         if current is not None and current.uid == pod.uid:
@@ -821,7 +641,7 @@ class Reconciler:
             self._queue_vm(pod)  # a migration's source alone again, or the switch-over done
 
     def _nad_event(self, body: dict[str, Any], *, deleted: bool) -> None:
-        key = _key(body)
+        key = model.key_of(body)
         self._nad_events.setdefault(key, []).append((deleted, body))
         self._nad_queue.add(key)
 
@@ -903,7 +723,7 @@ class Reconciler:
         for key in self._claim_selecting.get(claim, ()):
             self._pod_queue.add(key)
 
-    def _index(self, before: _Pod | None, after: _Pod | None) -> None:
+    def _index(self, before: Pod | None, after: Pod | None) -> None:
         """Keep `_selecting` (NAD key -> pods naming it), `_claim_refs` and `_claim_selecting`
         (the IPAMClaims pods name) up to date for one pod."""
         if before is not None and after is not None and before.networks == after.networks:
@@ -928,7 +748,7 @@ class Reconciler:
                     if adding:
                         self._claim_refs.setdefault(pod.key, {})[selection.nad_key] = claim[1]
 
-    def _index_vm(self, before: _Pod | None, after: _Pod | None) -> None:
+    def _index_vm(self, before: Pod | None, after: Pod | None) -> None:
         """Keep `_vms` (the pods of each VM) up to date for one pod."""
         if before is not None and before.vm is not None:
             members = self._vms.get((before.namespace, before.vm))
@@ -939,12 +759,12 @@ class Reconciler:
         if after is not None and after.vm is not None:
             self._vms[(after.namespace, after.vm)].add(after.key)
 
-    def _queue_vm(self, pod: _Pod) -> None:
+    def _queue_vm(self, pod: Pod) -> None:
         for key in self._vms.get((pod.namespace, pod.vm or ""), ()):
             if key != pod.key:
                 self._queue_pod(key)
 
-    def _migration(self, pod: _Pod) -> migration.Decision | None:
+    def _migration(self, pod: Pod) -> migration.Decision | None:
         """The port modes of the live pods of the pod's VM (its departing pods considered);
         None for a pod of no VM."""
         if pod.vm is None:
@@ -955,7 +775,7 @@ class Reconciler:
                             live=p.live)
             for p in members if p is not None and (p.live or p.departing)))
 
-    def _vm_chassis(self, pod: _Pod, decision: migration.Decision | None) -> tuple[str, ...]:
+    def _vm_chassis(self, pod: Pod, decision: migration.Decision | None) -> tuple[str, ...]:
         """The chassis of the VM's own ports (`migration.requested_chassis`; the decision's
         pods, live or departing, are scheduled); the pod's node outside a VM."""
         if decision is None:
@@ -964,7 +784,7 @@ class Reconciler:
         return migration.requested_chassis(
             decision, {key: str(self._pods[key].node) for key in keys})
 
-    def _note_gone(self, key: Key, pod: _Pod) -> None:
+    def _note_gone(self, key: Key, pod: Pod) -> None:
         gone = self._gone.setdefault(key, [])
         if all(g.uid != pod.uid for g in gone):
             gone.append(pod)
@@ -989,7 +809,7 @@ class Reconciler:
             logger.warning("pod %s/%s: %s; a full sync will retry", *key, exc)
             self._needs_sync = True
 
-    async def _release_pod(self, pod: _Pod) -> None:
+    async def _release_pod(self, pod: Pod) -> None:
         """Release the pod's addresses (not those of IPAMClaims: they stay the claims') and
         remove its ports."""
         namespace, name = pod.key
@@ -1021,7 +841,7 @@ class Reconciler:
             port_names.add(port_name)
             if entry.logical_switch_port is not None and not vm_live:
                 vm_ports.add(port_name)
-            nad = self._nads.get(_split(nad_key))
+            nad = self._nads.get(model.split_nad_key(nad_key))
             if nad_key in kept or nad is None or not nad.applied or nad.config is None:
                 continue  # a deleted NAD released its owners already
             self._release_owner(nad.config.name, ipam.Owner(nad_key=nad_key,
@@ -1044,7 +864,7 @@ class Reconciler:
                 self._needs_sync = True
 
     def _reserve_recorded(
-        self, pod: _Pod, recorded: dict[str, podnetworks.PodNetwork], *,
+        self, pod: Pod, recorded: dict[str, podnetworks.PodNetwork], *,
         network: str | None = None,
     ) -> None:
         """Reserve what a live pod's annotation records: its IPs, its MAC and static IPs
@@ -1052,7 +872,7 @@ class Reconciler:
         if pod.finished or not pod.node:
             return
         for nad_key, entry in recorded.items():
-            nad = self._nads.get(_split(nad_key))
+            nad = self._nads.get(model.split_nad_key(nad_key))
             if nad is None or not nad.applied or nad.config is None:
                 continue
             config = self._networks.get(nad.config.name)
@@ -1060,12 +880,12 @@ class Reconciler:
                 continue
             try:
                 self._reserve(config.name, self._recorded_owner(pod, nad_key, config, entry),
-                              entry, group=_vm_group(pod))
+                              entry, group=model.vm_group(pod))
             except errors.IpamError as exc:
                 logger.warning("pod %s/%s: %s", pod.namespace, pod.name, exc)
 
     def _recorded_owner(
-        self, pod: _Pod, nad_key: str, network: nads.NetworkConfig,
+        self, pod: Pod, nad_key: str, network: nads.NetworkConfig,
         entry: podnetworks.PodNetwork,
     ) -> ipam.Owner | persistentips.ClaimOwner:
         """Who holds a live pod's recorded addresses on a NAD: the IPAMClaim its element names
@@ -1084,7 +904,7 @@ class Reconciler:
         return ipam.Owner(nad_key=nad_key, namespace=pod.namespace, name=pod.name)
 
     def _new_owner(
-        self, pod: _Pod, network: nads.NetworkConfig, selection: selections.NetworkSelection,
+        self, pod: Pod, network: nads.NetworkConfig, selection: selections.NetworkSelection,
         problems: list[tuple[str, str]],
     ) -> ipam.Owner | persistentips.ClaimOwner | None:
         """Who is to hold the addresses of a new attachment: the IPAMClaim the element names
@@ -1127,7 +947,7 @@ class Reconciler:
                           ips=() if pool is not None else entry.ip_addresses or (), group=group)
 
     def _attachments(
-        self, pod: _Pod, recorded: dict[str, podnetworks.PodNetwork],
+        self, pod: Pod, recorded: dict[str, podnetworks.PodNetwork],
         problems: list[tuple[str, str]],
         claimed: dict[str, tuple[persistentips.ClaimOwner, bool]] | None = None,
     ) -> list[tuple[nads.NetworkConfig, desired.Attachment]]:
@@ -1204,7 +1024,7 @@ class Reconciler:
             else:
                 owner = self._recorded_owner(pod, selection.nad_key, network, entry)
                 try:
-                    self._reserve(network.name, owner, entry, group=_vm_group(pod))
+                    self._reserve(network.name, owner, entry, group=model.vm_group(pod))
                 except errors.IpamError as exc:
                     problems.append((IPAM_FAILED, f"recorded addresses of {owner}: {exc}"))
             if isinstance(owner, persistentips.ClaimOwner) and claimed is not None:
@@ -1225,7 +1045,7 @@ class Reconciler:
         return result
 
     def _allocate(
-        self, pod: _Pod, network: nads.NetworkConfig, selection: selections.NetworkSelection,
+        self, pod: Pod, network: nads.NetworkConfig, selection: selections.NetworkSelection,
         owner: ipam.Owner | persistentips.ClaimOwner,
     ) -> podnetworks.PodNetwork | tuple[str, str]:
         """A new entry for the pod on a NAD, or the (reason, message) of why there is none.
@@ -1257,7 +1077,7 @@ class Reconciler:
         try:
             self._holders[network.name].claim(
                 owner, macs=[mac], ips=() if pool is not None else ips or (),
-                group=_vm_group(pod))
+                group=model.vm_group(pod))
         except errors.IpamError as exc:
             if pool is not None and isinstance(owner, ipam.Owner):
                 pool.release(owner=owner)
@@ -1268,7 +1088,7 @@ class Reconciler:
                                       logical_switch_port=vm_port)
 
     async def _annotate(
-        self, pod: _Pod, recorded: dict[str, podnetworks.PodNetwork],
+        self, pod: Pod, recorded: dict[str, podnetworks.PodNetwork],
         before: str | None,
     ) -> bool:
         """Write the annotation if it changed; False when the pod is gone."""
@@ -1293,7 +1113,7 @@ class Reconciler:
                                 podnetworks.port_name(nad_key, namespace, name, entry))
         return True
 
-    def _wrote_annotation(self, pod: _Pod, before: str | None, text: str) -> None:
+    def _wrote_annotation(self, pod: Pod, before: str | None, text: str) -> None:
         """Hold the annotation just written as the pod's, in the model and in its deleted
         incarnations waiting for release, unless a newer one was seen meanwhile.
 
@@ -1313,7 +1133,7 @@ class Reconciler:
             if old.uid == pod.uid and old.pod_networks == before:
                 gone[i] = dataclasses.replace(old, pod_networks=text)
 
-    def _recorded(self, pod: _Pod) -> tuple[str | None, dict[str, Any]]:
+    def _recorded(self, pod: Pod) -> tuple[str | None, dict[str, Any]]:
         """The pod's annotation text and a fresh dict of its entries (callers add to it)."""
         text = pod.pod_networks
         key = pod.key
@@ -1349,7 +1169,7 @@ class Reconciler:
         # disabled in one transaction (the source's only if still there: `client.Part`)
         vacated = self._vacated_source_ports(pod)
         want = desired.state((), [*attachments, *vacated])
-        fingerprint = _fingerprint(want)
+        fingerprint = model.fingerprint(want)
         written = self._written_now()
         if written.get(key) == fingerprint and podnetworks.encode(recorded) == before:
             return  # nothing changed for this pod (e.g. the echo of our own annotation)
@@ -1381,7 +1201,7 @@ class Reconciler:
                 self.policies.touch(networks=[network.name for network, _ in attachments])
 
     def _vacated_source_ports(
-            self, pod: _Pod) -> list[tuple[nads.NetworkConfig, desired.Attachment]]:
+            self, pod: Pod) -> list[tuple[nads.NetworkConfig, desired.Attachment]]:
         """For the target of a live migration whose domain is ready: the source's ports, as
         its annotation records them, VACATED (`migration`); else nothing."""
         decision = self._migration(pod)
@@ -1395,7 +1215,7 @@ class Reconciler:
         for nad_key, entry in self._recorded(source)[1].items():
             if entry.logical_switch_port is not None:
                 continue  # the VM's own port: the target's attachment writes it
-            nad = self._nads.get(_split(nad_key))
+            nad = self._nads.get(model.split_nad_key(nad_key))
             network = self._networks.get(nad.config.name) if nad is not None and \
                 nad.applied and nad.config is not None else None
             if network is None:
@@ -1407,7 +1227,7 @@ class Reconciler:
         return found
 
     async def _persist_claims(
-        self, pod: _Pod, recorded: Mapping[str, podnetworks.PodNetwork],
+        self, pod: Pod, recorded: Mapping[str, podnetworks.PodNetwork],
         claimed: Mapping[str, tuple[persistentips.ClaimOwner, bool]],
     ) -> bool:
         """Write to each IPAMClaim the pod is attached with the addresses it got there, unless
@@ -1462,7 +1282,7 @@ class Reconciler:
         return True
 
     async def _report_conflicts(
-        self, change: diff.Diff, pod: _Pod | None = None
+        self, change: diff.Diff, pod: Pod | None = None
     ) -> None:
         """A Warning Event per conflicting row: on the NADs of the network whose switch it
         is, and on the pod whose ports it blocks (a log line when neither is known)."""
@@ -1471,9 +1291,9 @@ class Reconciler:
                        f"(no external_ids:{naming.OWNER_KEY}); nothing is written into it: "
                        "remove it or rename the network")
             network = self._switch_owner.get(name)
-            subjects: list[Mapping[str, Any] | _Pod] = [
+            subjects: list[Mapping[str, Any] | Pod] = [
                 nad.body for nad_key in self._network_nads.get(network or "", [])
-                if (nad := self._nads.get(_split(nad_key))) is not None]
+                if (nad := self._nads.get(model.split_nad_key(nad_key))) is not None]
             if pod is not None:
                 subjects.append(pod)
             for subject in subjects:
@@ -1519,10 +1339,10 @@ class Reconciler:
             return  # the first full sync will look at everything
         ids = change.external_ids
         if change.table == "Logical_Switch_Port" and ids.get("pod") == "true":
-            nad = self._nads.get(_split(ids.get(naming.NAD_KEY, "")))
+            nad = self._nads.get(model.split_nad_key(ids.get(naming.NAD_KEY, "")))
             if nad is None or not nad.applied:
                 return  # the port went with its NAD (or will): nothing to repair
-            key = _pod_of_port(change.name, ids)
+            key = model.pod_of_port(change.name, ids)
             if key is not None and key in self._pods:
                 self._written.pop(key, None)
                 self._pod_queue.add(key)
@@ -1590,7 +1410,7 @@ class Reconciler:
                          for name in self._networks})
         return self._snapshot
 
-    async def _list_pods(self) -> dict[Key, _Pod]:
+    async def _list_pods(self) -> dict[Key, Pod]:
         """Every pod, trimmed page by page; pod events seen meanwhile win over the listing.
 
         An event that arrives while the listing is under way may be newer than what the
@@ -1599,9 +1419,9 @@ class Reconciler:
         """
         self._touched = set()
         try:
-            listed: dict[Key, _Pod] = {}
+            listed: dict[Key, Pod] = {}
             async for page, _ in self.api.pages(apiclient.PODS_PATH, limit=LIST_PAGE):
-                for pod in map(_pod, page):
+                for pod in map(model.pod, page):
                     listed[pod.key] = pod
                 del page  # not kept while the next page arrives
             for key in self._touched:
@@ -1642,9 +1462,9 @@ class Reconciler:
         # networks NB already has a switch of first: when two networks derive one switch
         # name, the one holding the switch keeps it, whatever the order of their NADs
         in_nb = {s.external_ids.get(naming.NETWORK_KEY) for s in have.switches.values()}
-        nad_list.sort(key=lambda b: (_network_name(b) not in in_nb,
+        nad_list.sort(key=lambda b: (model.network_name(b) not in in_nb,
                                      b.get("metadata", {}).get("creationTimestamp") or "",
-                                     _key(b)))
+                                     model.key_of(b)))
         previous_nads = self._nads
         self._nads, self._networks, self._pools, self._holders = {}, {}, {}, {}
         self._conflicted = {}
@@ -1665,7 +1485,7 @@ class Reconciler:
         self._written.clear()
         for body in nad_list:
             nad, refused = self._decide_nad(body)
-            old = previous_nads.get(_key(body))
+            old = previous_nads.get(model.key_of(body))
             if refused is not None:
                 await self._warn(body, CHANGE_REFUSED, refused)
             if nad.problem is not None and nad.reason is not None and (
@@ -1675,7 +1495,7 @@ class Reconciler:
         # the accepted configs are recorded on their NADs before any pod is allocated on them
         limit = asyncio.Semaphore(ANNOTATE_CONCURRENCY)
 
-        async def accept(nad: _Nad) -> None:
+        async def accept(nad: Nad) -> None:
             async with limit:
                 await self._write_accepted(nad)
 
@@ -1691,7 +1511,7 @@ class Reconciler:
         # a burst of creations) are annotated concurrently: one by one, a sync landing in a
         # burst spent seconds on round trips. Allocation stays sequential (above).
 
-        async def annotate(key: Key, pod: _Pod, found: list[Any], recorded: dict[str, Any],
+        async def annotate(key: Key, pod: Pod, found: list[Any], recorded: dict[str, Any],
                            before: str | None, claimed: dict[str, Any]) -> None:
             try:
                 async with limit:
@@ -1734,7 +1554,7 @@ class Reconciler:
             for key, found in pod_attachments.items():
                 ports = {a.port_name: want.ports[a.port_name] for _, a in found}
                 if conflicting.isdisjoint(ports):
-                    written[key] = _fingerprint(desired.State(ports=ports))
+                    written[key] = model.fingerprint(desired.State(ports=ports))
         return change
 
     async def run_background(self, *, stop: asyncio.Event) -> None:

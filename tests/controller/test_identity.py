@@ -15,7 +15,7 @@ import hypothesis
 from hypothesis import strategies as st
 
 from ovnk_secondary import ipam, naming
-from ovnk_secondary.controller import reconciler
+from ovnk_secondary.controller import model, reconciler
 from ovnk_secondary.northbound import desired
 
 # DNS-1123 labels (namespaces) and subdomains (NAD and pod names), from a tiny alphabet
@@ -51,7 +51,7 @@ def _nad(namespace: str, name: str, network: str, topology: str, **more: Any) ->
     text = json.dumps(config)
     # as the controller leaves it once accepted (else its pods wait for that annotation)
     return {"metadata": {"namespace": namespace, "name": name, "uid": f"{namespace}/{name}",
-                         "annotations": {reconciler.ACCEPTED_CONFIG: text}},
+                         "annotations": {model.ACCEPTED_CONFIG: text}},
             "spec": {"config": text}}
 
 
@@ -92,7 +92,7 @@ def test_a_port_name_maps_back_to_exactly_one_pod(
     for nad_ns, nad, pod_ns, pod in (first, second):
         port = naming.pod_port_name(f"{nad_ns}/{nad}", pod_ns, pod)
         ids = {naming.NAD_KEY: f"{nad_ns}/{nad}", "namespace": pod_ns}
-        assert reconciler._pod_of_port(port, ids) == (pod_ns, pod)
+        assert model.pod_of_port(port, ids) == (pod_ns, pod)
         ports.append(port)
     if ports[0] == ports[1]:
         assert first[2:] == second[2:]
@@ -113,7 +113,7 @@ def test_a_vm_port_is_never_a_pods_and_names_one_vm(
     for other_nad_ns, other_nad, pod_ns, pod in (first, second):
         assert vm_port != naming.pod_port_name(f"{other_nad_ns}/{other_nad}", pod_ns, pod)
         ids = {naming.NAD_KEY: f"{nad_ns}/{nad}", "namespace": vm_ns}
-        assert reconciler._pod_of_port(vm_port, ids) is None
+        assert model.pod_of_port(vm_port, ids) is None
     if vm_port == naming.vm_port_name("/".join(second[:2]), *second[2:]):
         assert first[2:] == second[2:]
         assert naming.prefix("/".join(first[:2])) == naming.prefix("/".join(second[:2]))
@@ -134,7 +134,7 @@ def test_pods_on_nads_that_mangle_alike_get_distinct_addresses_and_macs(
     for number, (pod_ns, pod_name) in enumerate(pods):
         chosen = data.draw(st.lists(st.sampled_from(nad_keys), min_size=1, unique=True))
         selection = ",".join(f"{ns}/{name}" for ns, name in chosen)
-        pod = reconciler._pod({"metadata": {
+        pod = model.pod({"metadata": {
             "namespace": pod_ns, "name": pod_name, "uid": str(number),
             "annotations": {"k8s.v1.cni.cncf.io/networks": selection}},
             "spec": {"nodeName": "n"}})

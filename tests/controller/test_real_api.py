@@ -18,7 +18,7 @@ from typing import Any
 import kubernetes
 import pytest
 
-from ovnk_secondary.controller import apiclient, leaderelection, reconciler
+from ovnk_secondary.controller import apiclient, leaderelection, model
 from ovnk_secondary.northbound import servers
 from ovnk_secondary.sandbox import kubeapi
 from tests import kube
@@ -95,7 +95,7 @@ def test_the_controller_works_with_its_own_least_privilege_identity(
         assert networks["test/nad-layer2"]["ip_addresses"][0].startswith("10.100.0.")
         assert networks["test/nad-localnet2"]["ip_addresses"] is None
         nad = _get(control_plane, "net-attach-def", "-n", "test", "nad-layer2")
-        accepted = nad["metadata"]["annotations"][reconciler.ACCEPTED_CONFIG]
+        accepted = nad["metadata"]["annotations"][model.ACCEPTED_CONFIG]
         assert json.loads(accepted)["subnets"] == "10.100.0.0/24"
         lease = _get(control_plane, "lease", "-n", "ovnk-secondary", "ovnk-secondary-controller")
         assert lease["spec"]["holderIdentity"]
