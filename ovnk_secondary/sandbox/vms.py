@@ -565,24 +565,29 @@ class Outage:
 
 
 def outage(output: str, *, interval: float = 0.01) -> Outage:
-    """Parse `fping -D -p MS -c COUNT` output (`[<epoch>] <address> : [<seq>], 64 bytes, ...`
-    per reply, seq from 0; `<address> : duplicate for [<seq>], ...`; the summary
-    `<address> : xmt/rcv/%loss = SENT/RECEIVED/...`).
+    """Parse `fping -D -l -s -p MS` output: `[<epoch>] <address> : [<seq>], 64 bytes, ...` per
+    reply (seq from 0; a duplicate reply repeats its seq: loop mode prints every reply, where
+    count mode drops duplicates unseen) and, once stopped with SIGINT, the global statistics'
+    `<N> ICMP Echos sent` (counted as sent; the per-target `xmt` counts a ping once its reply
+    or timeout came, and a duplicate again).
 
     The longest gap is the longest time between two consecutive replies, or, when the first
     or the last requests went unanswered, their time at `interval` apart (requests before the
     first reply, or after the last one until the end): a window that ends in an outage shows
     it. Without any reply it is infinite."""
     replies: list[tuple[float, int]] = []  # (epoch, seq)
+    seen: set[int] = set()
     duplicates = 0
     sent = 0
     for line in output.splitlines():
-        if "xmt/rcv/%loss = " in line:
-            sent = int(line.split("xmt/rcv/%loss = ", 1)[1].split("/")[0])
-        elif "duplicate for [" in line:
-            duplicates += 1
+        if line.strip().endswith(" ICMP Echos sent"):
+            sent = int(line.split()[0])
         elif line.startswith("[") and " : [" in line and " bytes, " in line:
             seq = int(line.split(" : [", 1)[1].split("]", 1)[0])
+            if seq in seen:
+                duplicates += 1
+                continue
+            seen.add(seq)
             replies.append((float(line[1:line.index("]")]), seq))
     if not replies:
         return Outage(sent=sent, received=0, longest_gap=float("inf"), duplicates=duplicates)
@@ -600,16 +605,20 @@ def outage(output: str, *, interval: float = 0.01) -> Outage:
 def probe_in_background(container: str, argv: Sequence[str]) -> subprocess.Popen[str]:
     """Start `argv` in `container` (`docker exec`), real-time above the datapath
     (`realtime.PROBE_PRIORITY`) so that a probe measures the network, not its own wait for a
-    CPU; its stdout and stderr are the Popen's stdout. `argv` must exec its way to the probe
-    (`nsenter`, `ip netns exec` do), which keeps the pid the shell prints first
-    (`realtime.probe`: where the host refuses, the probe runs as it is)."""
+    CPU; its stdout and stderr are the Popen's stdout. The shell that runs `argv` prints its
+    pid and waits until it is real-time (`realtime.probe`: where the host refuses, the probe
+    runs as it is); what it then execs (`nsenter`, `ip netns exec`, `timeout`) and what that
+    forks inherit the policy."""
     process = subprocess.Popen(
-        ["docker", "exec", container, "sh", "-c", 'echo "$$"; exec "$@"', "sh", *argv],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert process.stdout is not None
+        ["docker", "exec", "-i", container, "sh", "-c", 'echo "$$"; read -r go; exec "$@"',
+         "sh", *argv],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert process.stdin is not None and process.stdout is not None
     first = process.stdout.readline().strip()
     if first.isdigit():
         realtime.probe(int(first), container)
+    process.stdin.write("go\n")  # real-time before it starts, and so are the ones it forks
+    process.stdin.flush()  # left open: `communicate` closes it
     return process
 
 
@@ -621,18 +630,18 @@ def ping_in_background(sb: cluster.Sandbox, container: str, netns: Sequence[str]
     a pod, `ip netns exec vlan33` for an external host); returns a function waiting for its
     end and returning the `Outage`. `size`: ICMP payload bytes, sent unfragmented.
 
-    The prober is `fping -D -p MS -c COUNT -t PATIENCE`, not iputils' `ping -i`: for
-    intervals of 10 ms and less (1/HZ) iputils busy-waits (`sched_yield` and non-blocking
-    `recvmsg`, about 4,800 times a second: 35-45% of a CPU), which at the probe's real-time
-    priority starved the datapath below it and set off the kernel's guard for starved tasks,
-    every path then silent for 50-60 ms at once. fping waits in `pselect`. Replies up to
-    `PATIENCE` late count, as iputils' did."""
+    The prober is `fping -D -l -s -p MS -t PATIENCE_MS`, stopped by `timeout -s INT`, not
+    iputils' `ping -i`: for intervals of 10 ms and less (1/HZ) iputils busy-waits
+    (`sched_yield` and non-blocking `recvmsg`, about 4,800 times a second: 35-45% of a CPU),
+    which at the probe's real-time priority starved the datapath below it and set off the
+    kernel's guard for starved tasks, every path then silent for 50-60 ms at once. fping
+    waits in `pselect`. Replies up to `PATIENCE_MS` late count, as iputils' did; loop mode
+    (`-l`), since count mode (`-c`) drops duplicate replies without a word."""
     sized = ["-b", str(size), "-M"] if size is not None else []
-    count = max(1, round(seconds / interval))
     process = probe_in_background(
         sb.container(container),
-        [*netns, "fping", "-D", "-p", str(round(interval * 1000)), "-c", str(count),
-         "-t", str(PATIENCE_MS), *sized, address])
+        [*netns, "timeout", "-s", "INT", str(seconds), "fping", "-D", "-l", "-s",
+         "-p", str(round(interval * 1000)), "-t", str(PATIENCE_MS), *sized, address])
 
     def result() -> Outage:
         output, _ = process.communicate(timeout=seconds + 60)

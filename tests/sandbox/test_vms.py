@@ -7,20 +7,22 @@ import math
 from ovnk_secondary.sandbox import vms
 
 
-def _reply(epoch: float, seq: int, dup: bool = False) -> str:
-    """A reply line of `fping -D` (5.1): seq from 0; a duplicate on stderr, no timestamp."""
-    if dup:
-        return f"10.0.0.5 : duplicate for [{seq}], 64 bytes, 0.50 ms"
+def _reply(epoch: float, seq: int) -> str:
+    """A reply line of `fping -D -l` (5.1): seq from 0; a duplicate repeats its seq."""
     return f"[{epoch:.5f}] 10.0.0.5 : [{seq}], 64 bytes, 0.50 ms (0.50 avg, 0% loss)"
 
 
 def _summary(sent: int, received: int) -> str:
-    return (f"10.0.0.5 : xmt/rcv/%loss = {sent}/{received}/{100 - 100 * received // sent}%, "
-            "min/avg/max = 0.40/0.50/0.60")
+    """What `fping -l -s` prints at SIGINT: the target's line (`xmt` counts a ping once its
+    fate is known, and a duplicate again: not the sent count), then the global statistics."""
+    return "\n".join([
+        f"10.0.0.5 : xmt/rcv/%loss = {received + 1}/{received}/0%, min/avg/max = 0.4/0.5/0.6",
+        "       1 targets", f" {sent:7d} ICMP Echos sent",
+        f" {received:7d} ICMP Echo Replies received", "       0 other ICMP received"])
 
 
 def test_the_longest_gap_is_between_two_replies() -> None:
-    lines = [_reply(100.00, 0), _reply(100.01, 1), _reply(100.10, 9), _reply(100.10, 9, True),
+    lines = [_reply(100.00, 0), _reply(100.01, 1), _reply(100.10, 9), _reply(100.102, 9),
              _reply(100.11, 10), _summary(11, 4)]
     seen = vms.outage("\n".join(lines))
     assert (seen.sent, seen.received, seen.lost, seen.duplicates) == (11, 4, 7, 1)
