@@ -633,8 +633,9 @@ def ping_in_background(sb: cluster.Sandbox, container: str, netns: Sequence[str]
     The prober is `fping -D -l -s -p MS -t PATIENCE_MS`, stopped by `timeout -s INT`, not
     iputils' `ping -i`: for intervals of 10 ms and less (1/HZ) iputils busy-waits
     (`sched_yield` and non-blocking `recvmsg`, about 4,800 times a second: 35-45% of a CPU),
-    which at the probe's real-time priority starved the datapath below it and set off the
-    kernel's guard for starved tasks, every path then silent for 50-60 ms at once. fping
+    which at the probe's real-time priority starved the datapath below it and, by all
+    signs, set off the kernel's guard for starved tasks: every path silent for 50-60 ms at
+    once. fping
     waits in `pselect`. Replies up to `PATIENCE_MS` late count, as iputils' did; loop mode
     (`-l`), since count mode (`-c`) drops duplicate replies without a word."""
     sized = ["-b", str(size), "-M"] if size is not None else []
