@@ -615,10 +615,10 @@ def probe_in_background(container: str, argv: Sequence[str]) -> subprocess.Popen
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert process.stdin is not None and process.stdout is not None
     first = process.stdout.readline().strip()
-    if first.isdigit():
+    if first.isdigit():  # else the shell did not start (docker exec's error is the output)
         realtime.probe(int(first), container)
-    process.stdin.write("go\n")  # real-time before it starts, and so are the ones it forks
-    process.stdin.flush()  # left open: `communicate` closes it
+        process.stdin.write("go\n")  # real-time before it starts, so are the ones it forks
+        process.stdin.flush()  # left open: `communicate` closes it
     return process
 
 
